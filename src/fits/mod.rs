@@ -1,0 +1,110 @@
+//! Fits (SPEC §4): pure functions from numbers to fitted parameters. No file system, no
+//! printing: callers load inputs and store outputs.
+//!
+//! - [`logistic`]: power / latency / throughput versus log2 batch size.
+//! - [`itl_mixture`]: the two-component shifted log-normal ITL model, fitted by EM on samples
+//!   (peer-compatible and robust modes), with analytic moments and fleet-average sampling.
+//! - [`itl_percentiles`]: the same model fitted to a few known percentiles.
+
+pub mod itl_mixture;
+pub mod itl_percentiles;
+pub mod logistic;
+
+use argmin::core::{CostFunction, Executor, State};
+use argmin::solver::neldermead::NelderMead;
+
+/// Minimises `cost` with argmin's Nelder–Mead from a simplex around `start` (one vertex moved by
+/// `step[i]` along each axis). Returns the best point and its cost; a cost that is not finite is
+/// treated as +∞, so callers express box constraints by returning `f64::INFINITY`.
+pub(crate) fn nelder_mead(
+    cost: impl Fn(&[f64]) -> f64,
+    start: &[f64],
+    step: &[f64],
+    max_iters: u64,
+) -> (Vec<f64>, f64) {
+    struct Problem<F>(F);
+    impl<F: Fn(&[f64]) -> f64> CostFunction for Problem<F> {
+        type Param = Vec<f64>;
+        type Output = f64;
+        fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+            let c = (self.0)(p);
+            Ok(if c.is_finite() { c } else { f64::INFINITY })
+        }
+    }
+    let start_cost = {
+        let c = cost(start);
+        if c.is_finite() {
+            c
+        } else {
+            f64::INFINITY
+        }
+    };
+    let mut simplex = vec![start.to_vec()];
+    for (i, s) in step.iter().enumerate() {
+        let mut v = start.to_vec();
+        v[i] += s;
+        simplex.push(v);
+    }
+    let solver = match NelderMead::new(simplex).with_sd_tolerance(1e-14) {
+        Ok(s) => s,
+        Err(_) => return (start.to_vec(), start_cost),
+    };
+    let result = Executor::new(Problem(cost), solver)
+        .configure(|s| s.max_iters(max_iters))
+        .run();
+    match result {
+        Ok(r) => {
+            let state = r.state();
+            match state.get_best_param() {
+                Some(p) if state.get_best_cost() < start_cost => (p.clone(), state.get_best_cost()),
+                _ => (start.to_vec(), start_cost),
+            }
+        }
+        Err(_) => (start.to_vec(), start_cost),
+    }
+}
+
+/// Linear-interpolation quantile of sorted data (numpy's default), `q` in [0, 1].
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let frac = pos - lo as f64;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+}
+
+/// Median (mean of the two middle values for an even count), NaN for no values.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    quantile_sorted(&v, 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nelder_mead_finds_quadratic_minimum() {
+        let (p, c) = nelder_mead(
+            |p| (p[0] - 3.0).powi(2) + 10.0 * (p[1] + 1.0).powi(2),
+            &[0.0, 0.0],
+            &[1.0, 1.0],
+            1000,
+        );
+        assert!((p[0] - 3.0).abs() < 1e-5 && (p[1] + 1.0).abs() < 1e-5 && c < 1e-9);
+    }
+
+    #[test]
+    fn quantiles_like_numpy() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile_sorted(&v, 0.5), 2.5);
+        assert!((quantile_sorted(&v, 0.35) - 2.05).abs() < 1e-12);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&[]).is_nan());
+    }
+}

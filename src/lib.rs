@@ -1,0 +1,21 @@
+//! powersynth: realistic GPU power traces for LLM inference, from public and measured
+//! benchmarks, for datacenter and grid studies.
+//!
+//! The crate is a pipeline of stages, each a module with a narrow API (see ARCHITECTURE.md):
+
+//! mixtures, [`traces`] builds power traces and simulation templates, [`store`] keeps the
+//! artifacts on disk, and [`pipeline`] wires them for `build-dataset`.
+//!
+//! ```
+//! use powersynth::fits::logistic;
+//! let x: Vec<f64> = [8u32, 16, 32, 64, 128].iter().map(|&b| (b as f64).log2()).collect();
+//! let power_w = [300.0, 330.0, 400.0, 480.0, 520.0];
+//! let report = logistic::fit(&x, &power_w);
+//! assert!(report.sse <= report.grid_sse);
+//! ```
+
+pub mod error;
+pub mod fits;
+pub mod spec;
+
+pub use error::{Error, HubError, Result};
