@@ -2,9 +2,10 @@
 //! benchmarks, for datacenter and grid studies.
 //!
 //! The crate is a pipeline of stages, each a module with a narrow API (see ARCHITECTURE.md):
-
+//! [`sources`] read benchmark and measured data, [`fits`] turn them into curves and ITL
 //! mixtures, [`traces`] builds power traces and simulation templates, [`store`] keeps the
-//! artifacts on disk, and [`pipeline`] wires them for `build-dataset`.
+//! artifacts on disk, [`table`] writes columnar files, and [`pipeline`] wires the stages for
+//! `build-dataset`, reporting through [`progress::Progress`].
 //!
 //! ```
 //! use powersynth::fits::logistic;
@@ -16,6 +17,12 @@
 
 pub mod error;
 pub mod fits;
+pub mod pipeline;
+pub mod progress;
+pub mod sources;
 pub mod spec;
+pub mod store;
+pub mod table;
+pub mod traces;
 
 pub use error::{Error, HubError, Result};

@@ -1,0 +1,276 @@
+//! Columnar tables: the one place that knows arrow and parquet. Stages hand over plain
+//! columns; this module writes them atomically (temporary file + rename) as snappy parquet and
+//! reads columns back by name, accepting the integer, float and string widths other writers
+//! (pandas, pyarrow, polars) use.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
+    Int8Array, LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt32Array,
+    UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+
+/// One named column of a table to write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    Str(Vec<String>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+    Bool(Vec<bool>),
+}
+
+impl Column {
+    fn len(&self) -> usize {
+        match self {
+            Column::Str(v) => v.len(),
+            Column::I64(v) => v.len(),
+            Column::F64(v) => v.len(),
+            Column::Bool(v) => v.len(),
+        }
+    }
+    fn to_arrow(&self) -> (DataType, ArrayRef) {
+        match self {
+            Column::Str(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
+            Column::I64(v) => (DataType::Int64, Arc::new(Int64Array::from(v.clone()))),
+            Column::F64(v) => (DataType::Float64, Arc::new(Float64Array::from(v.clone()))),
+            Column::Bool(v) => (DataType::Boolean, Arc::new(BooleanArray::from(v.clone()))),
+        }
+    }
+}
+
+/// A table to write: named columns of equal length.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    pub columns: Vec<(String, Column)>,
+}
+
+impl Table {
+    pub fn new() -> Self {
+        Table::default()
+    }
+    pub fn with(mut self, name: &str, column: Column) -> Self {
+        self.columns.push((name.to_string(), column));
+        self
+    }
+    pub fn num_rows(&self) -> usize {
+        self.columns.first().map_or(0, |(_, c)| c.len())
+    }
+}
+
+/// Writes `table` to `path` as parquet; the file appears whole or not at all.
+pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
+    let rows = table.num_rows();
+    if let Some((name, c)) = table.columns.iter().find(|(_, c)| c.len() != rows) {
+        return Err(Error::Parquet {
+            path: path.to_path_buf(),
+            what: format!("column {name} has {} rows, expected {rows}", c.len()),
+        });
+    }
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = table
+        .columns
+        .iter()
+        .map(|(name, c)| {
+            let (dt, a) = c.to_arrow();
+            (Field::new(name, dt, false), a)
+        })
+        .unzip();
+    let schema = Arc::new(Schema::new(fields));
+    let pq_err = |e: &dyn std::fmt::Display| Error::Parquet {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    };
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| pq_err(&e))?;
+    crate::store::write_atomic(path, |file| {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let mut writer =
+            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| pq_err(&e))?;
+        writer.write(&batch).map_err(|e| pq_err(&e))?;
+        writer.close().map_err(|e| pq_err(&e))?;
+        Ok(())
+    })
+}
+
+/// A parquet file read into memory, with typed column access by name.
+pub struct ParquetTable {
+    path: std::path::PathBuf,
+    batches: Vec<RecordBatch>,
+    schema: Arc<Schema>,
+}
+
+impl ParquetTable {
+    pub fn read(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let pq_err = |e: &dyn std::fmt::Display| Error::Parquet {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(&e))?;
+        let schema = builder.schema().clone();
+        let reader = builder.build().map_err(|e| pq_err(&e))?;
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| pq_err(&e))?;
+        Ok(ParquetTable {
+            path: path.to_path_buf(),
+            batches,
+            schema,
+        })
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    pub fn has_column(&self, name: &str) -> bool {
+        self.schema.index_of(name).is_ok()
+    }
+
+    fn arrays(&self, name: &str) -> Result<Vec<ArrayRef>> {
+        let idx = self.schema.index_of(name).map_err(|_| {
+            let found: Vec<&str> = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            Error::content(
+                &self.path,
+                format!("missing column {name:?} (columns: {})", found.join(", ")),
+            )
+        })?;
+        Ok(self
+            .batches
+            .iter()
+            .map(|b| b.column(idx).clone())
+            .collect())
+    }
+
+    fn type_error(&self, name: &str, want: &str, got: &DataType) -> Error {
+        Error::content(
+            &self.path,
+            format!("column {name:?} has type {got}, expected {want}"),
+        )
+    }
+
+    /// A string column; nulls become `None`.
+    pub fn strings(&self, name: &str) -> Result<Vec<Option<String>>> {
+        let mut out = Vec::with_capacity(self.num_rows());
+        for a in self.arrays(name)? {
+            let any = a.as_any();
+            if let Some(s) = any.downcast_ref::<StringArray>() {
+                out.extend(s.iter().map(|v| v.map(str::to_string)));
+            } else if let Some(s) = any.downcast_ref::<LargeStringArray>() {
+                out.extend(s.iter().map(|v| v.map(str::to_string)));
+            } else if let Some(s) = any.downcast_ref::<StringViewArray>() {
+                out.extend(s.iter().map(|v| v.map(str::to_string)));
+            } else {
+                return Err(self.type_error(name, "string", a.data_type()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A numeric column as f64; nulls become NaN.
+    pub fn floats(&self, name: &str) -> Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(self.num_rows());
+        for a in self.arrays(name)? {
+            let any = a.as_any();
+            macro_rules! take {
+                ($($t:ty),*) => {
+                    $(if let Some(x) = any.downcast_ref::<$t>() {
+                        out.extend(x.iter().map(|v| v.map_or(f64::NAN, |v| v as f64)));
+                        continue;
+                    })*
+                };
+            }
+            take!(
+                Float64Array,
+                Float32Array,
+                Int64Array,
+                Int32Array,
+                Int16Array,
+                Int8Array,
+                UInt64Array,
+                UInt32Array
+            );
+            return Err(self.type_error(name, "number", a.data_type()));
+        }
+        Ok(out)
+    }
+
+    /// An integer column (integers, or floats with no fractional part); nulls are errors.
+    pub fn integers(&self, name: &str) -> Result<Vec<i64>> {
+        self.floats(name)?
+            .into_iter()
+            .enumerate()
+            .map(|(row, v)| {
+                if v.is_finite() && v.fract() == 0.0 {
+                    Ok(v as i64)
+                } else {
+                    Err(Error::row(
+                        &self.path,
+                        row,
+                        format!("column {name:?}: {v} is not an integer"),
+                    ))
+                }
+            })
+            .collect()
+    }
+
+    /// A boolean column; nulls become `default`.
+    pub fn bools(&self, name: &str, default: bool) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(self.num_rows());
+        for a in self.arrays(name)? {
+            match a.as_any().downcast_ref::<BooleanArray>() {
+                Some(b) => out.extend(b.iter().map(|v| v.unwrap_or(default))),
+                None => return Err(self.type_error(name, "boolean", a.data_type())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let t = Table::new()
+            .with("name", Column::Str(vec!["a".into(), "b".into()]))
+            .with("n", Column::I64(vec![1, 2]))
+            .with("x", Column::F64(vec![0.5, f64::NAN]))
+            .with("ok", Column::Bool(vec![true, false]));
+        write_parquet(&path, &t).unwrap();
+        let r = ParquetTable::read(&path).unwrap();
+        assert_eq!(r.num_rows(), 2);
+        assert_eq!(r.strings("name").unwrap()[1].as_deref(), Some("b"));
+        assert_eq!(r.integers("n").unwrap(), vec![1, 2]);
+        assert!(r.floats("x").unwrap()[1].is_nan());
+        assert_eq!(r.bools("ok", false).unwrap(), vec![true, false]);
+        let e = r.floats("missing").unwrap_err().to_string();
+        assert!(e.contains("missing column \"missing\"") && e.contains("name, n, x, ok"), "{e}");
+        let e = r.integers("x").unwrap_err().to_string();
+        assert!(e.contains("row 0") && e.contains("0.5 is not an integer"), "{e}");
+        let bad = Table::new()
+            .with("a", Column::I64(vec![1]))
+            .with("b", Column::I64(vec![]));
+        let p2 = dir.path().join("bad.parquet");
+        assert!(write_parquet(&p2, &bad).is_err());
+        assert!(!p2.exists());
+    }
+}
