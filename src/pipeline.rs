@@ -1,1 +1,832 @@
-pub fn placeholder() {}
+//! The `build-dataset` pipeline: a declarative TOML file (under `pipelines/`) names a source,
+//! the fits to run and the outputs to write; [`run`] executes it into an output folder.
+//!
+//! Stages, in order: read the source → one group per (task, model, GPU model, GPU count) →
+//! per group, "ensure" its spec folder (fit only what is missing or stale) → tables →
+//! measured runs (optional) → templates (optional) → `manifest.json` of the folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::fits::itl_mixture::{self, ItlFitMode, ItlFitOptions, ItlMixture};
+use crate::fits::{itl_percentiles, logistic};
+use crate::progress::Progress;
+use crate::sources::leaderboard;
+use crate::sources::measured;
+use crate::sources::mlenergy::{BenchmarkRuns, HubOptions, PowerMetric, RunRecord};
+use crate::spec::InferenceModelSpec;
+use crate::store::{self, LogisticFits, SpecArtifacts, SpecStore, TemplateStore, TraceStore};
+use crate::table::{write_parquet, Column, Table};
+use crate::traces::{self, InferenceTrace, TemplateOptions};
+
+/// A pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seed of every random choice (ITL subsampling); `--seed` overrides it.
+    #[serde(default)]
+    pub seed: u64,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub itl: ItlConfig,
+    /// Explicit model specs (hub and mirror sources); empty = every group of the runs table.
+    #[serde(default)]
+    pub models: Vec<InferenceModelSpec>,
+    /// Step of the median power traces built from benchmark timelines (s).
+    #[serde(default = "default_trace_dt")]
+    pub trace_dt_s: f64,
+    /// Measured runs to load, summarise, fit ITL on and turn into traces.
+    #[serde(default)]
+    pub measured: Option<MeasuredConfig>,
+    /// Templates to build from every trace.
+    #[serde(default)]
+    pub templates: Option<TemplateOptions>,
+}
+
+fn default_trace_dt() -> f64 {
+    0.1
+}
+
+/// Where the benchmark numbers come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// ML.ENERGY leaderboard task files (`<task>.json`).
+    Leaderboard {
+        path: PathBuf,
+        #[serde(default)]
+        tasks: Option<Vec<String>>,
+    },
+    /// The compact fitted parameters embedded in `data/` (works offline on a fresh clone).
+    Embedded { path: PathBuf },
+    /// A local folder with the Hub dataset's layout.
+    Mirror {
+        path: PathBuf,
+        #[serde(default)]
+        tasks: Option<Vec<String>>,
+        #[serde(default)]
+        stable_only: bool,
+    },
+    /// The Hugging Face Hub dataset.
+    Hub {
+        repo_id: String,
+        #[serde(default)]
+        revision: Option<String>,
+        #[serde(default)]
+        tasks: Option<Vec<String>>,
+        #[serde(default)]
+        stable_only: bool,
+    },
+}
+
+/// ITL fitting options.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItlConfig {
+    #[serde(default)]
+    pub mode: ItlFitMode,
+    #[serde(default = "default_cap")]
+    pub max_samples: Option<usize>,
+}
+
+fn default_cap() -> Option<usize> {
+    Some(2048)
+}
+
+impl Default for ItlConfig {
+    fn default() -> Self {
+        ItlConfig {
+            mode: ItlFitMode::Robust,
+            max_samples: default_cap(),
+        }
+    }
+}
+
+/// Measured runs to include.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasuredConfig {
+    pub path: PathBuf,
+}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: PipelineConfig = toml::from_str(&text).map_err(|e| Error::content(path, format!("invalid pipeline: {e}")))?;
+        cfg.validate().map_err(|e| Error::content(path, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.trace_dt_s > 0.0) {
+            return Err(Error::config("trace_dt_s", format!("{} (must be > 0)", self.trace_dt_s)));
+        }
+        if let Some(t) = &self.templates {
+            t.validate()?;
+        }
+        if self.itl.max_samples == Some(0) {
+            return Err(Error::config("itl.max_samples", "0 (must be ≥ 1, or omitted)"));
+        }
+        let mut models = self.models.clone();
+        for m in &mut models {
+            m.validate()?;
+        }
+        crate::spec::check_unique_labels(&models)
+    }
+}
+
+/// Run-time choices that are not part of the pipeline file.
+pub struct RunOptions<'a> {
+    pub out_dir: PathBuf,
+    /// Rebuild every spec folder even when current.
+    pub force: bool,
+    /// Replaces the source's `path` (leaderboard, embedded, mirror).
+    pub source_path: Option<PathBuf>,
+    /// Replaces `measured.path`.
+    pub measured_path: Option<PathBuf>,
+    /// The pipeline file, for provenance.
+    pub pipeline_file: Option<PathBuf>,
+    pub progress: &'a dyn Progress,
+}
+
+/// One fitted curve with its quality figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurveResult {
+    #[serde(flatten)]
+    pub fit: logistic::LogisticFit,
+    pub n_points: usize,
+    pub rmse: f64,
+    pub r2: Option<f64>,
+    pub sse: f64,
+    pub grid_sse: f64,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One batch size's ITL mixture with how it was fitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItlResult {
+    #[serde(flatten)]
+    pub mixture: ItlMixture,
+    /// `percentiles` (§4.3) or `samples` (EM, §4.2).
+    pub fitted_on: String,
+    pub n_samples: usize,
+    /// Log-quantile RMSE of the fit against what it was fitted on.
+    pub log_quantile_rmse: f64,
+}
+
+/// Everything fitted for one (task, model, GPU model, GPU count).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupResult {
+    pub task: String,
+    pub model_id: String,
+    pub gpu_model: String,
+    pub num_gpus: u32,
+    pub model_label: String,
+    pub cache_hash: String,
+    pub batch_sizes: Vec<u32>,
+    /// metric (`power`, `latency`, `throughput`) → curve.
+    pub logistic: BTreeMap<String, CurveResult>,
+    /// batch size → ITL mixture.
+    pub itl: BTreeMap<u32, ItlResult>,
+}
+
+/// The compact, embeddable form of a pipeline's fits (`fits/default_fits.json`; the copy in
+/// `data/default/fits.json` is what the default pipeline runs on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactFits {
+    pub schema: String,
+    pub derived_from: Value,
+    pub groups: Vec<GroupResult>,
+}
+
+const COMPACT_SCHEMA: &str = "powersynth.compact_fits.v1";
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub pipeline: String,
+    pub source: String,
+    pub groups: usize,
+    pub groups_built: usize,
+    pub groups_loaded: usize,
+    /// Groups whose refined logistic fits are strictly better than the grid on every metric
+    /// with ≥ 3 points, out of groups with ≥ 3 points.
+    pub refined_strictly_better: (usize, usize),
+    pub warnings: Vec<String>,
+    /// (file relative to the output folder, rows).
+    pub outputs: Vec<(String, usize)>,
+    pub measured_runs: usize,
+    pub itl_quality: Vec<ItlQualityRow>,
+}
+
+/// ITL fit quality of one measured run for one mode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItlQualityRow {
+    pub run_id: String,
+    pub mode: String,
+    #[serde(flatten)]
+    pub quality: itl_mixture::ItlFitQuality,
+}
+
+struct Group {
+    spec: InferenceModelSpec,
+    inputs: GroupInputs,
+}
+
+enum GroupInputs {
+    Leaderboard(Vec<leaderboard::LeaderboardConfig>),
+    Embedded(Box<GroupResult>),
+    Runs(Vec<RunRecord>),
+}
+
+fn spec_for(task: &str, model_id: &str, gpu_model: &str, num_gpus: u32, batch_sizes: Vec<u32>) -> Result<InferenceModelSpec> {
+    InferenceModelSpec::builder(
+        &format!("{task}/{model_id}/{gpu_model}x{num_gpus}"),
+        model_id,
+        gpu_model,
+        task,
+    )
+    .gpus_per_replica(num_gpus)
+    .tensor_parallel(num_gpus)
+    .batch_sizes(batch_sizes)
+    .build()
+}
+
+/// Executes a pipeline.
+pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
+    cfg.validate()?;
+    let out = &opts.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut inputs: Vec<PathBuf> = Vec::new();
+    let mut benchmark: Option<BenchmarkRuns> = None;
+    let pick = |p: &PathBuf| opts.source_path.clone().unwrap_or_else(|| p.clone());
+    // 1. Source → groups.
+    let (source, groups): (String, Vec<Group>) = match &cfg.source {
+        SourceConfig::Leaderboard { path, tasks } => {
+            let path = pick(path);
+            let (files, configs) = leaderboard::load_dir(&path, tasks.as_deref())?;
+            inputs.extend(files);
+            let groups = leaderboard::groups(&configs)
+                .into_iter()
+                .map(|g| {
+                    Ok(Group {
+                        spec: spec_for(&g.task, &g.model_id, &g.gpu_model, g.num_gpus, g.batch_sizes())?,
+                        inputs: GroupInputs::Leaderboard(g.configs),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            (format!("leaderboard {}", path.display()), groups)
+        }
+        SourceConfig::Embedded { path } => {
+            let path = pick(path);
+            let compact: CompactFits = measured::read_json(&path)?;
+            if compact.schema != COMPACT_SCHEMA {
+                return Err(Error::content(&path, format!("schema {:?}, expected {COMPACT_SCHEMA:?}", compact.schema)));
+            }
+            inputs.push(path.clone());
+            let groups = compact
+                .groups
+                .into_iter()
+                .map(|g| {
+                    Ok(Group {
+                        spec: spec_for(&g.task, &g.model_id, &g.gpu_model, g.num_gpus, g.batch_sizes.clone())?,
+                        inputs: GroupInputs::Embedded(Box::new(g)),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            (format!("embedded {}", path.display()), groups)
+        }
+        SourceConfig::Mirror { path, tasks, stable_only } => {
+            let runs = BenchmarkRuns::from_directory(&pick(path))?;
+            let groups = benchmark_groups(&runs, cfg, tasks.as_deref(), *stable_only)?;
+            inputs.push(runs.runs_table.clone());
+            let d = runs.describe();
+            benchmark = Some(runs);
+            (d, groups)
+        }
+        SourceConfig::Hub { repo_id, revision, tasks, stable_only } => {
+            let mut h = HubOptions::new(repo_id);
+            h.revision = revision.clone();
+            let runs = BenchmarkRuns::from_hub(h)?;
+            let groups = benchmark_groups(&runs, cfg, tasks.as_deref(), *stable_only)?;
+            inputs.push(runs.runs_table.clone());
+            let d = runs.describe();
+            benchmark = Some(runs);
+            (d, groups)
+        }
+    };
+    if groups.is_empty() {
+        return Err(Error::data(format!("the source {source} yields no model groups")));
+    }
+    // 2. Per group: ensure the spec folder.
+    let store = SpecStore::new(out.join("specs"));
+    let itl_opts = ItlFitOptions {
+        mode: cfg.itl.mode,
+        max_samples: cfg.itl.max_samples,
+        seed: cfg.seed,
+    };
+    opts.progress.begin("fit groups", groups.len() as u64);
+    let results: Vec<(GroupResult, SpecArtifacts, bool)> = groups
+        .par_iter()
+        .map(|g| {
+            let key = json!({
+                "inputs": group_inputs_json(&g.inputs),
+                "itl": itl_opts,
+                "trace_dt_s": cfg.trace_dt_s,
+                "version": env!("CARGO_PKG_VERSION"),
+            });
+            let inputs_sha = store::sha256_bytes(key.to_string().as_bytes());
+            let (art, built) = store.ensure(&g.spec, &inputs_sha, opts.force, || build_group(g, benchmark.as_ref(), cfg, &itl_opts))?;
+            let report = art
+                .report
+                .clone()
+                .ok_or_else(|| Error::content(store.dir(&g.spec), "fit_report.json missing"))?;
+            let result: GroupResult = serde_json::from_value(report).map_err(|source| Error::Json {
+                path: store.dir(&g.spec).join("fit_report.json"),
+                source,
+            })?;
+            opts.progress.advance(1);
+            Ok((result, art, built))
+        })
+        .collect::<Result<_>>()?;
+    let built = results.iter().filter(|r| r.2).count();
+    opts.progress.end(&format!("{} groups ({built} fitted, {} from cache)", results.len(), results.len() - built));
+    // 3. Tables.
+    let mut outputs = Vec::new();
+    let group_results: Vec<GroupResult> = results.iter().map(|r| r.0.clone()).collect();
+    let (lt, it) = fit_tables(&group_results);
+    let fits_dir = out.join("fits");
+    write_parquet(&fits_dir.join("logistic_fits.parquet"), &lt)?;
+    outputs.push(("fits/logistic_fits.parquet".to_string(), lt.num_rows()));
+    write_parquet(&fits_dir.join("itl_mixtures.parquet"), &it)?;
+    outputs.push(("fits/itl_mixtures.parquet".to_string(), it.num_rows()));
+    let input_hashes: Vec<Value> = inputs
+        .iter()
+        .map(|p| Ok(json!({"file": p.file_name().map(|f| f.to_string_lossy().to_string()), "sha256": store::sha256_file(p)?})))
+        .collect::<Result<_>>()?;
+    let compact = CompactFits {
+        schema: COMPACT_SCHEMA.to_string(),
+        derived_from: json!({"pipeline": cfg.name, "source_kind": source_kind(&cfg.source), "inputs": input_hashes}),
+        groups: group_results.clone(),
+    };
+    store::write_json(&fits_dir.join("default_fits.json"), &compact)?;
+    outputs.push(("fits/default_fits.json".to_string(), compact.groups.len()));
+    let mut warnings = Vec::new();
+    let mut strictly = (0, 0);
+    for g in &group_results {
+        let curves: Vec<&CurveResult> = g.logistic.values().filter(|c| c.n_points >= 3).collect();
+        if !curves.is_empty() {
+            strictly.1 += 1;
+            if curves.iter().all(|c| c.sse < c.grid_sse) {
+                strictly.0 += 1;
+            }
+        }
+        for (metric, c) in &g.logistic {
+            for w in &c.warnings {
+                warnings.push(format!("{} {metric}: {w}", g.model_label));
+            }
+        }
+    }
+    // 4. Traces and templates of benchmark groups.
+    let mut all_traces: Vec<(String, u32, InferenceTrace)> = Vec::new();
+    for (g, art, _) in &results {
+        for (b, t) in &art.traces {
+            all_traces.push((g.model_label.clone(), *b, t.clone()));
+        }
+    }
+    // 5. Measured runs.
+    let mut itl_quality = Vec::new();
+    let mut measured_runs = 0;
+    if let Some(m) = &cfg.measured {
+        let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
+        let dirs = measured::discover_runs(&root)?;
+        opts.progress.begin("measured runs", dirs.len() as u64);
+        let runs: Vec<measured::MeasuredRun> = dirs
+            .par_iter()
+            .map(|d| {
+                let r = measured::load_run(d);
+                opts.progress.advance(1);
+                r
+            })
+            .collect::<Result<_>>()?;
+        measured_runs = runs.len();
+        for r in &runs {
+            for f in ["manifest.json", "power.csv", "engine.csv", "requests.json", "requests_summary.json"] {
+                let p = r.dir.join(f);
+                if p.is_file() {
+                    inputs.push(p);
+                }
+            }
+        }
+        let (table, quality, traces) = measured_outputs(&runs, &itl_opts)?;
+        write_parquet(&out.join("measured/runs.parquet"), &table)?;
+        outputs.push(("measured/runs.parquet".to_string(), table.num_rows()));
+        let q = &quality;
+        let qt = Table::new()
+            .with("run_id", Column::Str(q.iter().map(|r| r.run_id.clone()).collect()))
+            .with("mode", Column::Str(q.iter().map(|r| r.mode.clone()).collect()))
+            .with("n_samples", Column::I64(q.iter().map(|r| r.quality.n_samples as i64).collect()))
+            .with("sample_mean_s", Column::F64(q.iter().map(|r| r.quality.sample_mean_s).collect()))
+            .with("fit_mean_s", Column::F64(q.iter().map(|r| r.quality.fit_mean_s).collect()))
+            .with("mean_err_pct", Column::F64(q.iter().map(|r| r.quality.mean_err_pct).collect()))
+            .with("p50_err_pct", Column::F64(q.iter().map(|r| r.quality.p50_err_pct).collect()))
+            .with("p90_err_pct", Column::F64(q.iter().map(|r| r.quality.p90_err_pct).collect()))
+            .with("p99_err_pct", Column::F64(q.iter().map(|r| r.quality.p99_err_pct).collect()));
+        write_parquet(&out.join("measured/itl_fit_quality.parquet"), &qt)?;
+        outputs.push(("measured/itl_fit_quality.parquet".to_string(), qt.num_rows()));
+        let entries: Vec<(String, u32, &InferenceTrace)> = traces.iter().map(|(l, b, t)| (l.clone(), *b, t)).collect();
+        TraceStore::save(&out.join("measured/traces"), &entries)?;
+        outputs.push(("measured/traces/manifest.parquet".to_string(), entries.len()));
+        opts.progress.end(&format!("{} measured runs", runs.len()));
+        itl_quality = quality;
+        all_traces.extend(traces);
+    }
+    if let Some(t) = &cfg.templates {
+        if !all_traces.is_empty() {
+            opts.progress.begin("templates", all_traces.len() as u64);
+            let ts = TemplateStore::build(&all_traces, *t)?;
+            ts.save(&out.join("templates/templates.parquet"))?;
+            outputs.push(("templates/templates.parquet".to_string(), ts.templates.len() * t.len()));
+            opts.progress.end(&format!("{} templates × {} samples", ts.templates.len(), t.len()));
+        }
+    }
+    // 6. Folder manifest (written last).
+    let output_hashes: Vec<Value> = outputs
+        .iter()
+        .map(|(f, rows)| Ok(json!({"file": f, "rows": rows, "sha256": store::sha256_file(&out.join(f))?})))
+        .collect::<Result<_>>()?;
+    let input_hashes: Vec<Value> = inputs
+        .iter()
+        .map(|p| Ok(json!({"path": p.display().to_string(), "sha256": store::sha256_file(p)?, "bytes": std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)})))
+        .collect::<Result<_>>()?;
+    let pipeline_file = match &opts.pipeline_file {
+        Some(p) => json!({"path": p.display().to_string(), "sha256": store::sha256_file(p)?}),
+        None => Value::Null,
+    };
+    store::write_json(
+        &out.join("manifest.json"),
+        &json!({
+            "tool": "powersynth",
+            "version": env!("CARGO_PKG_VERSION"),
+            "pipeline": cfg.name,
+            "pipeline_file": pipeline_file,
+            "parameters": cfg,
+            "seed": cfg.seed,
+            "source": source,
+            "force": opts.force,
+            "inputs": input_hashes,
+            "outputs": output_hashes,
+            "written_utc": store::now_utc(),
+        }),
+    )?;
+    Ok(Summary {
+        pipeline: cfg.name.clone(),
+        source,
+        groups: results.len(),
+        groups_built: built,
+        groups_loaded: results.len() - built,
+        refined_strictly_better: strictly,
+        warnings,
+        outputs,
+        measured_runs,
+        itl_quality,
+    })
+}
+
+fn source_kind(s: &SourceConfig) -> &'static str {
+    match s {
+        SourceConfig::Leaderboard { .. } => "leaderboard",
+        SourceConfig::Embedded { .. } => "embedded",
+        SourceConfig::Mirror { .. } => "mirror",
+        SourceConfig::Hub { .. } => "hub",
+    }
+}
+
+fn group_inputs_json(i: &GroupInputs) -> Value {
+    match i {
+        GroupInputs::Leaderboard(c) => Value::Array(
+            c.iter()
+                .map(|c| json!([c.max_num_seqs, c.avg_power_w, c.median_itl_s, c.p90_itl_s, c.p95_itl_s, c.p99_itl_s, c.output_throughput_tps]))
+                .collect(),
+        ),
+        GroupInputs::Embedded(g) => serde_json::to_value(g).unwrap_or(Value::Null),
+        GroupInputs::Runs(r) => Value::Array(
+            r.iter()
+                .map(|r| json!([r.max_num_seqs, r.avg_power_w, r.median_itl_s, r.mean_itl_s, r.output_throughput_tps, r.results_path]))
+                .collect(),
+        ),
+    }
+}
+
+fn benchmark_groups(runs: &BenchmarkRuns, cfg: &PipelineConfig, tasks: Option<&[String]>, stable_only: bool) -> Result<Vec<Group>> {
+    let specs: Vec<InferenceModelSpec> = if cfg.models.is_empty() {
+        let mut map: BTreeMap<(String, String, String, u32), Vec<u32>> = BTreeMap::new();
+        for r in &runs.records {
+            if tasks.is_some_and(|t| !t.contains(&r.task)) || (stable_only && !r.is_stable) {
+                continue;
+            }
+            let e = map.entry((r.task.clone(), r.model_id.clone(), r.gpu_model.clone(), r.num_gpus)).or_default();
+            if !e.contains(&r.max_num_seqs) {
+                e.push(r.max_num_seqs);
+            }
+        }
+        map.into_iter()
+            .map(|((t, m, g, n), mut b)| {
+                b.sort_unstable();
+                spec_for(&t, &m, &g, n, b)
+            })
+            .collect::<Result<_>>()?
+    } else {
+        let mut m = cfg.models.clone();
+        for s in &mut m {
+            s.validate()?;
+        }
+        m
+    };
+    specs
+        .into_iter()
+        .map(|spec| {
+            let recs = runs.select(&spec, stable_only)?.into_iter().cloned().collect();
+            Ok(Group {
+                spec,
+                inputs: GroupInputs::Runs(recs),
+            })
+        })
+        .collect()
+}
+
+fn curve(x: &[f64], y: &[f64]) -> CurveResult {
+    let r = logistic::fit(x, y);
+    CurveResult {
+        fit: r.fit,
+        n_points: r.n_points,
+        rmse: r.rmse,
+        r2: r.r2.is_finite().then_some(r.r2),
+        sse: r.sse,
+        grid_sse: r.grid_sse,
+        warnings: r.warnings,
+    }
+}
+
+fn curves(spec: &InferenceModelSpec, samples: &[(u32, f64, f64, f64)]) -> BTreeMap<String, CurveResult> {
+    let ex = &spec.fit_exclude_batch_sizes;
+    let pick = |f: fn(&(u32, f64, f64, f64)) -> f64| -> Vec<(u32, f64)> { samples.iter().map(|s| (s.0, f(s))).collect() };
+    let mut out = BTreeMap::new();
+    for (name, pts) in [
+        ("power", pick(|s| s.1)),
+        ("latency", pick(|s| s.2)),
+        ("throughput", pick(|s| s.3)),
+    ] {
+        let (x, y) = logistic::points_per_batch(&pts, ex);
+        if !x.is_empty() {
+            out.insert(name.to_string(), curve(&x, &y));
+        }
+    }
+    out
+}
+
+fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, itl_opts: &ItlFitOptions) -> Result<SpecArtifacts> {
+    let spec = &g.spec;
+    let mut traces_by_batch = BTreeMap::new();
+    let (logistic, itl) = match &g.inputs {
+        GroupInputs::Embedded(r) => (r.logistic.clone(), r.itl.clone()),
+        GroupInputs::Leaderboard(configs) => {
+            let samples: Vec<(u32, f64, f64, f64)> = configs
+                .iter()
+                .map(|c| (c.max_num_seqs, c.avg_power_w, c.median_itl_s, c.output_throughput_tps))
+                .collect();
+            let mut itl = BTreeMap::new();
+            let mut by_batch: BTreeMap<u32, Vec<&leaderboard::LeaderboardConfig>> = BTreeMap::new();
+            for c in configs {
+                by_batch.entry(c.max_num_seqs).or_default().push(c);
+            }
+            for (b, cs) in by_batch {
+                let med = |f: fn(&leaderboard::LeaderboardConfig) -> f64| crate::fits::median(&cs.iter().map(|c| f(c)).collect::<Vec<_>>());
+                let pts = [
+                    (0.5, med(|c| c.median_itl_s)),
+                    (0.9, med(|c| c.p90_itl_s)),
+                    (0.95, med(|c| c.p95_itl_s)),
+                    (0.99, med(|c| c.p99_itl_s)),
+                ];
+                if let Some(f) = itl_percentiles::fit(&pts) {
+                    itl.insert(
+                        b,
+                        ItlResult {
+                            mixture: f.mixture,
+                            fitted_on: "percentiles".into(),
+                            n_samples: pts.len(),
+                            log_quantile_rmse: f.log_quantile_rmse,
+                        },
+                    );
+                }
+            }
+            (curves(spec, &samples), itl)
+        }
+        GroupInputs::Runs(records) => {
+            let runs = runs.expect("benchmark groups come with their runs");
+            let samples: Vec<(u32, f64, f64, f64)> = records
+                .iter()
+                .map(|r| {
+                    let lat = if r.median_itl_s.is_finite() { r.median_itl_s } else { r.mean_itl_s };
+                    (r.max_num_seqs, r.avg_power_w, lat, r.output_throughput_tps)
+                })
+                .collect();
+            let mut itl_samples: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+            let mut timelines: BTreeMap<u32, Vec<(Vec<f64>, Vec<f64>)>> = BTreeMap::new();
+            for r in records {
+                let res = runs.results(r)?;
+                itl_samples.entry(r.max_num_seqs).or_default().extend(res.itl_samples()?);
+                let tl = res.power_timeline(PowerMetric::DeviceInstant)?;
+                timelines.entry(r.max_num_seqs).or_default().push((tl.relative_time_s, tl.power_w));
+            }
+            let mut itl = BTreeMap::new();
+            for (b, x) in &itl_samples {
+                let m = itl_mixture::fit(x, itl_opts);
+                let mut sorted = x.clone();
+                sorted.sort_by(f64::total_cmp);
+                let probs = [0.5, 0.9, 0.95, 0.99];
+                let rmse = (probs
+                    .iter()
+                    .map(|&p| (m.quantile(p).ln() - crate::fits::quantile_sorted(&sorted, p).ln()).powi(2))
+                    .sum::<f64>()
+                    / probs.len() as f64)
+                    .sqrt();
+                itl.insert(
+                    *b,
+                    ItlResult {
+                        mixture: m,
+                        fitted_on: "samples".into(),
+                        n_samples: x.len(),
+                        log_quantile_rmse: rmse,
+                    },
+                );
+            }
+            for (b, runs) in &timelines {
+                traces_by_batch.insert(*b, traces::median_trace(runs, cfg.trace_dt_s, spec.gpus_per_replica)?);
+            }
+            (curves(spec, &samples), itl)
+        }
+    };
+    let result = GroupResult {
+        task: spec.task.clone(),
+        model_id: spec.model_id.clone(),
+        gpu_model: spec.gpu_model.clone(),
+        num_gpus: spec.gpus_per_replica,
+        model_label: spec.model_label.clone(),
+        cache_hash: spec.cache_hash(),
+        batch_sizes: spec.batch_sizes.clone(),
+        logistic: logistic.clone(),
+        itl: itl.clone(),
+    };
+    let lf = match (logistic.get("power"), logistic.get("latency"), logistic.get("throughput")) {
+        (Some(p), Some(l), Some(t)) => Some(LogisticFits {
+            power: p.fit,
+            latency: l.fit,
+            throughput: t.fit,
+        }),
+        _ => None,
+    };
+    Ok(SpecArtifacts {
+        logistic: lf,
+        itl: itl.iter().map(|(b, r)| (*b, r.mixture)).collect(),
+        traces: traces_by_batch,
+        report: Some(serde_json::to_value(&result).map_err(|source| Error::Json { path: PathBuf::from("fit_report.json"), source })?),
+    })
+}
+
+fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
+    let (mut task, mut model, mut gpu, mut ng, mut metric) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut l, mut x0, mut k, mut b0, mut np, mut rmse, mut r2, mut gsse, mut sse, mut warn) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for g in groups {
+        for m in ["power", "latency", "throughput"] {
+            let Some(c) = g.logistic.get(m) else { continue };
+            task.push(g.task.clone());
+            model.push(g.model_id.clone());
+            gpu.push(g.gpu_model.clone());
+            ng.push(g.num_gpus as i64);
+            metric.push(m.to_string());
+            l.push(c.fit.l);
+            x0.push(c.fit.x0);
+            k.push(c.fit.k);
+            b0.push(c.fit.b0);
+            np.push(c.n_points as i64);
+            rmse.push(c.rmse);
+            r2.push(c.r2.unwrap_or(f64::NAN));
+            sse.push(c.sse);
+            gsse.push(c.grid_sse);
+            warn.push(c.warnings.join("; "));
+        }
+    }
+    let logistic = Table::new()
+        .with("task", Column::Str(task))
+        .with("model_id", Column::Str(model))
+        .with("gpu_model", Column::Str(gpu))
+        .with("num_gpus", Column::I64(ng))
+        .with("metric", Column::Str(metric))
+        .with("L", Column::F64(l))
+        .with("x0", Column::F64(x0))
+        .with("k", Column::F64(k))
+        .with("b0", Column::F64(b0))
+        .with("n_points", Column::I64(np))
+        .with("rmse", Column::F64(rmse))
+        .with("r2", Column::F64(r2))
+        .with("sse", Column::F64(sse))
+        .with("grid_sse", Column::F64(gsse))
+        .with("warnings", Column::Str(warn));
+    let mut rows: Vec<(&GroupResult, u32, &ItlResult)> = Vec::new();
+    for g in groups {
+        for (b, r) in &g.itl {
+            rows.push((g, *b, r));
+        }
+    }
+    let s = |f: fn(&(&GroupResult, u32, &ItlResult)) -> String| Column::Str(rows.iter().map(f).collect());
+    let fl = |f: fn(&ItlMixture) -> f64| Column::F64(rows.iter().map(|r| f(&r.2.mixture)).collect());
+    let itl = Table::new()
+        .with("task", s(|r| r.0.task.clone()))
+        .with("model_id", s(|r| r.0.model_id.clone()))
+        .with("gpu_model", s(|r| r.0.gpu_model.clone()))
+        .with("num_gpus", Column::I64(rows.iter().map(|r| r.0.num_gpus as i64).collect()))
+        .with("max_num_seqs", Column::I64(rows.iter().map(|r| r.1 as i64).collect()))
+        .with("loc", fl(|m| m.loc))
+        .with("pi_steady", fl(|m| m.pi_steady))
+        .with("sigma_steady", fl(|m| m.sigma_steady))
+        .with("scale_steady", fl(|m| m.scale_steady))
+        .with("pi_stall", fl(|m| m.pi_stall))
+        .with("sigma_stall", fl(|m| m.sigma_stall))
+        .with("scale_stall", fl(|m| m.scale_stall))
+        .with("log_quantile_rmse", Column::F64(rows.iter().map(|r| r.2.log_quantile_rmse).collect()))
+        .with("fitted_on", s(|r| r.2.fitted_on.clone()))
+        .with("n_samples", Column::I64(rows.iter().map(|r| r.2.n_samples as i64).collect()));
+    (logistic, itl)
+}
+
+type MeasuredTrace = (String, u32, InferenceTrace);
+
+fn measured_outputs(runs: &[measured::MeasuredRun], itl_opts: &ItlFitOptions) -> Result<(Table, Vec<ItlQualityRow>, Vec<MeasuredTrace>)> {
+    let mut quality = Vec::new();
+    let mut traces = Vec::new();
+    let (mut id, mut model, mut hw, mut tp, mut mns, mut n, mut dur, mut mean, mut energy, mut skew, mut nreq, mut has_itl) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for r in runs {
+        let run_id = if r.manifest.run_id.is_empty() {
+            r.dir.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+        } else {
+            r.manifest.run_id.clone()
+        };
+        let p = &r.power;
+        let span = p.t_s[p.t_s.len() - 1] - p.t_s[0];
+        let e: f64 = p.t_s.windows(2).zip(&p.power_w).map(|(w, pw)| (w[1] - w[0]) * pw).sum();
+        id.push(run_id.clone());
+        model.push(r.manifest.model.clone());
+        hw.push(r.manifest.hardware.clone());
+        tp.push(r.manifest.tp as i64);
+        mns.push(r.manifest.server.max_num_seqs as i64);
+        n.push(p.t_s.len() as i64);
+        dur.push(span);
+        mean.push(p.power_w.iter().sum::<f64>() / p.power_w.len() as f64);
+        energy.push(e);
+        skew.push(r.clock_skew_s.unwrap_or(f64::NAN));
+        nreq.push(r.requests.request_timestamps.len() as i64);
+        let samples = r.itl_samples();
+        has_itl.push(samples.is_some());
+        if let Some(x) = samples {
+            for mode in [ItlFitMode::Compatible, ItlFitMode::Robust] {
+                let m = itl_mixture::fit(&x, &ItlFitOptions { mode, ..*itl_opts });
+                quality.push(ItlQualityRow {
+                    run_id: run_id.clone(),
+                    mode: format!("{mode:?}").to_lowercase(),
+                    quality: itl_mixture::quality(&m, &x),
+                });
+            }
+        }
+        let t0 = p.t_s[0];
+        let trace = InferenceTrace::new(p.t_s.iter().map(|t| t - t0).collect(), p.power_w.clone(), p.gpus)
+            .map_err(|e| Error::content(r.dir.join("power.csv"), e.to_string()))?;
+        traces.push((format!("measured/{run_id}"), r.manifest.server.max_num_seqs, trace));
+    }
+    let table = Table::new()
+        .with("run_id", Column::Str(id))
+        .with("model", Column::Str(model))
+        .with("hardware", Column::Str(hw))
+        .with("tp", Column::I64(tp))
+        .with("max_num_seqs", Column::I64(mns))
+        .with("power_samples", Column::I64(n))
+        .with("duration_s", Column::F64(dur))
+        .with("mean_power_w", Column::F64(mean))
+        .with("energy_j", Column::F64(energy))
+        .with("clock_skew_s", Column::F64(skew))
+        .with("requests", Column::I64(nreq))
+        .with("has_itl_samples", Column::Bool(has_itl));
+    Ok((table, quality, traces))
+}

@@ -37,6 +37,12 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Resul
     write(tmp.as_file_mut())?;
     tmp.as_file_mut().flush().map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    // Temporary files are created 0600; artifacts are ordinary readable files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
+    }
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
@@ -101,6 +107,8 @@ pub struct SpecArtifacts {
     pub itl: BTreeMap<u32, ItlMixture>,
     /// Replica power trace per batch size.
     pub traces: BTreeMap<u32, InferenceTrace>,
+    /// Fit quality figures as the pipeline reports them (`fit_report.json`).
+    pub report: Option<Value>,
 }
 
 /// The per-spec cache under one root folder.
@@ -161,6 +169,9 @@ impl SpecStore {
                 a.traces.iter().map(|(b, t)| (spec.model_label.clone(), *b, t)).collect();
             TraceStore::save(&dir.join("traces"), &entries)?;
         }
+        if let Some(r) = &a.report {
+            write_json(&dir.join("fit_report.json"), r)?;
+        }
         write_json(
             &dir.join(MANIFEST),
             &json!({
@@ -207,6 +218,10 @@ impl SpecStore {
                     .map_err(|_| Error::content(&ipath, format!("per_batch key {k:?} is not a batch size")))?;
                 a.itl.insert(b, m);
             }
+        }
+        let rpath = dir.join("fit_report.json");
+        if rpath.is_file() {
+            a.report = Some(crate::sources::measured::read_json(&rpath)?);
         }
         let tdir = dir.join("traces");
         if tdir.join(TraceStore::MANIFEST).is_file() {
@@ -380,6 +395,7 @@ mod tests {
                 logistic: Some(LogisticFits { power: fit, latency: fit, throughput: fit }),
                 itl: BTreeMap::from([(8, ItlMixture::EMPTY)]),
                 traces: BTreeMap::from([(8, trace.clone())]),
+                report: Some(json!({"n": 1})),
             })
         };
         let (a, built) = store.ensure(&s, "h1", false, build).unwrap();

@@ -114,24 +114,40 @@ impl ItlMixture {
             + p_t * phi(self.scale_stall.max(1e-300).ln(), self.sigma_stall)
     }
 
-    /// The q-quantile (s), by bisection on the log-space CDF; q in (0, 1).
+    /// The q-quantile (s), q in (0, 1): Newton steps on the log-space CDF, kept inside a
+    /// shrinking bracket (bisection whenever a step would leave it).
     pub fn quantile(&self, q: f64) -> f64 {
-        let mus = [
-            self.scale_steady.max(1e-300).ln(),
-            self.scale_stall.max(1e-300).ln(),
+        let (p_s, p_t) = self.weights();
+        let comps = [
+            (p_s, self.scale_steady.max(1e-300).ln(), self.sigma_steady.max(1e-12)),
+            (p_t, self.scale_stall.max(1e-300).ln(), self.sigma_stall.max(1e-12)),
         ];
-        let smax = self.sigma_steady.max(self.sigma_stall).max(1e-6);
-        let mut lo = mus[0].min(mus[1]) - 12.0 * smax;
-        let mut hi = mus[0].max(mus[1]) + 12.0 * smax;
+        let smax = comps[0].2.max(comps[1].2);
+        let mut lo = comps[0].1.min(comps[1].1) - 12.0 * smax;
+        let mut hi = comps[0].1.max(comps[1].1) + 12.0 * smax;
+        let mut z = comps[0].1;
         for _ in 0..100 {
-            let mid = 0.5 * (lo + hi);
-            if self.cdf_log(mid) < q {
-                lo = mid;
+            let (mut f, mut dens) = (-q, 0.0);
+            for &(w, mu, sigma) in &comps {
+                let t = (z - mu) / sigma;
+                f += w * normal_cdf(t);
+                dens += w * (-0.5 * t * t).exp() / (sigma * (2.0 * std::f64::consts::PI).sqrt());
+            }
+            if f.abs() < 1e-13 {
+                break;
+            }
+            if f < 0.0 {
+                lo = z;
             } else {
-                hi = mid;
+                hi = z;
+            }
+            let newton = z - f / dens;
+            z = if dens > 0.0 && newton > lo && newton < hi { newton } else { 0.5 * (lo + hi) };
+            if hi - lo < 1e-13 {
+                break;
             }
         }
-        self.loc + (0.5 * (lo + hi)).exp()
+        self.loc + z.exp()
     }
 
     /// One ITL draw (s).
