@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!("pipeline {} from {}", summary.pipeline, summary.source);
     println!(
-        "groups: {} ({} fitted, {} reused); logistic refinement strictly better than the grid on {}/{} groups with ≥ 3 batch sizes",
+        "groups: {} ({} built, {} reused from the spec cache); logistic refinement strictly better than the grid on {}/{} groups with ≥ 3 batch sizes",
         summary.groups,
         summary.groups_built,
         summary.groups_loaded,
