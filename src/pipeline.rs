@@ -121,20 +121,28 @@ impl PipelineConfig {
     /// Reads and validates a pipeline file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: PipelineConfig = toml::from_str(&text).map_err(|e| Error::content(path, format!("invalid pipeline: {e}")))?;
-        cfg.validate().map_err(|e| Error::content(path, e.to_string()))?;
+        let cfg: PipelineConfig = toml::from_str(&text)
+            .map_err(|e| Error::content(path, format!("invalid pipeline: {e}")))?;
+        cfg.validate()
+            .map_err(|e| Error::content(path, e.to_string()))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
         if !(self.trace_dt_s > 0.0) {
-            return Err(Error::config("trace_dt_s", format!("{} (must be > 0)", self.trace_dt_s)));
+            return Err(Error::config(
+                "trace_dt_s",
+                format!("{} (must be > 0)", self.trace_dt_s),
+            ));
         }
         if let Some(t) = &self.templates {
             t.validate()?;
         }
         if self.itl.max_samples == Some(0) {
-            return Err(Error::config("itl.max_samples", "0 (must be ≥ 1, or omitted)"));
+            return Err(Error::config(
+                "itl.max_samples",
+                "0 (must be ≥ 1, or omitted)",
+            ));
         }
         let mut models = self.models.clone();
         for m in &mut models {
@@ -249,7 +257,13 @@ enum GroupInputs {
     Runs(Vec<RunRecord>),
 }
 
-fn spec_for(task: &str, model_id: &str, gpu_model: &str, num_gpus: u32, batch_sizes: Vec<u32>) -> Result<InferenceModelSpec> {
+fn spec_for(
+    task: &str,
+    model_id: &str,
+    gpu_model: &str,
+    num_gpus: u32,
+    batch_sizes: Vec<u32>,
+) -> Result<InferenceModelSpec> {
     InferenceModelSpec::builder(
         &format!("{task}/{model_id}/{gpu_model}x{num_gpus}"),
         model_id,
@@ -280,7 +294,13 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
                 .into_iter()
                 .map(|g| {
                     Ok(Group {
-                        spec: spec_for(&g.task, &g.model_id, &g.gpu_model, g.num_gpus, g.batch_sizes())?,
+                        spec: spec_for(
+                            &g.task,
+                            &g.model_id,
+                            &g.gpu_model,
+                            g.num_gpus,
+                            g.batch_sizes(),
+                        )?,
                         inputs: GroupInputs::Leaderboard(g.configs),
                     })
                 })
@@ -291,7 +311,10 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             let path = pick(path);
             let compact: CompactFits = measured::read_json(&path)?;
             if compact.schema != COMPACT_SCHEMA {
-                return Err(Error::content(&path, format!("schema {:?}, expected {COMPACT_SCHEMA:?}", compact.schema)));
+                return Err(Error::content(
+                    &path,
+                    format!("schema {:?}, expected {COMPACT_SCHEMA:?}", compact.schema),
+                ));
             }
             inputs.push(path.clone());
             let groups = compact
@@ -299,14 +322,24 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
                 .into_iter()
                 .map(|g| {
                     Ok(Group {
-                        spec: spec_for(&g.task, &g.model_id, &g.gpu_model, g.num_gpus, g.batch_sizes.clone())?,
+                        spec: spec_for(
+                            &g.task,
+                            &g.model_id,
+                            &g.gpu_model,
+                            g.num_gpus,
+                            g.batch_sizes.clone(),
+                        )?,
                         inputs: GroupInputs::Embedded(Box::new(g)),
                     })
                 })
                 .collect::<Result<_>>()?;
             (format!("embedded {}", path.display()), groups)
         }
-        SourceConfig::Mirror { path, tasks, stable_only } => {
+        SourceConfig::Mirror {
+            path,
+            tasks,
+            stable_only,
+        } => {
             let runs = BenchmarkRuns::from_directory(&pick(path))?;
             let groups = benchmark_groups(&runs, cfg, tasks.as_deref(), *stable_only)?;
             inputs.push(runs.runs_table.clone());
@@ -314,7 +347,12 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             benchmark = Some(runs);
             (d, groups)
         }
-        SourceConfig::Hub { repo_id, revision, tasks, stable_only } => {
+        SourceConfig::Hub {
+            repo_id,
+            revision,
+            tasks,
+            stable_only,
+        } => {
             let mut h = HubOptions::new(repo_id);
             h.revision = revision.clone();
             let runs = BenchmarkRuns::from_hub(h)?;
@@ -326,7 +364,9 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         }
     };
     if groups.is_empty() {
-        return Err(Error::data(format!("the source {source} yields no model groups")));
+        return Err(Error::data(format!(
+            "the source {source} yields no model groups"
+        )));
     }
     // 2. Per group: ensure the spec folder.
     let store = SpecStore::new(out.join("specs"));
@@ -346,21 +386,28 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
                 "version": env!("CARGO_PKG_VERSION"),
             });
             let inputs_sha = store::sha256_bytes(key.to_string().as_bytes());
-            let (art, built) = store.ensure(&g.spec, &inputs_sha, opts.force, || build_group(g, benchmark.as_ref(), cfg, &itl_opts))?;
+            let (art, built) = store.ensure(&g.spec, &inputs_sha, opts.force, || {
+                build_group(g, benchmark.as_ref(), cfg, &itl_opts)
+            })?;
             let report = art
                 .report
                 .clone()
                 .ok_or_else(|| Error::content(store.dir(&g.spec), "fit_report.json missing"))?;
-            let result: GroupResult = serde_json::from_value(report).map_err(|source| Error::Json {
-                path: store.dir(&g.spec).join("fit_report.json"),
-                source,
-            })?;
+            let result: GroupResult =
+                serde_json::from_value(report).map_err(|source| Error::Json {
+                    path: store.dir(&g.spec).join("fit_report.json"),
+                    source,
+                })?;
             opts.progress.advance(1);
             Ok((result, art, built))
         })
         .collect::<Result<_>>()?;
     let built = results.iter().filter(|r| r.2).count();
-    opts.progress.end(&format!("{} groups ({built} fitted, {} from cache)", results.len(), results.len() - built));
+    opts.progress.end(&format!(
+        "{} groups ({built} fitted, {} from cache)",
+        results.len(),
+        results.len() - built
+    ));
     // 3. Tables.
     let mut outputs = Vec::new();
     let group_results: Vec<GroupResult> = results.iter().map(|r| r.0.clone()).collect();
@@ -421,7 +468,13 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             .collect::<Result<_>>()?;
         measured_runs = runs.len();
         for r in &runs {
-            for f in ["manifest.json", "power.csv", "engine.csv", "requests.json", "requests_summary.json"] {
+            for f in [
+                "manifest.json",
+                "power.csv",
+                "engine.csv",
+                "requests.json",
+                "requests_summary.json",
+            ] {
                 let p = r.dir.join(f);
                 if p.is_file() {
                     inputs.push(p);
@@ -433,20 +486,54 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         outputs.push(("measured/runs.parquet".to_string(), table.num_rows()));
         let q = &quality;
         let qt = Table::new()
-            .with("run_id", Column::Str(q.iter().map(|r| r.run_id.clone()).collect()))
-            .with("mode", Column::Str(q.iter().map(|r| r.mode.clone()).collect()))
-            .with("n_samples", Column::I64(q.iter().map(|r| r.quality.n_samples as i64).collect()))
-            .with("sample_mean_s", Column::F64(q.iter().map(|r| r.quality.sample_mean_s).collect()))
-            .with("fit_mean_s", Column::F64(q.iter().map(|r| r.quality.fit_mean_s).collect()))
-            .with("mean_err_pct", Column::F64(q.iter().map(|r| r.quality.mean_err_pct).collect()))
-            .with("p50_err_pct", Column::F64(q.iter().map(|r| r.quality.p50_err_pct).collect()))
-            .with("p90_err_pct", Column::F64(q.iter().map(|r| r.quality.p90_err_pct).collect()))
-            .with("p99_err_pct", Column::F64(q.iter().map(|r| r.quality.p99_err_pct).collect()));
+            .with(
+                "run_id",
+                Column::Str(q.iter().map(|r| r.run_id.clone()).collect()),
+            )
+            .with(
+                "mode",
+                Column::Str(q.iter().map(|r| r.mode.clone()).collect()),
+            )
+            .with(
+                "n_samples",
+                Column::I64(q.iter().map(|r| r.quality.n_samples as i64).collect()),
+            )
+            .with(
+                "sample_mean_s",
+                Column::F64(q.iter().map(|r| r.quality.sample_mean_s).collect()),
+            )
+            .with(
+                "fit_mean_s",
+                Column::F64(q.iter().map(|r| r.quality.fit_mean_s).collect()),
+            )
+            .with(
+                "mean_err_pct",
+                Column::F64(q.iter().map(|r| r.quality.mean_err_pct).collect()),
+            )
+            .with(
+                "p50_err_pct",
+                Column::F64(q.iter().map(|r| r.quality.p50_err_pct).collect()),
+            )
+            .with(
+                "p90_err_pct",
+                Column::F64(q.iter().map(|r| r.quality.p90_err_pct).collect()),
+            )
+            .with(
+                "p99_err_pct",
+                Column::F64(q.iter().map(|r| r.quality.p99_err_pct).collect()),
+            );
         write_parquet(&out.join("measured/itl_fit_quality.parquet"), &qt)?;
-        outputs.push(("measured/itl_fit_quality.parquet".to_string(), qt.num_rows()));
-        let entries: Vec<(String, u32, &InferenceTrace)> = traces.iter().map(|(l, b, t)| (l.clone(), *b, t)).collect();
+        outputs.push((
+            "measured/itl_fit_quality.parquet".to_string(),
+            qt.num_rows(),
+        ));
+        let entries: Vec<(String, u32, &InferenceTrace)> =
+            traces.iter().map(|(l, b, t)| (l.clone(), *b, t)).collect();
         TraceStore::save(&out.join("measured/traces"), &entries)?;
-        outputs.push(("measured/traces/manifest.parquet".to_string(), entries.len()));
+        outputs.push((
+            "measured/traces/manifest.parquet".to_string(),
+            entries.len(),
+        ));
         opts.progress.end(&format!("{} measured runs", runs.len()));
         itl_quality = quality;
         all_traces.extend(traces);
@@ -456,14 +543,23 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             opts.progress.begin("templates", all_traces.len() as u64);
             let ts = TemplateStore::build(&all_traces, *t)?;
             ts.save(&out.join("templates/templates.parquet"))?;
-            outputs.push(("templates/templates.parquet".to_string(), ts.templates.len() * t.len()));
-            opts.progress.end(&format!("{} templates × {} samples", ts.templates.len(), t.len()));
+            outputs.push((
+                "templates/templates.parquet".to_string(),
+                ts.templates.len() * t.len(),
+            ));
+            opts.progress.end(&format!(
+                "{} templates × {} samples",
+                ts.templates.len(),
+                t.len()
+            ));
         }
     }
     // 6. Folder manifest (written last).
     let output_hashes: Vec<Value> = outputs
         .iter()
-        .map(|(f, rows)| Ok(json!({"file": f, "rows": rows, "sha256": store::sha256_file(&out.join(f))?})))
+        .map(|(f, rows)| {
+            Ok(json!({"file": f, "rows": rows, "sha256": store::sha256_file(&out.join(f))?}))
+        })
         .collect::<Result<_>>()?;
     let input_hashes: Vec<Value> = inputs
         .iter()
@@ -516,26 +612,57 @@ fn group_inputs_json(i: &GroupInputs) -> Value {
     match i {
         GroupInputs::Leaderboard(c) => Value::Array(
             c.iter()
-                .map(|c| json!([c.max_num_seqs, c.avg_power_w, c.median_itl_s, c.p90_itl_s, c.p95_itl_s, c.p99_itl_s, c.output_throughput_tps]))
+                .map(|c| {
+                    json!([
+                        c.max_num_seqs,
+                        c.avg_power_w,
+                        c.median_itl_s,
+                        c.p90_itl_s,
+                        c.p95_itl_s,
+                        c.p99_itl_s,
+                        c.output_throughput_tps
+                    ])
+                })
                 .collect(),
         ),
         GroupInputs::Embedded(g) => serde_json::to_value(g).unwrap_or(Value::Null),
         GroupInputs::Runs(r) => Value::Array(
             r.iter()
-                .map(|r| json!([r.max_num_seqs, r.avg_power_w, r.median_itl_s, r.mean_itl_s, r.output_throughput_tps, r.results_path]))
+                .map(|r| {
+                    json!([
+                        r.max_num_seqs,
+                        r.avg_power_w,
+                        r.median_itl_s,
+                        r.mean_itl_s,
+                        r.output_throughput_tps,
+                        r.results_path
+                    ])
+                })
                 .collect(),
         ),
     }
 }
 
-fn benchmark_groups(runs: &BenchmarkRuns, cfg: &PipelineConfig, tasks: Option<&[String]>, stable_only: bool) -> Result<Vec<Group>> {
+fn benchmark_groups(
+    runs: &BenchmarkRuns,
+    cfg: &PipelineConfig,
+    tasks: Option<&[String]>,
+    stable_only: bool,
+) -> Result<Vec<Group>> {
     let specs: Vec<InferenceModelSpec> = if cfg.models.is_empty() {
         let mut map: BTreeMap<(String, String, String, u32), Vec<u32>> = BTreeMap::new();
         for r in &runs.records {
             if tasks.is_some_and(|t| !t.contains(&r.task)) || (stable_only && !r.is_stable) {
                 continue;
             }
-            let e = map.entry((r.task.clone(), r.model_id.clone(), r.gpu_model.clone(), r.num_gpus)).or_default();
+            let e = map
+                .entry((
+                    r.task.clone(),
+                    r.model_id.clone(),
+                    r.gpu_model.clone(),
+                    r.num_gpus,
+                ))
+                .or_default();
             if !e.contains(&r.max_num_seqs) {
                 e.push(r.max_num_seqs);
             }
@@ -556,7 +683,11 @@ fn benchmark_groups(runs: &BenchmarkRuns, cfg: &PipelineConfig, tasks: Option<&[
     specs
         .into_iter()
         .map(|spec| {
-            let recs = runs.select(&spec, stable_only)?.into_iter().cloned().collect();
+            let recs = runs
+                .select(&spec, stable_only)?
+                .into_iter()
+                .cloned()
+                .collect();
             Ok(Group {
                 spec,
                 inputs: GroupInputs::Runs(recs),
@@ -578,9 +709,14 @@ fn curve(x: &[f64], y: &[f64]) -> CurveResult {
     }
 }
 
-fn curves(spec: &InferenceModelSpec, samples: &[(u32, f64, f64, f64)]) -> BTreeMap<String, CurveResult> {
+fn curves(
+    spec: &InferenceModelSpec,
+    samples: &[(u32, f64, f64, f64)],
+) -> BTreeMap<String, CurveResult> {
     let ex = &spec.fit_exclude_batch_sizes;
-    let pick = |f: fn(&(u32, f64, f64, f64)) -> f64| -> Vec<(u32, f64)> { samples.iter().map(|s| (s.0, f(s))).collect() };
+    let pick = |f: fn(&(u32, f64, f64, f64)) -> f64| -> Vec<(u32, f64)> {
+        samples.iter().map(|s| (s.0, f(s))).collect()
+    };
     let mut out = BTreeMap::new();
     for (name, pts) in [
         ("power", pick(|s| s.1)),
@@ -595,7 +731,12 @@ fn curves(spec: &InferenceModelSpec, samples: &[(u32, f64, f64, f64)]) -> BTreeM
     out
 }
 
-fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, itl_opts: &ItlFitOptions) -> Result<SpecArtifacts> {
+fn build_group(
+    g: &Group,
+    runs: Option<&BenchmarkRuns>,
+    cfg: &PipelineConfig,
+    itl_opts: &ItlFitOptions,
+) -> Result<SpecArtifacts> {
     let spec = &g.spec;
     let mut traces_by_batch = BTreeMap::new();
     let (logistic, itl) = match &g.inputs {
@@ -603,7 +744,14 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
         GroupInputs::Leaderboard(configs) => {
             let samples: Vec<(u32, f64, f64, f64)> = configs
                 .iter()
-                .map(|c| (c.max_num_seqs, c.avg_power_w, c.median_itl_s, c.output_throughput_tps))
+                .map(|c| {
+                    (
+                        c.max_num_seqs,
+                        c.avg_power_w,
+                        c.median_itl_s,
+                        c.output_throughput_tps,
+                    )
+                })
                 .collect();
             let mut itl = BTreeMap::new();
             let mut by_batch: BTreeMap<u32, Vec<&leaderboard::LeaderboardConfig>> = BTreeMap::new();
@@ -611,7 +759,9 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
                 by_batch.entry(c.max_num_seqs).or_default().push(c);
             }
             for (b, cs) in by_batch {
-                let med = |f: fn(&leaderboard::LeaderboardConfig) -> f64| crate::fits::median(&cs.iter().map(|c| f(c)).collect::<Vec<_>>());
+                let med = |f: fn(&leaderboard::LeaderboardConfig) -> f64| {
+                    crate::fits::median(&cs.iter().map(|c| f(c)).collect::<Vec<_>>())
+                };
                 let pts = [
                     (0.5, med(|c| c.median_itl_s)),
                     (0.9, med(|c| c.p90_itl_s)),
@@ -637,7 +787,11 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
             let samples: Vec<(u32, f64, f64, f64)> = records
                 .iter()
                 .map(|r| {
-                    let lat = if r.median_itl_s.is_finite() { r.median_itl_s } else { r.mean_itl_s };
+                    let lat = if r.median_itl_s.is_finite() {
+                        r.median_itl_s
+                    } else {
+                        r.mean_itl_s
+                    };
                     (r.max_num_seqs, r.avg_power_w, lat, r.output_throughput_tps)
                 })
                 .collect();
@@ -645,9 +799,15 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
             let mut timelines: BTreeMap<u32, Vec<(Vec<f64>, Vec<f64>)>> = BTreeMap::new();
             for r in records {
                 let res = runs.results(r)?;
-                itl_samples.entry(r.max_num_seqs).or_default().extend(res.itl_samples()?);
+                itl_samples
+                    .entry(r.max_num_seqs)
+                    .or_default()
+                    .extend(res.itl_samples()?);
                 let tl = res.power_timeline(PowerMetric::DeviceInstant)?;
-                timelines.entry(r.max_num_seqs).or_default().push((tl.relative_time_s, tl.power_w));
+                timelines
+                    .entry(r.max_num_seqs)
+                    .or_default()
+                    .push((tl.relative_time_s, tl.power_w));
             }
             let mut itl = BTreeMap::new();
             for (b, x) in &itl_samples {
@@ -657,7 +817,9 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
                 let probs = [0.5, 0.9, 0.95, 0.99];
                 let rmse = (probs
                     .iter()
-                    .map(|&p| (m.quantile(p).ln() - crate::fits::quantile_sorted(&sorted, p).ln()).powi(2))
+                    .map(|&p| {
+                        (m.quantile(p).ln() - crate::fits::quantile_sorted(&sorted, p).ln()).powi(2)
+                    })
                     .sum::<f64>()
                     / probs.len() as f64)
                     .sqrt();
@@ -672,7 +834,10 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
                 );
             }
             for (b, runs) in &timelines {
-                traces_by_batch.insert(*b, traces::median_trace(runs, cfg.trace_dt_s, spec.gpus_per_replica)?);
+                traces_by_batch.insert(
+                    *b,
+                    traces::median_trace(runs, cfg.trace_dt_s, spec.gpus_per_replica)?,
+                );
             }
             (curves(spec, &samples), itl)
         }
@@ -688,7 +853,11 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
         logistic: logistic.clone(),
         itl: itl.clone(),
     };
-    let lf = match (logistic.get("power"), logistic.get("latency"), logistic.get("throughput")) {
+    let lf = match (
+        logistic.get("power"),
+        logistic.get("latency"),
+        logistic.get("throughput"),
+    ) {
         (Some(p), Some(l), Some(t)) => Some(LogisticFits {
             power: p.fit,
             latency: l.fit,
@@ -700,14 +869,28 @@ fn build_group(g: &Group, runs: Option<&BenchmarkRuns>, cfg: &PipelineConfig, it
         logistic: lf,
         itl: itl.iter().map(|(b, r)| (*b, r.mixture)).collect(),
         traces: traces_by_batch,
-        report: Some(serde_json::to_value(&result).map_err(|source| Error::Json { path: PathBuf::from("fit_report.json"), source })?),
+        report: Some(serde_json::to_value(&result).map_err(|source| Error::Json {
+            path: PathBuf::from("fit_report.json"),
+            source,
+        })?),
     })
 }
 
 fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
-    let (mut task, mut model, mut gpu, mut ng, mut metric) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut l, mut x0, mut k, mut b0, mut np, mut rmse, mut r2, mut gsse, mut sse, mut warn) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut task, mut model, mut gpu, mut ng, mut metric) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut l, mut x0, mut k, mut b0, mut np, mut rmse, mut r2, mut gsse, mut sse, mut warn) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
     for g in groups {
         for m in ["power", "latency", "throughput"] {
             let Some(c) = g.logistic.get(m) else { continue };
@@ -750,14 +933,23 @@ fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
             rows.push((g, *b, r));
         }
     }
-    let s = |f: fn(&(&GroupResult, u32, &ItlResult)) -> String| Column::Str(rows.iter().map(f).collect());
-    let fl = |f: fn(&ItlMixture) -> f64| Column::F64(rows.iter().map(|r| f(&r.2.mixture)).collect());
+    let s = |f: fn(&(&GroupResult, u32, &ItlResult)) -> String| {
+        Column::Str(rows.iter().map(f).collect())
+    };
+    let fl =
+        |f: fn(&ItlMixture) -> f64| Column::F64(rows.iter().map(|r| f(&r.2.mixture)).collect());
     let itl = Table::new()
         .with("task", s(|r| r.0.task.clone()))
         .with("model_id", s(|r| r.0.model_id.clone()))
         .with("gpu_model", s(|r| r.0.gpu_model.clone()))
-        .with("num_gpus", Column::I64(rows.iter().map(|r| r.0.num_gpus as i64).collect()))
-        .with("max_num_seqs", Column::I64(rows.iter().map(|r| r.1 as i64).collect()))
+        .with(
+            "num_gpus",
+            Column::I64(rows.iter().map(|r| r.0.num_gpus as i64).collect()),
+        )
+        .with(
+            "max_num_seqs",
+            Column::I64(rows.iter().map(|r| r.1 as i64).collect()),
+        )
         .with("loc", fl(|m| m.loc))
         .with("pi_steady", fl(|m| m.pi_steady))
         .with("sigma_steady", fl(|m| m.sigma_steady))
@@ -765,28 +957,70 @@ fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
         .with("pi_stall", fl(|m| m.pi_stall))
         .with("sigma_stall", fl(|m| m.sigma_stall))
         .with("scale_stall", fl(|m| m.scale_stall))
-        .with("log_quantile_rmse", Column::F64(rows.iter().map(|r| r.2.log_quantile_rmse).collect()))
+        .with(
+            "log_quantile_rmse",
+            Column::F64(rows.iter().map(|r| r.2.log_quantile_rmse).collect()),
+        )
         .with("fitted_on", s(|r| r.2.fitted_on.clone()))
-        .with("n_samples", Column::I64(rows.iter().map(|r| r.2.n_samples as i64).collect()));
+        .with(
+            "n_samples",
+            Column::I64(rows.iter().map(|r| r.2.n_samples as i64).collect()),
+        );
     (logistic, itl)
 }
 
 type MeasuredTrace = (String, u32, InferenceTrace);
 
-fn measured_outputs(runs: &[measured::MeasuredRun], itl_opts: &ItlFitOptions) -> Result<(Table, Vec<ItlQualityRow>, Vec<MeasuredTrace>)> {
+fn measured_outputs(
+    runs: &[measured::MeasuredRun],
+    itl_opts: &ItlFitOptions,
+) -> Result<(Table, Vec<ItlQualityRow>, Vec<MeasuredTrace>)> {
     let mut quality = Vec::new();
     let mut traces = Vec::new();
-    let (mut id, mut model, mut hw, mut tp, mut mns, mut n, mut dur, mut mean, mut energy, mut skew, mut nreq, mut has_itl) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (
+        mut id,
+        mut model,
+        mut hw,
+        mut tp,
+        mut mns,
+        mut n,
+        mut dur,
+        mut mean,
+        mut energy,
+        mut skew,
+        mut nreq,
+        mut has_itl,
+    ) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
     for r in runs {
         let run_id = if r.manifest.run_id.is_empty() {
-            r.dir.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+            r.dir
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default()
         } else {
             r.manifest.run_id.clone()
         };
         let p = &r.power;
         let span = p.t_s[p.t_s.len() - 1] - p.t_s[0];
-        let e: f64 = p.t_s.windows(2).zip(&p.power_w).map(|(w, pw)| (w[1] - w[0]) * pw).sum();
+        let e: f64 = p
+            .t_s
+            .windows(2)
+            .zip(&p.power_w)
+            .map(|(w, pw)| (w[1] - w[0]) * pw)
+            .sum();
         id.push(run_id.clone());
         model.push(r.manifest.model.clone());
         hw.push(r.manifest.hardware.clone());
@@ -811,9 +1045,17 @@ fn measured_outputs(runs: &[measured::MeasuredRun], itl_opts: &ItlFitOptions) ->
             }
         }
         let t0 = p.t_s[0];
-        let trace = InferenceTrace::new(p.t_s.iter().map(|t| t - t0).collect(), p.power_w.clone(), p.gpus)
-            .map_err(|e| Error::content(r.dir.join("power.csv"), e.to_string()))?;
-        traces.push((format!("measured/{run_id}"), r.manifest.server.max_num_seqs, trace));
+        let trace = InferenceTrace::new(
+            p.t_s.iter().map(|t| t - t0).collect(),
+            p.power_w.clone(),
+            p.gpus,
+        )
+        .map_err(|e| Error::content(r.dir.join("power.csv"), e.to_string()))?;
+        traces.push((
+            format!("measured/{run_id}"),
+            r.manifest.server.max_num_seqs,
+            trace,
+        ));
     }
     let table = Table::new()
         .with("run_id", Column::Str(id))

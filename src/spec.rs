@@ -154,7 +154,10 @@ impl InferenceModelSpec {
             return Err(Error::config(who("batch_sizes"), "must not be empty"));
         }
         if let Some(b) = self.batch_sizes.iter().find(|&&b| b == 0) {
-            return Err(Error::config(who("batch_sizes"), format!("{b} (must be ≥ 1)")));
+            return Err(Error::config(
+                who("batch_sizes"),
+                format!("{b} (must be ≥ 1)"),
+            ));
         }
         if self.feasible_batch_sizes.is_empty() {
             self.feasible_batch_sizes = self.batch_sizes.clone();
@@ -287,7 +290,10 @@ mod tests {
             .build()
             .unwrap_err()
             .to_string();
-        assert!(e.contains("feasible_batch_sizes") && e.contains("32"), "{e}");
+        assert!(
+            e.contains("feasible_batch_sizes") && e.contains("32"),
+            "{e}"
+        );
         let e = InferenceModelSpec::builder("m", "o/m", "H100", "t")
             .batch_sizes(vec![8])
             .itl_deadline_s(0.0)
@@ -304,7 +310,9 @@ mod tests {
 
     #[test]
     fn duplicate_labels_rejected() {
-        let e = check_unique_labels(&[llama(), llama()]).unwrap_err().to_string();
+        let e = check_unique_labels(&[llama(), llama()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("duplicate label \"Llama-3.1-8B\""), "{e}");
     }
 }

@@ -23,7 +23,10 @@ use crate::traces::{InferenceTrace, TemplateOptions};
 
 /// Writes a file atomically: `write` fills a temporary file beside `path`, which is then
 /// flushed and renamed over `path`. On error the temporary file is removed.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -41,7 +44,8 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Resul
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
     }
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
@@ -58,7 +62,9 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
         source,
     })?;
     text.push('\n');
-    write_atomic(path, |f| f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e)))
+    write_atomic(path, |f| {
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
+    })
 }
 
 /// SHA-256 of a file, hex.
@@ -134,12 +140,21 @@ impl SpecStore {
         std::fs::read_to_string(p)
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v.get("inputs_sha256").and_then(Value::as_str).map(|s| s == inputs_sha256))
+            .and_then(|v| {
+                v.get("inputs_sha256")
+                    .and_then(Value::as_str)
+                    .map(|s| s == inputs_sha256)
+            })
             .unwrap_or(false)
     }
 
     /// Writes the artifacts, then the manifest (the completion marker).
-    pub fn save(&self, spec: &InferenceModelSpec, a: &SpecArtifacts, inputs_sha256: &str) -> Result<()> {
+    pub fn save(
+        &self,
+        spec: &InferenceModelSpec,
+        a: &SpecArtifacts,
+        inputs_sha256: &str,
+    ) -> Result<()> {
         let dir = self.dir(spec);
         if let Some(l) = &a.logistic {
             write_json(
@@ -154,7 +169,8 @@ impl SpecStore {
             )?;
         }
         if !a.itl.is_empty() {
-            let per_batch: BTreeMap<String, &ItlMixture> = a.itl.iter().map(|(b, m)| (b.to_string(), m)).collect();
+            let per_batch: BTreeMap<String, &ItlMixture> =
+                a.itl.iter().map(|(b, m)| (b.to_string(), m)).collect();
             write_json(
                 &dir.join("itl_fit.json"),
                 &json!({
@@ -165,8 +181,11 @@ impl SpecStore {
             )?;
         }
         if !a.traces.is_empty() {
-            let entries: Vec<(String, u32, &InferenceTrace)> =
-                a.traces.iter().map(|(b, t)| (spec.model_label.clone(), *b, t)).collect();
+            let entries: Vec<(String, u32, &InferenceTrace)> = a
+                .traces
+                .iter()
+                .map(|(b, t)| (spec.model_label.clone(), *b, t))
+                .collect();
             TraceStore::save(&dir.join("traces"), &entries)?;
         }
         if let Some(r) = &a.report {
@@ -213,9 +232,9 @@ impl SpecStore {
             }
             let f: ItlFile = crate::sources::measured::read_json(&ipath)?;
             for (k, m) in f.per_batch {
-                let b = k
-                    .parse()
-                    .map_err(|_| Error::content(&ipath, format!("per_batch key {k:?} is not a batch size")))?;
+                let b = k.parse().map_err(|_| {
+                    Error::content(&ipath, format!("per_batch key {k:?} is not a batch size"))
+                })?;
                 a.itl.insert(b, m);
             }
         }
@@ -275,12 +294,27 @@ impl TraceStore {
         write_parquet(
             &dir.join(Self::MANIFEST),
             &Table::new()
-                .with("model_label", Column::Str(entries.iter().map(|e| e.0.clone()).collect()))
-                .with("batch_size", Column::I64(entries.iter().map(|e| e.1 as i64).collect()))
-                .with("measured_gpus", Column::I64(entries.iter().map(|e| e.2.measured_gpus as i64).collect()))
+                .with(
+                    "model_label",
+                    Column::Str(entries.iter().map(|e| e.0.clone()).collect()),
+                )
+                .with(
+                    "batch_size",
+                    Column::I64(entries.iter().map(|e| e.1 as i64).collect()),
+                )
+                .with(
+                    "measured_gpus",
+                    Column::I64(entries.iter().map(|e| e.2.measured_gpus as i64).collect()),
+                )
                 .with("file", Column::Str(files))
-                .with("duration_s", Column::F64(entries.iter().map(|e| e.2.duration_s()).collect()))
-                .with("mean_power_w", Column::F64(entries.iter().map(|e| e.2.mean_power_w()).collect())),
+                .with(
+                    "duration_s",
+                    Column::F64(entries.iter().map(|e| e.2.duration_s()).collect()),
+                )
+                .with(
+                    "mean_power_w",
+                    Column::F64(entries.iter().map(|e| e.2.mean_power_w()).collect()),
+                ),
         )
     }
 
@@ -298,9 +332,17 @@ impl TraceStore {
                 .ok_or_else(|| Error::row(manifest, i, "file is null"))?;
             let path = base.join(&file);
             let tr = ParquetTable::read(&path)?;
-            let trace = InferenceTrace::new(tr.floats("t_s")?, tr.floats("power_w")?, gpus[i].max(0) as u32)
-                .map_err(|e| Error::content(&path, e.to_string()))?;
-            out.push((labels[i].clone().unwrap_or_default(), batches[i].max(0) as u32, trace));
+            let trace = InferenceTrace::new(
+                tr.floats("t_s")?,
+                tr.floats("power_w")?,
+                gpus[i].max(0) as u32,
+            )
+            .map_err(|e| Error::content(&path, e.to_string()))?;
+            out.push((
+                labels[i].clone().unwrap_or_default(),
+                batches[i].max(0) as u32,
+                trace,
+            ));
         }
         Ok(out)
     }
@@ -316,7 +358,10 @@ pub struct TemplateStore {
 
 impl TemplateStore {
     /// Builds every template.
-    pub fn build(traces: &[(String, u32, InferenceTrace)], options: TemplateOptions) -> Result<Self> {
+    pub fn build(
+        traces: &[(String, u32, InferenceTrace)],
+        options: TemplateOptions,
+    ) -> Result<Self> {
         options.validate()?;
         let mut templates = BTreeMap::new();
         for (label, batch, trace) in traces {
@@ -329,7 +374,8 @@ impl TemplateStore {
 
     /// `templates.parquet`: model_label, batch_size, step, t_s, power_w_per_gpu.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let (mut label, mut batch, mut step, mut t, mut p) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut label, mut batch, mut step, mut t, mut p) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for ((l, b), values) in &self.templates {
             for (i, v) in values.iter().enumerate() {
                 label.push(l.clone());
@@ -355,7 +401,13 @@ impl TemplateStore {
 pub fn sanitize(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -388,11 +440,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SpecStore::new(dir.path());
         let s = spec();
-        let fit = LogisticFit { l: 1.0, x0: 4.0, k: 1.0, b0: 2.0 };
-        let trace = InferenceTrace::new((0..6).map(|i| i as f64).collect(), vec![300.0; 6], 1).unwrap();
+        let fit = LogisticFit {
+            l: 1.0,
+            x0: 4.0,
+            k: 1.0,
+            b0: 2.0,
+        };
+        let trace =
+            InferenceTrace::new((0..6).map(|i| i as f64).collect(), vec![300.0; 6], 1).unwrap();
         let build = || {
             Ok(SpecArtifacts {
-                logistic: Some(LogisticFits { power: fit, latency: fit, throughput: fit }),
+                logistic: Some(LogisticFits {
+                    power: fit,
+                    latency: fit,
+                    throughput: fit,
+                }),
                 itl: BTreeMap::from([(8, ItlMixture::EMPTY)]),
                 traces: BTreeMap::from([(8, trace.clone())]),
                 report: Some(json!({"n": 1})),
@@ -400,7 +462,9 @@ mod tests {
         };
         let (a, built) = store.ensure(&s, "h1", false, build).unwrap();
         assert!(built);
-        let (b, built) = store.ensure(&s, "h1", false, || panic!("must not rebuild")).unwrap();
+        let (b, built) = store
+            .ensure(&s, "h1", false, || panic!("must not rebuild"))
+            .unwrap();
         assert!(!built);
         assert_eq!(a, b);
         let (_, built) = store.ensure(&s, "h2", false, build).unwrap();
@@ -408,13 +472,22 @@ mod tests {
         let (_, built) = store.ensure(&s, "h2", true, build).unwrap();
         assert!(built, "force must rebuild");
         let text = std::fs::read_to_string(store.dir(&s).join("logistic_fit.json")).unwrap();
-        assert!(text.contains("\"schema\": \"logistic_v1\"") && text.contains("\"L\": 1.0"), "{text}");
+        assert!(
+            text.contains("\"schema\": \"logistic_v1\"") && text.contains("\"L\": 1.0"),
+            "{text}"
+        );
     }
 
     #[test]
     fn missing_spec_names_the_manifest() {
         let dir = tempfile::tempdir().unwrap();
-        let e = SpecStore::new(dir.path()).load(&spec()).unwrap_err().to_string();
-        assert!(e.contains("_manifest.json") && e.contains("has not been built"), "{e}");
+        let e = SpecStore::new(dir.path())
+            .load(&spec())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("_manifest.json") && e.contains("has not been built"),
+            "{e}"
+        );
     }
 }

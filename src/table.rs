@@ -150,11 +150,7 @@ impl ParquetTable {
                 format!("missing column {name:?} (columns: {})", found.join(", ")),
             )
         })?;
-        Ok(self
-            .batches
-            .iter()
-            .map(|b| b.column(idx).clone())
-            .collect())
+        Ok(self.batches.iter().map(|b| b.column(idx).clone()).collect())
     }
 
     fn type_error(&self, name: &str, want: &str, got: &DataType) -> Error {
@@ -263,9 +259,15 @@ mod tests {
         assert!(r.floats("x").unwrap()[1].is_nan());
         assert_eq!(r.bools("ok", false).unwrap(), vec![true, false]);
         let e = r.floats("missing").unwrap_err().to_string();
-        assert!(e.contains("missing column \"missing\"") && e.contains("name, n, x, ok"), "{e}");
+        assert!(
+            e.contains("missing column \"missing\"") && e.contains("name, n, x, ok"),
+            "{e}"
+        );
         let e = r.integers("x").unwrap_err().to_string();
-        assert!(e.contains("row 0") && e.contains("0.5 is not an integer"), "{e}");
+        assert!(
+            e.contains("row 0") && e.contains("0.5 is not an integer"),
+            "{e}"
+        );
         let bad = Table::new()
             .with("a", Column::I64(vec![1]))
             .with("b", Column::I64(vec![]));

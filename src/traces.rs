@@ -28,12 +28,18 @@ impl InferenceTrace {
             )));
         }
         if t_s.len() < 5 {
-            return Err(Error::data(format!("trace has {} samples; need ≥ 5", t_s.len())));
+            return Err(Error::data(format!(
+                "trace has {} samples; need ≥ 5",
+                t_s.len()
+            )));
         }
         if measured_gpus < 1 {
             return Err(Error::data("trace measured_gpus must be ≥ 1"));
         }
-        if let Some(i) = t_s.windows(2).position(|w| !(w[1] > w[0]) || !w[1].is_finite()) {
+        if let Some(i) = t_s
+            .windows(2)
+            .position(|w| !(w[1] > w[0]) || !w[1].is_finite())
+        {
             return Err(Error::data(format!(
                 "trace time at index {} ({}) does not increase from {}",
                 i + 1,
@@ -42,7 +48,10 @@ impl InferenceTrace {
             )));
         }
         if let Some(i) = power_w.iter().position(|p| !p.is_finite()) {
-            return Err(Error::data(format!("trace power at index {i} is {}", power_w[i])));
+            return Err(Error::data(format!(
+                "trace power at index {i} is {}",
+                power_w[i]
+            )));
         }
         Ok(InferenceTrace {
             t_s,
@@ -82,7 +91,11 @@ pub fn interp(t: &[f64], v: &[f64], x: f64) -> f64 {
 /// Several runs of one (model, batch) → one trace: grid 0, dt, … while < median(last time) +
 /// 1e-12; each run clamped-linearly interpolated; element-wise median across runs. Runs with
 /// fewer than 2 samples are ignored.
-pub fn median_trace(runs: &[(Vec<f64>, Vec<f64>)], dt_s: f64, measured_gpus: u32) -> Result<InferenceTrace> {
+pub fn median_trace(
+    runs: &[(Vec<f64>, Vec<f64>)],
+    dt_s: f64,
+    measured_gpus: u32,
+) -> Result<InferenceTrace> {
     if !(dt_s > 0.0 && dt_s.is_finite()) {
         return Err(Error::config("dt_s", format!("{dt_s} (must be > 0)")));
     }
@@ -125,13 +138,22 @@ pub struct TemplateOptions {
 impl TemplateOptions {
     pub fn validate(&self) -> Result<()> {
         if !(self.dt_s > 0.0 && self.dt_s.is_finite()) {
-            return Err(Error::config("templates.dt_s", format!("{} (must be > 0)", self.dt_s)));
+            return Err(Error::config(
+                "templates.dt_s",
+                format!("{} (must be > 0)", self.dt_s),
+            ));
         }
         if !(self.duration_s > 0.0 && self.duration_s.is_finite()) {
-            return Err(Error::config("templates.duration_s", format!("{} (must be > 0)", self.duration_s)));
+            return Err(Error::config(
+                "templates.duration_s",
+                format!("{} (must be > 0)", self.duration_s),
+            ));
         }
         if !(self.steady_skip_s >= 0.0) {
-            return Err(Error::config("templates.steady_skip_s", format!("{} (must be ≥ 0)", self.steady_skip_s)));
+            return Err(Error::config(
+                "templates.steady_skip_s",
+                format!("{} (must be ≥ 0)", self.steady_skip_s),
+            ));
         }
         Ok(())
     }
@@ -161,7 +183,10 @@ pub fn build_template(trace: &InferenceTrace, opts: &TemplateOptions) -> Result<
     }
     let t0 = trace.t_s[start];
     let t: Vec<f64> = trace.t_s[start..].iter().map(|x| x - t0).collect();
-    let q: Vec<f64> = trace.power_w[start..].iter().map(|p| (p / g).max(0.0)).collect();
+    let q: Vec<f64> = trace.power_w[start..]
+        .iter()
+        .map(|p| (p / g).max(0.0))
+        .collect();
     let period = t[t.len() - 1];
     if !(period > 0.0) {
         return Err(Error::data("trace has a non-positive duration"));
@@ -184,9 +209,20 @@ mod tests {
             2,
         )
         .unwrap();
-        let want = [100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 550.0, 100.0, 150.0, 200.0];
+        let want = [
+            100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 550.0, 100.0, 150.0,
+            200.0,
+        ];
         for skip in [0.0, 1.0] {
-            let got = build_template(&trace, &TemplateOptions { duration_s: 6.0, dt_s: 0.5, steady_skip_s: skip }).unwrap();
+            let got = build_template(
+                &trace,
+                &TemplateOptions {
+                    duration_s: 6.0,
+                    dt_s: 0.5,
+                    steady_skip_s: skip,
+                },
+            )
+            .unwrap();
             assert_eq!(got.len(), 13);
             for (g, w) in got.iter().zip(want) {
                 assert!((g - w).abs() < 1e-9, "{got:?}");
@@ -196,8 +232,21 @@ mod tests {
 
     #[test]
     fn skip_applies_when_enough_samples_remain() {
-        let trace = InferenceTrace::new((0..10).map(|i| i as f64).collect(), (0..10).map(|i| i as f64).collect(), 1).unwrap();
-        let got = build_template(&trace, &TemplateOptions { duration_s: 1.0, dt_s: 1.0, steady_skip_s: 2.0 }).unwrap();
+        let trace = InferenceTrace::new(
+            (0..10).map(|i| i as f64).collect(),
+            (0..10).map(|i| i as f64).collect(),
+            1,
+        )
+        .unwrap();
+        let got = build_template(
+            &trace,
+            &TemplateOptions {
+                duration_s: 1.0,
+                dt_s: 1.0,
+                steady_skip_s: 2.0,
+            },
+        )
+        .unwrap();
         assert_eq!(got, vec![2.0, 3.0]);
     }
 

@@ -20,7 +20,8 @@ fn points_from_json(dir: &Path) -> BTreeMap<(Key, &'static str), (Vec<f64>, Vec<
         if p.extension().is_none_or(|x| x != "json") {
             continue;
         }
-        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         let task = doc["task"].as_str().unwrap().to_string();
         for c in doc["configurations"].as_array().unwrap() {
             let key = (
@@ -35,7 +36,11 @@ fn points_from_json(dir: &Path) -> BTreeMap<(Key, &'static str), (Vec<f64>, Vec<
                 ("latency", "median_itl_ms", 1e-3),
                 ("throughput", "output_throughput_tokens_per_sec", 1.0),
             ] {
-                raw.entry((key.clone(), m)).or_default().entry(b).or_default().push(c[field].as_f64().unwrap() * scale);
+                raw.entry((key.clone(), m))
+                    .or_default()
+                    .entry(b)
+                    .or_default()
+                    .push(c[field].as_f64().unwrap() * scale);
             }
         }
     }
@@ -46,7 +51,11 @@ fn points_from_json(dir: &Path) -> BTreeMap<(Key, &'static str), (Vec<f64>, Vec<
                 .map(|(b, mut v)| {
                     v.sort_by(f64::total_cmp);
                     let n = v.len();
-                    let med = if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) };
+                    let med = if n % 2 == 1 {
+                        v[n / 2]
+                    } else {
+                        0.5 * (v[n / 2 - 1] + v[n / 2])
+                    };
                     ((b as f64).log2(), med)
                 })
                 .unzip();
@@ -58,23 +67,37 @@ fn points_from_json(dir: &Path) -> BTreeMap<(Key, &'static str), (Vec<f64>, Vec<
 /// The peer's grid optimum (40 x0 × 60 log-spaced k; b0, L by ordinary least squares), written
 /// independently of the crate: minimal SSE over the grid.
 fn grid_optimum_sse(x: &[f64], y: &[f64]) -> f64 {
-    let (lo, hi) = x.iter().fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
+    let (lo, hi) = x
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
     let mut best = f64::INFINITY;
     for i in 0..40 {
         let x0 = (lo - 1.0) + (hi - lo + 2.0) * i as f64 / 39.0;
         for j in 0..60 {
             let k = 10f64.powf(-2.0 + 4.0 * j as f64 / 59.0);
-            let s: Vec<f64> = x.iter().map(|&xi| 1.0 / (1.0 + (-k * (xi - x0)).exp())).collect();
+            let s: Vec<f64> = x
+                .iter()
+                .map(|&xi| 1.0 / (1.0 + (-k * (xi - x0)).exp()))
+                .collect();
             // Normal equations of y ≈ b0 + L s.
             let n = s.len() as f64;
-            let (ss, sy, s2, sys) = (s.iter().sum::<f64>(), y.iter().sum::<f64>(), s.iter().map(|v| v * v).sum::<f64>(), s.iter().zip(y).map(|(a, b)| a * b).sum::<f64>());
+            let (ss, sy, s2, sys) = (
+                s.iter().sum::<f64>(),
+                y.iter().sum::<f64>(),
+                s.iter().map(|v| v * v).sum::<f64>(),
+                s.iter().zip(y).map(|(a, b)| a * b).sum::<f64>(),
+            );
             let det = n * s2 - ss * ss;
             if det.abs() < 1e-18 {
                 continue;
             }
             let l = (n * sys - ss * sy) / det;
             let b0 = (sy - l * ss) / n;
-            let sse: f64 = s.iter().zip(y).map(|(si, yi)| (b0 + l * si - yi).powi(2)).sum();
+            let sse: f64 = s
+                .iter()
+                .zip(y)
+                .map(|(si, yi)| (b0 + l * si - yi).powi(2))
+                .sum();
             best = best.min(sse);
         }
     }
@@ -83,25 +106,58 @@ fn grid_optimum_sse(x: &[f64], y: &[f64]) -> f64 {
 
 #[test]
 fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
-    let Some(dir) = common::shared("mlenergy-leaderboard") else { return };
+    let Some(dir) = common::shared("mlenergy-leaderboard") else {
+        return;
+    };
     let out = tempfile::tempdir().unwrap();
     let cfg = PipelineConfig::from_file(Path::new("pipelines/leaderboard.toml")).unwrap();
-    let cfg = PipelineConfig { measured: None, templates: None, ..cfg };
+    let cfg = PipelineConfig {
+        measured: None,
+        templates: None,
+        ..cfg
+    };
     let summary = pipeline::run(
         &cfg,
-        &RunOptions { out_dir: out.path().to_path_buf(), force: false, source_path: Some(dir.clone()), measured_path: None, pipeline_file: None, progress: &common::Quiet },
+        &RunOptions {
+            out_dir: out.path().to_path_buf(),
+            force: false,
+            source_path: Some(dir.clone()),
+            measured_path: None,
+            pipeline_file: None,
+            progress: &common::Quiet,
+        },
     )
     .unwrap();
-    assert_eq!(summary.groups, 114, "README of the leaderboard data: 38+28+6+26+16 groups");
+    assert_eq!(
+        summary.groups, 114,
+        "README of the leaderboard data: 38+28+6+26+16 groups"
+    );
 
     let t = ParquetTable::read(&out.path().join("fits/logistic_fits.parquet")).unwrap();
-    let (task, model, gpu, ng, metric) = (t.strings("task").unwrap(), t.strings("model_id").unwrap(), t.strings("gpu_model").unwrap(), t.integers("num_gpus").unwrap(), t.strings("metric").unwrap());
-    let (l, x0, k, b0, n_points) = (t.floats("L").unwrap(), t.floats("x0").unwrap(), t.floats("k").unwrap(), t.floats("b0").unwrap(), t.integers("n_points").unwrap());
+    let (task, model, gpu, ng, metric) = (
+        t.strings("task").unwrap(),
+        t.strings("model_id").unwrap(),
+        t.strings("gpu_model").unwrap(),
+        t.integers("num_gpus").unwrap(),
+        t.strings("metric").unwrap(),
+    );
+    let (l, x0, k, b0, n_points) = (
+        t.floats("L").unwrap(),
+        t.floats("x0").unwrap(),
+        t.floats("k").unwrap(),
+        t.floats("b0").unwrap(),
+        t.integers("n_points").unwrap(),
+    );
     let points = points_from_json(&dir);
     let (mut checked, mut strictly) = (0, 0);
     let mut groups_strict: BTreeMap<Key, bool> = BTreeMap::new();
     for i in 0..t.num_rows() {
-        let key: Key = (task[i].clone().unwrap(), model[i].clone().unwrap(), gpu[i].clone().unwrap(), ng[i]);
+        let key: Key = (
+            task[i].clone().unwrap(),
+            model[i].clone().unwrap(),
+            gpu[i].clone().unwrap(),
+            ng[i],
+        );
         let m: &'static str = match metric[i].as_deref().unwrap() {
             "power" => "power",
             "latency" => "latency",
@@ -112,10 +168,17 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
         if x.len() < 3 {
             continue;
         }
-        let sse: f64 = x.iter().zip(y).map(|(&xi, &yi)| (b0[i] + l[i] / (1.0 + (-k[i] * (xi - x0[i])).exp()) - yi).powi(2)).sum();
+        let sse: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(&xi, &yi)| (b0[i] + l[i] / (1.0 + (-k[i] * (xi - x0[i])).exp()) - yi).powi(2))
+            .sum();
         let grid = grid_optimum_sse(x, y);
         let scale = y.iter().map(|v| v * v).sum::<f64>();
-        assert!(sse <= grid + 1e-9 * scale, "{key:?} {m}: refined SSE {sse} > grid {grid}");
+        assert!(
+            sse <= grid + 1e-9 * scale,
+            "{key:?} {m}: refined SSE {sse} > grid {grid}"
+        );
         checked += 1;
         let strict = sse < grid * (1.0 - 1e-9);
         if strict {
@@ -127,22 +190,39 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
     let strict_groups = groups_strict.values().filter(|&&s| s).count();
     eprintln!("{checked} curves checked, {strictly} strictly better; {strict_groups}/{} groups strictly better on every metric", groups_strict.len());
     assert!(checked >= 300);
-    assert!(strict_groups * 2 > groups_strict.len(), "strictly lower on most groups");
+    assert!(
+        strict_groups * 2 > groups_strict.len(),
+        "strictly lower on most groups"
+    );
 
     // A second run reuses every spec folder and writes identical tables.
     let before = std::fs::read(out.path().join("fits/logistic_fits.parquet")).unwrap();
     let again = pipeline::run(
         &cfg,
-        &RunOptions { out_dir: out.path().to_path_buf(), force: false, source_path: Some(dir), measured_path: None, pipeline_file: None, progress: &common::Quiet },
+        &RunOptions {
+            out_dir: out.path().to_path_buf(),
+            force: false,
+            source_path: Some(dir),
+            measured_path: None,
+            pipeline_file: None,
+            progress: &common::Quiet,
+        },
     )
     .unwrap();
     assert_eq!((again.groups_built, again.groups_loaded), (0, 114));
     let after = std::fs::read(out.path().join("fits/logistic_fits.parquet")).unwrap();
-    assert!(before == after, "tables differ after reusing the spec cache");
+    assert!(
+        before == after,
+        "tables differ after reusing the spec cache"
+    );
 
     // The embedded default is what this pipeline derives from the real data.
-    let made: CompactFits = serde_json::from_str(&std::fs::read_to_string(out.path().join("fits/default_fits.json")).unwrap()).unwrap();
-    let embedded: CompactFits = serde_json::from_str(&std::fs::read_to_string("data/default/fits.json").unwrap()).unwrap();
+    let made: CompactFits = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("fits/default_fits.json")).unwrap(),
+    )
+    .unwrap();
+    let embedded: CompactFits =
+        serde_json::from_str(&std::fs::read_to_string("data/default/fits.json").unwrap()).unwrap();
     assert_eq!(made.groups.len(), embedded.groups.len());
     for (a, b) in made.groups.iter().zip(&embedded.groups) {
         assert_eq!(a.model_label, b.model_label);
@@ -152,36 +232,70 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
             let e = &b.logistic[m];
             for &batch in &a.batch_sizes {
                 let (u, v) = (c.fit.eval_batch(batch), e.fit.eval_batch(batch));
-                assert!((u - v).abs() <= 1e-7 * u.abs().max(1e-9), "{} {m} at batch {batch}: {u} vs embedded {v}", a.model_label);
+                assert!(
+                    (u - v).abs() <= 1e-7 * u.abs().max(1e-9),
+                    "{} {m} at batch {batch}: {u} vs embedded {v}",
+                    a.model_label
+                );
             }
         }
         for (batch, r) in &a.itl {
-            let (u, v) = (r.mixture.quantile(0.99), b.itl[batch].mixture.quantile(0.99));
+            let (u, v) = (
+                r.mixture.quantile(0.99),
+                b.itl[batch].mixture.quantile(0.99),
+            );
             // Under-determined fit (4 percentiles, 5 parameters): builds differ ~1e-4; the fit
             // error itself is ~1e-2.
-            assert!((u / v - 1.0).abs() < 1e-3, "{} ITL p99 at batch {batch}: {u} vs embedded {v}", a.model_label);
+            assert!(
+                (u / v - 1.0).abs() < 1e-3,
+                "{} ITL p99 at batch {batch}: {u} vs embedded {v}",
+                a.model_label
+            );
         }
-        assert_eq!(a.itl.keys().collect::<Vec<_>>(), b.itl.keys().collect::<Vec<_>>());
+        assert_eq!(
+            a.itl.keys().collect::<Vec<_>>(),
+            b.itl.keys().collect::<Vec<_>>()
+        );
     }
-    assert_eq!(made.derived_from["inputs"], embedded.derived_from["inputs"], "embedded default derived from other leaderboard files");
+    assert_eq!(
+        made.derived_from["inputs"], embedded.derived_from["inputs"],
+        "embedded default derived from other leaderboard files"
+    );
 }
 
 #[test]
 fn percentile_itl_fits_reproduce_the_published_percentiles() {
-    let Some(dir) = common::shared("mlenergy-leaderboard") else { return };
+    let Some(dir) = common::shared("mlenergy-leaderboard") else {
+        return;
+    };
     let (_, configs) = powersynth::sources::leaderboard::load_dir(&dir, None).unwrap();
     assert_eq!(configs.len(), 838);
     let mut errs = Vec::new();
     for c in configs.iter().step_by(7) {
-        let f = powersynth::fits::itl_percentiles::fit(&[(0.5, c.median_itl_s), (0.9, c.p90_itl_s), (0.95, c.p95_itl_s), (0.99, c.p99_itl_s)]).unwrap();
-        let worst = [(0.5, c.median_itl_s), (0.9, c.p90_itl_s), (0.95, c.p95_itl_s), (0.99, c.p99_itl_s)]
-            .iter()
-            .map(|&(q, v)| (f.mixture.quantile(q) / v - 1.0).abs())
-            .fold(0.0, f64::max);
+        let f = powersynth::fits::itl_percentiles::fit(&[
+            (0.5, c.median_itl_s),
+            (0.9, c.p90_itl_s),
+            (0.95, c.p95_itl_s),
+            (0.99, c.p99_itl_s),
+        ])
+        .unwrap();
+        let worst = [
+            (0.5, c.median_itl_s),
+            (0.9, c.p90_itl_s),
+            (0.95, c.p95_itl_s),
+            (0.99, c.p99_itl_s),
+        ]
+        .iter()
+        .map(|&(q, v)| (f.mixture.quantile(q) / v - 1.0).abs())
+        .fold(0.0, f64::max);
         errs.push(worst);
     }
     errs.sort_by(f64::total_cmp);
     let median = errs[errs.len() / 2];
-    eprintln!("percentile ITL fits: median worst-percentile error {:.2} %, max {:.2} %", 100.0 * median, 100.0 * errs[errs.len() - 1]);
+    eprintln!(
+        "percentile ITL fits: median worst-percentile error {:.2} %, max {:.2} %",
+        100.0 * median,
+        100.0 * errs[errs.len() - 1]
+    );
     assert!(median < 0.02, "median worst-percentile error {median}");
 }

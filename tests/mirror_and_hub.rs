@@ -14,8 +14,12 @@ use powersynth::table::{write_parquet, Column, Table};
 
 /// Two devices: device "0" on a 0.1 s grid, device "1" offset by 0.05 s; steady state 2…8 s.
 fn results_json(power0: f64, itl: &str) -> String {
-    let d0: Vec<String> = (0..100).map(|i| format!("[{}, {}]", 1000.0 + i as f64 * 0.1, power0 + i as f64)).collect();
-    let d1: Vec<String> = (0..100).map(|i| format!("[{}, {}]", 1000.05 + i as f64 * 0.1, 100.0)).collect();
+    let d0: Vec<String> = (0..100)
+        .map(|i| format!("[{}, {}]", 1000.0 + i as f64 * 0.1, power0 + i as f64))
+        .collect();
+    let d1: Vec<String> = (0..100)
+        .map(|i| format!("[{}, {}]", 1000.05 + i as f64 * 0.1, 100.0))
+        .collect();
     format!(
         r#"{{"results": [{{"success": true, "itl": {itl}, "output_len": 5}}, {{"success": false, "itl": [9.0]}}],
            "timeline": {{"steady_state_start_time": 1002.0, "steady_state_end_time": 1008.0,
@@ -26,13 +30,22 @@ fn results_json(power0: f64, itl: &str) -> String {
 }
 
 fn build_mirror(root: &Path) {
-    let rows = [(8u32, "a8", 300.0), (16, "a16", 400.0), (32, "a32", 500.0), (16, "b16", 420.0)];
+    let rows = [
+        (8u32, "a8", 300.0),
+        (16, "a16", 400.0),
+        (32, "a32", 500.0),
+        (16, "b16", 420.0),
+    ];
     let mut paths = Vec::new();
     for (b, name, p) in rows {
         let rel = format!("llm/h100/current/run/llm/lm-arena-chat/results/org/m/H100/num_gpus+2+max_num_seqs+{b}+{name}/results.json");
         let f = root.join(&rel);
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(&f, results_json(p, "[0.0, 0.03, 0.0, 0.0, 0.01, -1.0, 0.02]")).unwrap();
+        std::fs::write(
+            &f,
+            results_json(p, "[0.0, 0.03, 0.0, 0.0, 0.01, -1.0, 0.02]"),
+        )
+        .unwrap();
         paths.push(rel);
     }
     let n = rows.len();
@@ -45,11 +58,23 @@ fn build_mirror(root: &Path) {
             .with("nickname", s("M"))
             .with("gpu_model", s("H100"))
             .with("num_gpus", Column::I64(vec![2; n]))
-            .with("max_num_seqs", Column::I64(rows.iter().map(|r| r.0 as i64).collect()))
-            .with("avg_power_watts", Column::F64(rows.iter().map(|r| r.2 * 2.0).collect()))
-            .with("median_itl_ms", Column::F64(rows.iter().map(|r| 10.0 + r.0 as f64 / 8.0).collect()))
+            .with(
+                "max_num_seqs",
+                Column::I64(rows.iter().map(|r| r.0 as i64).collect()),
+            )
+            .with(
+                "avg_power_watts",
+                Column::F64(rows.iter().map(|r| r.2 * 2.0).collect()),
+            )
+            .with(
+                "median_itl_ms",
+                Column::F64(rows.iter().map(|r| 10.0 + r.0 as f64 / 8.0).collect()),
+            )
             .with("mean_itl_ms", Column::F64(vec![12.0; n]))
-            .with("output_throughput_tokens_per_sec", Column::F64(rows.iter().map(|r| 50.0 * r.0 as f64).collect()))
+            .with(
+                "output_throughput_tokens_per_sec",
+                Column::F64(rows.iter().map(|r| 50.0 * r.0 as f64).collect()),
+            )
             .with("is_stable", Column::Bool(vec![true, true, false, true]))
             .with("results_path", Column::Str(paths)),
     )
@@ -57,7 +82,11 @@ fn build_mirror(root: &Path) {
 }
 
 fn spec(batches: Vec<u32>) -> InferenceModelSpec {
-    InferenceModelSpec::builder("m", "org/m", "H100", "lm-arena-chat").gpus_per_replica(2).batch_sizes(batches).build().unwrap()
+    InferenceModelSpec::builder("m", "org/m", "H100", "lm-arena-chat")
+        .gpus_per_replica(2)
+        .batch_sizes(batches)
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -69,21 +98,36 @@ fn mirror_loads_selects_and_aligns() {
     assert_eq!(runs.select(&spec(vec![8, 16, 32]), false).unwrap().len(), 4);
     assert_eq!(runs.select(&spec(vec![8, 16, 32]), true).unwrap().len(), 3);
     let e = runs.select(&spec(vec![64]), false).unwrap_err().to_string();
-    assert!(e.contains("no runs match") && e.contains("batch_sizes=[64]"), "{e}");
+    assert!(
+        e.contains("no runs match") && e.contains("batch_sizes=[64]"),
+        "{e}"
+    );
     let mut other = spec(vec![8]);
     other.task = "gpqa".into();
-    assert!(runs.select(&other, false).is_err(), "task is filtered per spec");
+    assert!(
+        runs.select(&other, false).is_err(),
+        "task is filtered per spec"
+    );
 
     let r = runs.results(&runs.records[0]).unwrap();
     let tl = r.power_timeline(PowerMetric::DeviceInstant).unwrap();
     // Steady window [1002, 1008] inclusive on device 0's axis: 61 samples (float rounding may
     // drop an end point), relative to the window start.
-    assert!((60..=61).contains(&tl.relative_time_s.len()), "{}", tl.relative_time_s.len());
+    assert!(
+        (60..=61).contains(&tl.relative_time_s.len()),
+        "{}",
+        tl.relative_time_s.len()
+    );
     assert!(tl.relative_time_s[0].abs() < 1e-6 || (tl.relative_time_s[0] - 0.1).abs() < 1e-6);
     let i = tl.relative_time_s.len() / 2;
     // Device 1's readings are offset by 0.05 s: it still contributes its 100 W (the peer adds 0).
     let device0 = 300.0 + ((1002.0 + tl.relative_time_s[i] - 1000.0) / 0.1).round();
-    assert!((tl.power_w[i] - (device0 + 100.0)).abs() < 1e-6, "{} vs {}", tl.power_w[i], device0 + 100.0);
+    assert!(
+        (tl.power_w[i] - (device0 + 100.0)).abs() < 1e-6,
+        "{} vs {}",
+        tl.power_w[i],
+        device0 + 100.0
+    );
     assert_eq!(tl.devices, 2);
     // ITL: [0, .03, 0, 0, .01, -1, .02] → .01 ×3, .01, .02; the failed request is ignored.
     let itl = r.itl_samples().unwrap();
@@ -100,19 +144,43 @@ fn results_json_errors_name_the_file() {
         std::fs::write(&p, text).unwrap();
         powersynth::sources::mlenergy::RunResults::read(&p)
     };
-    let e = write("trunc.json", &results_json(1.0, "[0.01]")[..200]).unwrap_err().to_string();
-    assert!(e.contains("trunc.json") && e.contains("invalid JSON"), "{e}");
-    let r = write("zeros.json", r#"{"results": [{"success": true, "itl": [0.0, 0.0]}]}"#).unwrap();
+    let e = write("trunc.json", &results_json(1.0, "[0.01]")[..200])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("trunc.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
+    let r = write(
+        "zeros.json",
+        r#"{"results": [{"success": true, "itl": [0.0, 0.0]}]}"#,
+    )
+    .unwrap();
     let e = r.itl_samples().unwrap_err().to_string();
-    assert!(e.contains("zeros.json") && e.contains("no valid ITL"), "{e}");
-    let e = r.power_timeline(PowerMetric::DeviceInstant).unwrap_err().to_string();
+    assert!(
+        e.contains("zeros.json") && e.contains("no valid ITL"),
+        "{e}"
+    );
+    let e = r
+        .power_timeline(PowerMetric::DeviceInstant)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no \"timeline\""), "{e}");
     let r = write("window.json", r#"{"timeline": {"steady_state_start_time": 5, "steady_state_end_time": 6, "power": {"device_instant": {"0": [[1, 100], [2, 100]]}}}}"#).unwrap();
-    let e = r.power_timeline(PowerMetric::DeviceInstant).unwrap_err().to_string();
+    let e = r
+        .power_timeline(PowerMetric::DeviceInstant)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no sample in the steady state"), "{e}");
     let r = write("order.json", r#"{"timeline": {"steady_state_start_time": 0, "steady_state_end_time": 6, "power": {"device_instant": {"0": [[2, 100], [2, 100]]}}}}"#).unwrap();
-    let e = r.power_timeline(PowerMetric::DeviceInstant).unwrap_err().to_string();
-    assert!(e.contains("row 1") && e.contains("does not increase"), "{e}");
+    let e = r
+        .power_timeline(PowerMetric::DeviceInstant)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("row 1") && e.contains("does not increase"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -126,21 +194,47 @@ fn mirror_pipeline_fits_traces_and_templates() {
     ))
     .unwrap();
     assert!(matches!(cfg.source, SourceConfig::Mirror { .. }));
-    let s = pipeline::run(&cfg, &RunOptions { out_dir: out.path().into(), force: false, source_path: None, measured_path: None, pipeline_file: None, progress: &common::Quiet }).unwrap();
+    let s = pipeline::run(
+        &cfg,
+        &RunOptions {
+            out_dir: out.path().into(),
+            force: false,
+            source_path: None,
+            measured_path: None,
+            pipeline_file: None,
+            progress: &common::Quiet,
+        },
+    )
+    .unwrap();
     assert_eq!(s.groups, 1);
     // Specs derived from the runs table split a replica's GPUs by tensor parallelism.
     let mut derived = spec(vec![8, 16, 32]);
     derived.tensor_parallel = 2;
     let hash = derived.cache_hash();
-    for f in ["logistic_fit.json", "itl_fit.json", "_manifest.json", "traces/manifest.parquet"] {
-        assert!(out.path().join("specs").join(&hash).join(f).is_file(), "{f}");
+    for f in [
+        "logistic_fit.json",
+        "itl_fit.json",
+        "_manifest.json",
+        "traces/manifest.parquet",
+    ] {
+        assert!(
+            out.path().join("specs").join(&hash).join(f).is_file(),
+            "{f}"
+        );
     }
-    let t = powersynth::table::ParquetTable::read(&out.path().join("templates/templates.parquet")).unwrap();
-    assert_eq!(t.num_rows(), 3 * 41, "3 batch sizes × (20 / 0.5 + 1) samples");
+    let t = powersynth::table::ParquetTable::read(&out.path().join("templates/templates.parquet"))
+        .unwrap();
+    assert_eq!(
+        t.num_rows(),
+        3 * 41,
+        "3 batch sizes × (20 / 0.5 + 1) samples"
+    );
     // Per-GPU template of batch 8 at t = 0: (device0 300+20 + device1 100) / 2 GPUs = 210 W.
     let p = t.floats("power_w_per_gpu").unwrap();
     assert!((p[0] - 210.0).abs() < 1.0, "{}", p[0]);
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["inputs"][0]["sha256"].as_str().unwrap().len(), 64);
 }
 
@@ -173,28 +267,56 @@ fn hub_code_path_reads_the_cache_and_explains_errors() {
     build_mirror(mirror.path());
     let cache = tempfile::tempdir().unwrap();
     fill_hub_cache(cache.path(), mirror.path());
-    let opts = HubOptions { cache_dir: Some(cache.path().to_path_buf()), offline: true, ..HubOptions::new("ml-energy/benchmark-v3") };
+    let opts = HubOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        offline: true,
+        ..HubOptions::new("ml-energy/benchmark-v3")
+    };
     let runs = BenchmarkRuns::from_hub(opts.clone()).unwrap();
     let from_mirror = BenchmarkRuns::from_directory(mirror.path()).unwrap();
     // Debug text, because the records hold NaN for columns the table lacks (NaN ≠ NaN).
-    assert_eq!(format!("{:?}", runs.records), format!("{:?}", from_mirror.records), "hub and mirror load identically");
+    assert_eq!(
+        format!("{:?}", runs.records),
+        format!("{:?}", from_mirror.records),
+        "hub and mirror load identically"
+    );
     let r = runs.results(&runs.records[1]).unwrap();
-    assert_eq!(r.itl_samples().unwrap(), from_mirror.results(&from_mirror.records[1]).unwrap().itl_samples().unwrap());
+    assert_eq!(
+        r.itl_samples().unwrap(),
+        from_mirror
+            .results(&from_mirror.records[1])
+            .unwrap()
+            .itl_samples()
+            .unwrap()
+    );
 
     // Offline and not cached.
     let empty = tempfile::tempdir().unwrap();
-    let e = BenchmarkRuns::from_hub(HubOptions { cache_dir: Some(empty.path().into()), ..opts.clone() }).err().unwrap().to_string();
-    assert!(e.contains("HF_HUB_OFFLINE") && e.contains("runs/llm.parquet"), "{e}");
+    let e = BenchmarkRuns::from_hub(HubOptions {
+        cache_dir: Some(empty.path().into()),
+        ..opts.clone()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("HF_HUB_OFFLINE") && e.contains("runs/llm.parquet"),
+        "{e}"
+    );
 
     // Gated: a loopback server that answers 401 to everything.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         for _ in 0..6 {
-            let Ok((mut s, _)) = listener.accept() else { return };
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             if String::from_utf8_lossy(&buf).contains("X-Stop") {
                 return;
             }
@@ -210,6 +332,9 @@ fn hub_code_path_reads_the_cache_and_explains_errors() {
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("401") && e.contains("request access") && e.contains("HF_TOKEN"), "{e}");
+    assert!(
+        e.contains("401") && e.contains("request access") && e.contains("HF_TOKEN"),
+        "{e}"
+    );
     drop(server);
 }

@@ -133,7 +133,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if !summary.warnings.is_empty() {
-        println!("{} fit warnings (suspicious fits; see the `warnings` column):", summary.warnings.len());
+        println!(
+            "{} fit warnings (suspicious fits; see the `warnings` column):",
+            summary.warnings.len()
+        );
         for w in summary.warnings.iter().take(5) {
             println!("  {w}");
         }
@@ -145,6 +148,9 @@ fn main() -> anyhow::Result<()> {
     for (f, rows) in &summary.outputs {
         println!("  {f} ({rows} rows)");
     }
-    println!("  manifest.json; done in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "  manifest.json; done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

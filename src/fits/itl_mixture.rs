@@ -119,8 +119,16 @@ impl ItlMixture {
     pub fn quantile(&self, q: f64) -> f64 {
         let (p_s, p_t) = self.weights();
         let comps = [
-            (p_s, self.scale_steady.max(1e-300).ln(), self.sigma_steady.max(1e-12)),
-            (p_t, self.scale_stall.max(1e-300).ln(), self.sigma_stall.max(1e-12)),
+            (
+                p_s,
+                self.scale_steady.max(1e-300).ln(),
+                self.sigma_steady.max(1e-12),
+            ),
+            (
+                p_t,
+                self.scale_stall.max(1e-300).ln(),
+                self.sigma_stall.max(1e-12),
+            ),
         ];
         let smax = comps[0].2.max(comps[1].2);
         let mut lo = comps[0].1.min(comps[1].1) - 12.0 * smax;
@@ -142,7 +150,11 @@ impl ItlMixture {
                 hi = z;
             }
             let newton = z - f / dens;
-            z = if dens > 0.0 && newton > lo && newton < hi { newton } else { 0.5 * (lo + hi) };
+            z = if dens > 0.0 && newton > lo && newton < hi {
+                newton
+            } else {
+                0.5 * (lo + hi)
+            };
             if hi - lo < 1e-13 {
                 break;
             }
@@ -295,10 +307,15 @@ fn fit_shifted(x: &[f64], loc: f64, rule: &EmRule) -> ItlMixture {
         }
         pi[0] = w1 / n as f64;
         pi[1] = 1.0 - pi[0];
-        let weighted_mean = |r: &[f64], w: f64| r.iter().zip(&z).map(|(ri, zi)| ri * zi).sum::<f64>() / w;
+        let weighted_mean =
+            |r: &[f64], w: f64| r.iter().zip(&z).map(|(ri, zi)| ri * zi).sum::<f64>() / w;
         mu = [weighted_mean(&r1, w1), weighted_mean(&r2, w2)];
         let weighted_sd = |r: &[f64], w: f64, m: f64| {
-            (r.iter().zip(&z).map(|(ri, zi)| ri * (zi - m).powi(2)).sum::<f64>() / w)
+            (r.iter()
+                .zip(&z)
+                .map(|(ri, zi)| ri * (zi - m).powi(2))
+                .sum::<f64>()
+                / w)
                 .sqrt()
                 .max(rule.sigma_floor)
         };
@@ -451,7 +468,10 @@ mod tests {
         let peer = quality(&fit(&x, &compat()), &x);
         assert!((robust.sample_mean_s - 0.063545).abs() < 1e-5);
         assert!(peer.p99_err_pct > 20.0, "{peer:?}");
-        assert!(robust.p99_err_pct < 5.0 && robust.mean_err_pct < 1.0, "{robust:?}");
+        assert!(
+            robust.p99_err_pct < 5.0 && robust.mean_err_pct < 1.0,
+            "{robust:?}"
+        );
         assert!(robust.mean_err_pct < peer.mean_err_pct);
     }
 
@@ -494,13 +514,22 @@ mod tests {
 
     #[test]
     fn em_recovers_unshifted_mixture_exactly() {
-        let truth = ItlMixture { loc: 0.0, ..known() };
+        let truth = ItlMixture {
+            loc: 0.0,
+            ..known()
+        };
         let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
         let x: Vec<f64> = (0..20000).map(|_| truth.sample_one(&mut rng)).collect();
         let m = fit_shifted(&x, 0.0, &EmRule::CONVERGE);
         assert!((m.pi_steady - 0.85).abs() < 0.05, "{m:?}");
-        assert!(close(m.scale_steady, 0.006, 0.10) && close(m.scale_stall, 0.04, 0.10), "{m:?}");
-        assert!(close(m.sigma_steady, 0.15, 0.10) && close(m.sigma_stall, 0.35, 0.10), "{m:?}");
+        assert!(
+            close(m.scale_steady, 0.006, 0.10) && close(m.scale_stall, 0.04, 0.10),
+            "{m:?}"
+        );
+        assert!(
+            close(m.sigma_steady, 0.15, 0.10) && close(m.sigma_stall, 0.35, 0.10),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -512,7 +541,10 @@ mod tests {
         let mean = draws.iter().sum::<f64>() / n as f64;
         let var = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n as f64;
         let (am, av) = m.mean_var();
-        assert!(close(mean, am, 0.01) && close(var, av, 0.03), "{mean} {am} {var} {av}");
+        assert!(
+            close(mean, am, 0.01) && close(var, av, 0.03),
+            "{mean} {am} {var} {av}"
+        );
         assert!((m.cdf(m.quantile(0.9)) - 0.9).abs() < 1e-9);
     }
 
@@ -528,7 +560,11 @@ mod tests {
             let dm = draws.iter().sum::<f64>() / k as f64;
             let dv = draws.iter().map(|d| (d - dm).powi(2)).sum::<f64>() / k as f64;
             assert!(close(dm, mean, 0.01), "n={n}");
-            assert!(close(dv, var / n as f64, 0.1), "n={n} {dv} {}", var / n as f64);
+            assert!(
+                close(dv, var / n as f64, 0.1),
+                "n={n} {dv} {}",
+                var / n as f64
+            );
         }
     }
 
@@ -537,9 +573,27 @@ mod tests {
         assert_eq!(fit(&[], &compat()), ItlMixture::EMPTY);
         assert_eq!(fit(&[f64::NAN, -1.0, 0.0], &compat()), ItlMixture::EMPTY);
         let x: Vec<f64> = (0..10000).map(|i| 0.01 + 1e-6 * i as f64).collect();
-        let a = fit(&x, &ItlFitOptions { seed: 1, ..compat() });
-        let b = fit(&x, &ItlFitOptions { seed: 1, ..compat() });
-        let c = fit(&x, &ItlFitOptions { seed: 2, ..compat() });
+        let a = fit(
+            &x,
+            &ItlFitOptions {
+                seed: 1,
+                ..compat()
+            },
+        );
+        let b = fit(
+            &x,
+            &ItlFitOptions {
+                seed: 1,
+                ..compat()
+            },
+        );
+        let c = fit(
+            &x,
+            &ItlFitOptions {
+                seed: 2,
+                ..compat()
+            },
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

@@ -141,7 +141,9 @@ pub fn fit_grid(x: &[f64], y: &[f64]) -> LogisticFit {
     }
     let (x_min, x_max) = x
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
     let n = x.len() as f64;
     let mut best = LogisticFit::constant(x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
     let mut best_mse = f64::INFINITY;
@@ -179,7 +181,9 @@ pub fn fit(x: &[f64], y: &[f64]) -> LogisticFitReport {
     if degenerate(x, y).is_none() {
         let (x_min, x_max) = x
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         let (lo_x0, hi_x0) = (x_min - 1.0, x_max + 1.0);
         let (lo_lnk, hi_lnk) = (1e-2f64.ln(), 1e2f64.ln());
         let cost = |p: &[f64]| {
@@ -208,7 +212,11 @@ pub fn fit(x: &[f64], y: &[f64]) -> LogisticFitReport {
         f64::NAN
     };
     let sst: f64 = y.iter().map(|v| (v - y_mean).powi(2)).sum();
-    let r2 = if sst > 0.0 { 1.0 - best_sse / sst } else { f64::NAN };
+    let r2 = if sst > 0.0 {
+        1.0 - best_sse / sst
+    } else {
+        f64::NAN
+    };
     let rmse = if n > 0 {
         (best_sse / n as f64).sqrt()
     } else {
@@ -221,7 +229,9 @@ pub fn fit(x: &[f64], y: &[f64]) -> LogisticFitReport {
         }
         let (x_min, x_max) = x
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         if best.x0 < x_min - 0.5 || best.x0 > x_max + 0.5 {
             warnings.push(format!(
                 "midpoint x0 = {:.2} outside the data [{x_min:.2}, {x_max:.2}]",
@@ -268,7 +278,10 @@ mod tests {
             .iter()
             .map(|&b| (b as f64).log2())
             .collect();
-        (x, vec![300.0, 320.0, 360.0, 430.0, 520.0, 590.0, 625.0, 640.0])
+        (
+            x,
+            vec![300.0, 320.0, 360.0, 430.0, 520.0, 590.0, 625.0, 640.0],
+        )
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub struct LeaderboardGroup {
 
 /// Reads every `<task>.json` in `dir` (sorted by name), keeping only `tasks` when given.
 /// Returns the files read with the configurations.
-pub fn load_dir(dir: &Path, tasks: Option<&[String]>) -> Result<(Vec<PathBuf>, Vec<LeaderboardConfig>)> {
+pub fn load_dir(
+    dir: &Path,
+    tasks: Option<&[String]>,
+) -> Result<(Vec<PathBuf>, Vec<LeaderboardConfig>)> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -64,8 +67,14 @@ pub fn load_dir(dir: &Path, tasks: Option<&[String]>) -> Result<(Vec<PathBuf>, V
     }
     if let Some(t) = tasks {
         for task in t {
-            if !files.iter().any(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == *task)) {
-                return Err(Error::content(dir, format!("no file {task}.json for task {task:?}")));
+            if !files
+                .iter()
+                .any(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == *task))
+            {
+                return Err(Error::content(
+                    dir,
+                    format!("no file {task}.json for task {task:?}"),
+                ));
             }
         }
     }
@@ -169,7 +178,10 @@ fn parse_config(path: &Path, row: usize, task: &str, c: &Value) -> Result<Leader
         energy_per_token_j: positive("energy_per_token_joules")?,
         avg_batch_size: num("avg_batch_size").unwrap_or(f64::NAN),
     };
-    if !(cfg.median_itl_s <= cfg.p90_itl_s && cfg.p90_itl_s <= cfg.p95_itl_s && cfg.p95_itl_s <= cfg.p99_itl_s) {
+    if !(cfg.median_itl_s <= cfg.p90_itl_s
+        && cfg.p90_itl_s <= cfg.p95_itl_s
+        && cfg.p95_itl_s <= cfg.p99_itl_s)
+    {
         return Err(err(format!(
             "ITL percentiles not increasing: p50 {} ≤ p90 {} ≤ p95 {} ≤ p99 {} ms fails",
             cfg.median_itl_s * 1e3,
@@ -186,9 +198,14 @@ fn parse_config(path: &Path, row: usize, task: &str, c: &Value) -> Result<Leader
 pub fn groups(configs: &[LeaderboardConfig]) -> Vec<LeaderboardGroup> {
     let mut map: BTreeMap<(String, String, String, u32), Vec<LeaderboardConfig>> = BTreeMap::new();
     for c in configs {
-        map.entry((c.task.clone(), c.model_id.clone(), c.gpu_model.clone(), c.num_gpus))
-            .or_default()
-            .push(c.clone());
+        map.entry((
+            c.task.clone(),
+            c.model_id.clone(),
+            c.gpu_model.clone(),
+            c.num_gpus,
+        ))
+        .or_default()
+        .push(c.clone());
     }
     map.into_iter()
         .map(|((task, model_id, gpu_model, num_gpus), mut configs)| {
@@ -207,7 +224,10 @@ pub fn groups(configs: &[LeaderboardConfig]) -> Vec<LeaderboardGroup> {
 impl LeaderboardGroup {
     /// A stable label: `<task>/<model_id>/<gpu_model>x<num_gpus>`.
     pub fn label(&self) -> String {
-        format!("{}/{}/{}x{}", self.task, self.model_id, self.gpu_model, self.num_gpus)
+        format!(
+            "{}/{}/{}x{}",
+            self.task, self.model_id, self.gpu_model, self.num_gpus
+        )
     }
     /// Distinct batch sizes, ascending.
     pub fn batch_sizes(&self) -> Vec<u32> {
@@ -252,7 +272,10 @@ mod tests {
             ("\"x\"", "is not a number"),
         ] {
             let e = load(&config_json(power)).unwrap_err().to_string();
-            assert!(e.contains("t.json, row 0") && e.contains("avg_power_watts") && e.contains(needle), "{e}");
+            assert!(
+                e.contains("t.json, row 0") && e.contains("avg_power_watts") && e.contains(needle),
+                "{e}"
+            );
         }
         let e = load("").unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");

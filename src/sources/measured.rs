@@ -138,7 +138,10 @@ pub fn discover_runs(root: &Path) -> Result<Vec<PathBuf>> {
     walk(root, &mut out, 4)?;
     out.sort();
     if out.is_empty() {
-        return Err(Error::content(root, "no measured runs (folders with manifest.json)"));
+        return Err(Error::content(
+            root,
+            "no measured runs (folders with manifest.json)",
+        ));
     }
     Ok(out)
 }
@@ -208,8 +211,13 @@ fn line_of(rec: &csv::StringRecord, fallback: usize) -> usize {
 }
 
 fn parse_f64(path: &Path, line: usize, name: &str, text: &str) -> Result<f64> {
-    text.parse::<f64>()
-        .map_err(|_| Error::row(path, line, format!("column {name:?}: {text:?} is not a number")))
+    text.parse::<f64>().map_err(|_| {
+        Error::row(
+            path,
+            line,
+            format!("column {name:?}: {text:?} is not a number"),
+        )
+    })
 }
 
 /// Parses nvidia-smi power rows and sums the active GPUs per sample instant.
@@ -247,13 +255,22 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
                 ),
             ));
         }
-        let index: u32 = rec[c_idx]
-            .parse()
-            .map_err(|_| Error::row(path, line, format!("index {:?} is not an integer", &rec[c_idx])))?;
+        let index: u32 = rec[c_idx].parse().map_err(|_| {
+            Error::row(
+                path,
+                line,
+                format!("index {:?} is not an integer", &rec[c_idx]),
+            )
+        })?;
         if ts_text != last_text {
-            let local = NaiveDateTime::parse_from_str(ts_text, "%Y/%m/%d %H:%M:%S%.f").map_err(|e| {
-                Error::row(path, line, format!("timestamp {ts_text:?} is not YYYY/MM/DD HH:MM:SS.mmm: {e}"))
-            })?;
+            let local =
+                NaiveDateTime::parse_from_str(ts_text, "%Y/%m/%d %H:%M:%S%.f").map_err(|e| {
+                    Error::row(
+                        path,
+                        line,
+                        format!("timestamp {ts_text:?} is not YYYY/MM/DD HH:MM:SS.mmm: {e}"),
+                    )
+                })?;
             let t = local.and_utc().timestamp_micros() as f64 / 1e6 - offset;
             if let Some((prev_line, prev_t, _)) = groups.last() {
                 if t <= *prev_t {
@@ -269,7 +286,11 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
         }
         let group = &mut groups.last_mut().expect("pushed above").2;
         if group.iter().any(|(u, _, _)| u == &rec[c_uuid]) {
-            return Err(Error::row(path, line, format!("GPU {} appears twice at {ts_text}", &rec[c_uuid])));
+            return Err(Error::row(
+                path,
+                line,
+                format!("GPU {} appears twice at {ts_text}", &rec[c_uuid]),
+            ));
         }
         group.push((rec[c_uuid].to_string(), index, watts));
     }
@@ -281,7 +302,10 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
             .collect();
         seen.sort();
         seen.dedup();
-        seen.into_iter().take(m.tp as usize).map(|(_, u)| u).collect()
+        seen.into_iter()
+            .take(m.tp as usize)
+            .map(|(_, u)| u)
+            .collect()
     } else {
         m.server.active_gpu_uuids.clone()
     };
@@ -365,7 +389,12 @@ pub fn load_requests(dir: &Path) -> Result<RequestLog> {
             return Err(Error::row(
                 &path,
                 i + 1,
-                format!("request_timestamps[{}] = {} is before the previous {}", i + 1, w[1], w[0]),
+                format!(
+                    "request_timestamps[{}] = {} is before the previous {}",
+                    i + 1,
+                    w[1],
+                    w[0]
+                ),
             ));
         }
     }
@@ -376,7 +405,11 @@ pub fn load_requests(dir: &Path) -> Result<RequestLog> {
                 if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64 {
                     Ok(x as u32)
                 } else {
-                    Err(Error::row(&path, i, format!("{name}[{i}] = {x} is not a token count")))
+                    Err(Error::row(
+                        &path,
+                        i,
+                        format!("{name}[{i}] = {x} is not a token count"),
+                    ))
                 }
             })
             .collect()
@@ -424,18 +457,27 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
         let t = parse_f64(path, line, "timestamp", &rec[c_ts])?;
         if let Some(&prev) = e.t_s.last() {
             if t <= prev {
-                return Err(Error::row(path, line, format!("timestamp {t} does not increase (previous {prev})")));
+                return Err(Error::row(
+                    path,
+                    line,
+                    format!("timestamp {t} does not increase (previous {prev})"),
+                ));
             }
         }
         e.t_s.push(t);
-        e.num_requests_running.push(parse_f64(path, line, "num_requests_running", &rec[c_run])?);
-        e.num_requests_waiting.push(parse_f64(path, line, "num_requests_waiting", &rec[c_wait])?);
+        e.num_requests_running
+            .push(parse_f64(path, line, "num_requests_running", &rec[c_run])?);
+        e.num_requests_waiting
+            .push(parse_f64(path, line, "num_requests_waiting", &rec[c_wait])?);
         let opt = |c: Option<usize>, name: &str| -> Result<f64> {
             c.map_or(Ok(f64::NAN), |c| parse_f64(path, line, name, &rec[c]))
         };
-        e.prompt_tokens_total.push(opt(c_prompt, "prompt_tokens_total")?);
-        e.generation_tokens_total.push(opt(c_gen, "generation_tokens_total")?);
-        e.gpu_cache_usage_perc.push(opt(c_kv, "gpu_cache_usage_perc")?);
+        e.prompt_tokens_total
+            .push(opt(c_prompt, "prompt_tokens_total")?);
+        e.generation_tokens_total
+            .push(opt(c_gen, "generation_tokens_total")?);
+        e.gpu_cache_usage_perc
+            .push(opt(c_kv, "gpu_cache_usage_perc")?);
     }
     if e.t_s.is_empty() {
         return Err(Error::content(path, "no rows"));

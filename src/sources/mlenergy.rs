@@ -63,7 +63,8 @@ impl HubOptions {
             cache_dir: None,
             endpoint: None,
             token: None,
-            offline: std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            offline: std::env::var("HF_HUB_OFFLINE")
+                .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
         }
     }
 }
@@ -86,14 +87,21 @@ impl HubFiles {
         let token = opts
             .token
             .clone()
-            .or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()))
+            .or_else(|| {
+                std::env::var("HF_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+            })
             .or_else(|| cache.token());
         let has_token = token.is_some();
         let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
             .with_progress(false)
             .with_token(token)
             .with_retries(2);
-        let endpoint = opts.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok());
+        let endpoint = opts
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok());
         if let Some(e) = endpoint {
             builder = builder.with_endpoint(e);
         }
@@ -298,7 +306,9 @@ fn read_runs_table(path: &Path) -> Result<Vec<RunRecord>> {
         t.strings(name)?
             .into_iter()
             .enumerate()
-            .map(|(row, v)| v.ok_or_else(|| Error::row(path, row, format!("column {name:?} is null"))))
+            .map(|(row, v)| {
+                v.ok_or_else(|| Error::row(path, row, format!("column {name:?} is null")))
+            })
             .collect()
     };
     let opt_strings = |name: &str| -> Result<Vec<Option<String>>> {
@@ -320,10 +330,9 @@ fn read_runs_table(path: &Path) -> Result<Vec<RunRecord>> {
             .into_iter()
             .enumerate()
             .map(|(row, v)| {
-                u32::try_from(v)
-                    .ok()
-                    .filter(|&v| v >= 1)
-                    .ok_or_else(|| Error::row(path, row, format!("column {name:?} = {v} must be ≥ 1")))
+                u32::try_from(v).ok().filter(|&v| v >= 1).ok_or_else(|| {
+                    Error::row(path, row, format!("column {name:?} = {v} must be ≥ 1"))
+                })
             })
             .collect()
     };
@@ -356,7 +365,10 @@ fn read_runs_table(path: &Path) -> Result<Vec<RunRecord>> {
             return Err(Error::row(
                 path,
                 i,
-                format!("avg_power_watts = {p} is invalid for {} × {} (expected 0 < P ≤ {limit} W)", num_gpus[i], gpu_model[i]),
+                format!(
+                    "avg_power_watts = {p} is invalid for {} × {} (expected 0 < P ≤ {limit} W)",
+                    num_gpus[i], gpu_model[i]
+                ),
             ));
         }
         out.push(RunRecord {
@@ -381,8 +393,20 @@ fn read_runs_table(path: &Path) -> Result<Vec<RunRecord>> {
     }
     // Sorted like mlenergy-data: (task, model_id, gpu_model, num_gpus, max_num_seqs), stable.
     out.sort_by(|a, b| {
-        (&a.task, &a.model_id, &a.gpu_model, a.num_gpus, a.max_num_seqs)
-            .cmp(&(&b.task, &b.model_id, &b.gpu_model, b.num_gpus, b.max_num_seqs))
+        (
+            &a.task,
+            &a.model_id,
+            &a.gpu_model,
+            a.num_gpus,
+            a.max_num_seqs,
+        )
+            .cmp(&(
+                &b.task,
+                &b.model_id,
+                &b.gpu_model,
+                b.num_gpus,
+                b.max_num_seqs,
+            ))
     });
     Ok(out)
 }
@@ -455,10 +479,13 @@ pub struct PowerTimeline {
 impl RunResults {
     pub fn read(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let raw: RawResults = serde_json::from_reader(std::io::BufReader::new(file)).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawResults =
+            serde_json::from_reader(std::io::BufReader::new(file)).map_err(|source| {
+                Error::Json {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         Ok(RunResults {
             path: path.to_path_buf(),
             raw,
@@ -492,23 +519,36 @@ impl RunResults {
             }
         };
         let devices = tl.power.get(metric.key()).ok_or_else(|| {
-            Error::content(&self.path, format!("no timeline.power.{} series", metric.key()))
+            Error::content(
+                &self.path,
+                format!("no timeline.power.{} series", metric.key()),
+            )
         })?;
         let mut ids: Vec<(&String, &Vec<[f64; 2]>)> = devices.iter().collect();
         if ids.is_empty() {
-            return Err(Error::content(&self.path, format!("timeline.power.{} has no devices", metric.key())));
+            return Err(Error::content(
+                &self.path,
+                format!("timeline.power.{} has no devices", metric.key()),
+            ));
         }
         ids.sort_by_key(|(id, _)| (id.parse::<u64>().unwrap_or(u64::MAX), (*id).clone()));
         for (id, series) in &ids {
             if series.is_empty() {
-                return Err(Error::content(&self.path, format!("timeline.power.{}[{id}] is empty", metric.key())));
+                return Err(Error::content(
+                    &self.path,
+                    format!("timeline.power.{}[{id}] is empty", metric.key()),
+                ));
             }
             for (row, w) in series.windows(2).enumerate() {
                 if w[1][0] <= w[0][0] {
                     return Err(Error::row(
                         &self.path,
                         row + 1,
-                        format!("timeline.power.{}[{id}]: timestamp {} does not increase", metric.key(), w[1][0]),
+                        format!(
+                            "timeline.power.{}[{id}]: timestamp {} does not increase",
+                            metric.key(),
+                            w[1][0]
+                        ),
                     ));
                 }
             }
@@ -517,7 +557,11 @@ impl RunResults {
                     return Err(Error::row(
                         &self.path,
                         row,
-                        format!("timeline.power.{}[{id}]: power {} W is invalid", metric.key(), s[1]),
+                        format!(
+                            "timeline.power.{}[{id}]: power {} W is invalid",
+                            metric.key(),
+                            s[1]
+                        ),
                     ));
                 }
             }
@@ -531,7 +575,10 @@ impl RunResults {
         if axis.is_empty() {
             return Err(Error::content(
                 &self.path,
-                format!("device {} has no sample in the steady state [{start}, {end}]", ids[0].0),
+                format!(
+                    "device {} has no sample in the steady state [{start}, {end}]",
+                    ids[0].0
+                ),
             ));
         }
         let mut power_w = vec![0.0; axis.len()];
@@ -560,7 +607,10 @@ impl RunResults {
         }
         out.retain(|v| v.is_finite() && *v > 0.0);
         if out.is_empty() {
-            return Err(Error::content(&self.path, "no valid ITL samples in any successful request"));
+            return Err(Error::content(
+                &self.path,
+                "no valid ITL samples in any successful request",
+            ));
         }
         Ok(out)
     }

@@ -6,11 +6,16 @@ use std::path::PathBuf;
 /// `../shared/data/<sub>` beside the checkout. CI always has it (`CI=true` makes its absence a
 /// failure); elsewhere a test that needs it is skipped with a note.
 pub fn shared(sub: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(sub);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(sub);
     if p.is_dir() {
         Some(p)
     } else if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{} is missing: CI must have ../shared beside the checkout", p.display());
+        panic!(
+            "{} is missing: CI must have ../shared beside the checkout",
+            p.display()
+        );
     } else {
         eprintln!("skipped: {} not found", p.display());
         None
