@@ -11,9 +11,10 @@ use powersynth::pipeline::{self, CompactFits, PipelineConfig, RunOptions};
 use powersynth::table::ParquetTable;
 
 type Key = (String, String, String, i64);
+type Points = BTreeMap<(Key, &'static str), (Vec<f64>, Vec<f64>)>;
 
 /// Per group and metric, (x = log2 batch, y = median over configs) read straight from the files.
-fn points_from_json(dir: &Path) -> BTreeMap<(Key, &'static str), (Vec<f64>, Vec<f64>)> {
+fn points_from_json(dir: &Path) -> Points {
     let mut raw: BTreeMap<(Key, &'static str), BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();

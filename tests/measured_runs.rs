@@ -1,6 +1,8 @@
 //! Measured runs from ../shared/data/measured: clock alignment, power sums, ITL fits on real
 //! samples, and bad input in every file (a copy of a real run, corrupted one way at a time).
 
+#![allow(clippy::type_complexity)] // the table of corruption cases
+
 mod common;
 
 use std::path::Path;
