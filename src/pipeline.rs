@@ -485,6 +485,9 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         write_parquet(&out.join("measured/runs.parquet"), &table)?;
         outputs.push(("measured/runs.parquet".to_string(), table.num_rows()));
         let q = &quality;
+        let quality_col = |f: fn(&itl_mixture::ItlFitQuality) -> f64| {
+            Column::F64(q.iter().map(|r| f(&r.quality)).collect())
+        };
         let qt = Table::new()
             .with(
                 "run_id",
@@ -498,30 +501,12 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
                 "n_samples",
                 Column::I64(q.iter().map(|r| r.quality.n_samples as i64).collect()),
             )
-            .with(
-                "sample_mean_s",
-                Column::F64(q.iter().map(|r| r.quality.sample_mean_s).collect()),
-            )
-            .with(
-                "fit_mean_s",
-                Column::F64(q.iter().map(|r| r.quality.fit_mean_s).collect()),
-            )
-            .with(
-                "mean_err_pct",
-                Column::F64(q.iter().map(|r| r.quality.mean_err_pct).collect()),
-            )
-            .with(
-                "p50_err_pct",
-                Column::F64(q.iter().map(|r| r.quality.p50_err_pct).collect()),
-            )
-            .with(
-                "p90_err_pct",
-                Column::F64(q.iter().map(|r| r.quality.p90_err_pct).collect()),
-            )
-            .with(
-                "p99_err_pct",
-                Column::F64(q.iter().map(|r| r.quality.p99_err_pct).collect()),
-            );
+            .with("sample_mean_s", quality_col(|q| q.sample_mean_s))
+            .with("fit_mean_s", quality_col(|q| q.fit_mean_s))
+            .with("mean_err_pct", quality_col(|q| q.mean_err_pct))
+            .with("p50_err_pct", quality_col(|q| q.p50_err_pct))
+            .with("p90_err_pct", quality_col(|q| q.p90_err_pct))
+            .with("p99_err_pct", quality_col(|q| q.p99_err_pct));
         write_parquet(&out.join("measured/itl_fit_quality.parquet"), &qt)?;
         outputs.push((
             "measured/itl_fit_quality.parquet".to_string(),
