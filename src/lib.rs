@@ -20,6 +20,7 @@
 // Column-building code uses local tuples of column vectors; naming each would add noise.
 #![allow(clippy::type_complexity)]
 
+pub mod engine;
 pub mod error;
 pub mod fits;
 pub mod pipeline;
@@ -29,5 +30,6 @@ pub mod spec;
 pub mod store;
 pub mod table;
 pub mod traces;
+pub mod workload;
 
 pub use error::{Error, HubError, Result};

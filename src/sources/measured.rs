@@ -90,6 +90,9 @@ pub struct EngineCounters {
     pub prompt_tokens_total: Vec<f64>,
     pub generation_tokens_total: Vec<f64>,
     pub gpu_cache_usage_perc: Vec<f64>,
+    /// Cumulative engine iterations and tokens scheduled over them (NaN where absent).
+    pub iteration_tokens_total_count: Vec<f64>,
+    pub iteration_tokens_total_sum: Vec<f64>,
 }
 
 /// One measured run, loaded and aligned.
@@ -435,6 +438,8 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
     let c_prompt = optional("prompt_tokens_total");
     let c_gen = optional("generation_tokens_total");
     let c_kv = optional("gpu_cache_usage_perc");
+    let c_iter_count = optional("iteration_tokens_total_count");
+    let c_iter_sum = optional("iteration_tokens_total_sum");
     let mut e = EngineCounters {
         t_s: Vec::new(),
         num_requests_running: Vec::new(),
@@ -442,6 +447,8 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
         prompt_tokens_total: Vec::new(),
         generation_tokens_total: Vec::new(),
         gpu_cache_usage_perc: Vec::new(),
+        iteration_tokens_total_count: Vec::new(),
+        iteration_tokens_total_sum: Vec::new(),
     };
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
@@ -478,6 +485,10 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
             .push(opt(c_gen, "generation_tokens_total")?);
         e.gpu_cache_usage_perc
             .push(opt(c_kv, "gpu_cache_usage_perc")?);
+        e.iteration_tokens_total_count
+            .push(opt(c_iter_count, "iteration_tokens_total_count")?);
+        e.iteration_tokens_total_sum
+            .push(opt(c_iter_sum, "iteration_tokens_total_sum")?);
     }
     if e.t_s.is_empty() {
         return Err(Error::content(path, "no rows"));

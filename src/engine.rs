@@ -1,0 +1,528 @@
+//! Serving-engine simulation (SPEC §6): vLLM-style continuous batching, step by step.
+//!
+//! Each engine step schedules, within a token budget of `max_num_batched_tokens`:
+//! 1. one decode token for every running request past its prefill;
+//! 2. the next prefill chunk of running requests whose prompt is only partly processed;
+//! 3. waiting requests in arrival order while fewer than `max_num_seqs` run and budget is left
+//!    (with chunked prefill a prompt may be split over steps; without it a prompt waits until
+//!    it fits whole).
+//!
+//! The prefill step that completes a prompt also yields the first output token; each later
+//! step yields one token, so a request with `output_tokens = n` leaves after n − 1 decode
+//! steps. A step lasts [`StepTiming::step_s`] of what it scheduled. Requests that arrive while
+//! the engine is full wait in the queue: unlike the paper's queue-free shortcut (completion =
+//! arrival + in/λ_prefill + out/λ_decode), overload shows as waiting requests and late
+//! completions. Not modelled: KV-cache exhaustion and preemption, prefix-cache hits (a
+//! prompt is always fully prefilled), speculative decoding.
+//!
+//! The output is binned on a regular grid: time-averaged running and waiting requests, and the
+//! prefill and decode tokens of the steps whose midpoint falls in each bin.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::sources::measured::RunManifest;
+use crate::workload::Workload;
+
+/// How a replica is served (the `SERVING.json` of `synthesize`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServingConfig {
+    /// Hugging Face model id, e.g. `Qwen/Qwen3-8B`.
+    pub model: String,
+    /// GPU model, e.g. `A100`.
+    pub hardware: String,
+    /// Tensor-parallel degree: GPUs of one replica.
+    pub tp: u32,
+    pub max_num_seqs: u32,
+    pub max_num_batched_tokens: u32,
+    pub enable_chunked_prefill: bool,
+    pub enable_prefix_caching: bool,
+}
+
+impl ServingConfig {
+    /// The serving settings recorded in a measured run's manifest.
+    pub fn from_manifest(m: &RunManifest) -> Self {
+        Self {
+            model: m.model.clone(),
+            hardware: m.hardware.clone(),
+            tp: m.tp,
+            max_num_seqs: m.server.max_num_seqs,
+            max_num_batched_tokens: m.server.max_num_batched_tokens,
+            enable_chunked_prefill: m.server.enable_chunked_prefill,
+            enable_prefix_caching: m.server.enable_prefix_caching,
+        }
+    }
+
+    /// Reads and checks a `SERVING.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate()
+            .map_err(|e| Error::content(path, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// Checks the settings a simulation relies on.
+    pub fn validate(&self) -> Result<()> {
+        if self.tp == 0 {
+            return Err(Error::config("tp", "0 (need ≥ 1)"));
+        }
+        if self.max_num_seqs == 0 {
+            return Err(Error::config("max_num_seqs", "0 (need ≥ 1)"));
+        }
+        if self.max_num_batched_tokens < self.max_num_seqs {
+            return Err(Error::config(
+                "max_num_batched_tokens",
+                format!(
+                    "{} is below max_num_seqs = {}: decode steps would not fit the budget",
+                    self.max_num_batched_tokens, self.max_num_seqs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration key synthesis models are learned for: model × GPU × TP.
+    pub fn configuration(&self) -> String {
+        format!("{} × {} × TP{}", self.model, self.hardware, self.tp)
+    }
+}
+
+/// Duration of one engine step as a linear function of what it scheduled, learned from
+/// measured runs ([`crate::learn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Fixed cost of a step (scheduling, weights read once per step) (s).
+    pub base_s: f64,
+    /// Per request decoding in the step (s).
+    pub per_decode_seq_s: f64,
+    /// Per prompt token prefilled in the step (s).
+    pub per_prefill_token_s: f64,
+    /// Per 1,000 tokens of context held by the scheduled requests (attention reads) (s).
+    pub per_context_ktoken_s: f64,
+}
+
+impl StepTiming {
+    /// Duration (s) of a step with `decode_seqs` decodes, `prefill_tokens` prompt tokens and
+    /// `context_tokens` of context over its requests.
+    #[inline]
+    pub fn step_s(&self, decode_seqs: u32, prefill_tokens: u32, context_tokens: u64) -> f64 {
+        self.base_s
+            + self.per_decode_seq_s * decode_seqs as f64
+            + self.per_prefill_token_s * prefill_tokens as f64
+            + self.per_context_ktoken_s * context_tokens as f64 * 1e-3
+    }
+
+    /// Rejects timings that would stall the simulation (non-positive step times).
+    pub fn validate(&self) -> Result<()> {
+        let all = [
+            self.base_s,
+            self.per_decode_seq_s,
+            self.per_prefill_token_s,
+            self.per_context_ktoken_s,
+        ];
+        if !(self.base_s > 0.0) || all.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(Error::config(
+                "step timing",
+                format!("{self:?} (need base_s > 0, every coefficient ≥ 0)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The regular grid the engine trace is binned on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BinGrid {
+    /// Start of bin 0 (s, same clock as the workload's arrivals).
+    pub t0_s: f64,
+    pub dt_s: f64,
+    pub bins: usize,
+}
+
+impl BinGrid {
+    /// A grid covering `duration_s` from `t0_s` (ceil(duration / dt) bins).
+    pub fn new(t0_s: f64, duration_s: f64, dt_s: f64) -> Result<Self> {
+        if !(dt_s > 0.0 && dt_s.is_finite()) {
+            return Err(Error::config("dt_s", format!("{dt_s} (need > 0)")));
+        }
+        if !(duration_s > 0.0 && duration_s.is_finite()) {
+            return Err(Error::config(
+                "duration_s",
+                format!("{duration_s} (need > 0)"),
+            ));
+        }
+        if !t0_s.is_finite() {
+            return Err(Error::config("t0_s", format!("{t0_s}")));
+        }
+        let bins = (duration_s / dt_s - 1e-9).ceil().max(1.0) as usize;
+        Ok(Self { t0_s, dt_s, bins })
+    }
+
+    /// Start time of bin `i`.
+    pub fn t_s(&self, i: usize) -> f64 {
+        self.t0_s + i as f64 * self.dt_s
+    }
+
+    fn end_s(&self) -> f64 {
+        self.t_s(self.bins)
+    }
+}
+
+/// What the engine did in each bin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineTrace {
+    pub grid: BinGrid,
+    /// Time-averaged requests admitted and not finished (prefilling or decoding).
+    pub running: Vec<f64>,
+    /// Time-averaged requests arrived and not yet admitted.
+    pub waiting: Vec<f64>,
+    /// Prompt tokens processed by steps whose midpoint is in the bin.
+    pub prefill_tokens: Vec<f64>,
+    /// Output tokens produced by steps whose midpoint is in the bin.
+    pub decode_tokens: Vec<f64>,
+}
+
+impl EngineTrace {
+    fn zeros(grid: BinGrid) -> Self {
+        let z = vec![0.0; grid.bins];
+        Self {
+            grid,
+            running: z.clone(),
+            waiting: z.clone(),
+            prefill_tokens: z.clone(),
+            decode_tokens: z,
+        }
+    }
+}
+
+/// When each request was admitted, produced its first token and finished (s); NaN if the
+/// simulation window ended first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestOutcome {
+    pub admitted_s: f64,
+    pub first_token_s: f64,
+    pub finished_s: f64,
+}
+
+/// Engine trace plus per-request outcomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Simulation {
+    pub trace: EngineTrace,
+    pub outcomes: Vec<RequestOutcome>,
+}
+
+/// Adds `weight` per second of the interval [a, b) to the bins it overlaps.
+fn add_interval(series: &mut [f64], grid: &BinGrid, a: f64, b: f64) {
+    let (a, b) = (a.max(grid.t0_s), b.min(grid.end_s()));
+    if !(b > a) {
+        return;
+    }
+    let first = ((a - grid.t0_s) / grid.dt_s).floor() as usize;
+    let last = (((b - grid.t0_s) / grid.dt_s).ceil() as usize).min(series.len());
+    for (i, slot) in series.iter_mut().enumerate().take(last).skip(first) {
+        let lo = grid.t_s(i).max(a);
+        let hi = grid.t_s(i + 1).min(b);
+        if hi > lo {
+            *slot += (hi - lo) / grid.dt_s;
+        }
+    }
+}
+
+fn add_at(series: &mut [f64], grid: &BinGrid, t: f64, v: f64) {
+    if t >= grid.t0_s {
+        let i = ((t - grid.t0_s) / grid.dt_s).floor() as usize;
+        if let Some(slot) = series.get_mut(i) {
+            *slot += v;
+        }
+    }
+}
+
+struct Prefilling {
+    idx: usize,
+    done_tokens: u32,
+}
+
+/// Simulates `workload` on one replica served with `serving` and step times `timing`, binned
+/// on `grid`. Requests arriving before the grid are simulated too (their tail shows in the
+/// first bins); the simulation stops at the grid's end.
+pub fn simulate(
+    workload: &Workload,
+    serving: &ServingConfig,
+    timing: &StepTiming,
+    grid: BinGrid,
+) -> Result<Simulation> {
+    serving.validate()?;
+    timing.validate()?;
+    let reqs = &workload.requests;
+    if !serving.enable_chunked_prefill {
+        if let Some((i, r)) = reqs
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.input_tokens > serving.max_num_batched_tokens)
+        {
+            return Err(Error::config(
+                "workload",
+                format!(
+                    "request {i} has {} prompt tokens, more than max_num_batched_tokens = {} \
+                     without chunked prefill (vLLM rejects it)",
+                    r.input_tokens, serving.max_num_batched_tokens
+                ),
+            ));
+        }
+    }
+    let mut trace = EngineTrace::zeros(grid);
+    let nan = f64::NAN;
+    let mut outcomes = vec![
+        RequestOutcome {
+            admitted_s: nan,
+            first_token_s: nan,
+            finished_s: nan,
+        };
+        reqs.len()
+    ];
+    let end_s = grid.end_s();
+    let budget = serving.max_num_batched_tokens;
+    let max_seqs = serving.max_num_seqs as usize;
+
+    let mut next_arrival = 0usize;
+    let mut waiting: VecDeque<usize> = VecDeque::new();
+    let mut prefilling: Vec<Prefilling> = Vec::new();
+    // Decoding requests: (decode step at which the request finishes, request index).
+    let mut decoding: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    let mut decode_steps: u64 = 0;
+    let mut context_tokens: u64 = 0;
+    let mut t = reqs.first().map_or(end_s, |r| r.arrival_s);
+
+    while t < end_s {
+        while next_arrival < reqs.len() && reqs[next_arrival].arrival_s <= t {
+            waiting.push_back(next_arrival);
+            next_arrival += 1;
+        }
+        if waiting.is_empty() && prefilling.is_empty() && decoding.is_empty() {
+            match reqs.get(next_arrival) {
+                Some(r) => {
+                    t = r.arrival_s;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        // Schedule one step.
+        let decode_seqs = decoding.len() as u32;
+        let mut left = budget.saturating_sub(decode_seqs);
+        let mut prefill_tokens = 0u32;
+        let mut chunks: Vec<(usize, u32)> = Vec::new(); // (index into prefilling, tokens)
+        for (k, p) in prefilling.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            let rest = reqs[p.idx].input_tokens - p.done_tokens;
+            let chunk = rest.min(left);
+            chunks.push((k, chunk));
+            left -= chunk;
+            prefill_tokens += chunk;
+        }
+        while left > 0 && prefilling.len() + decoding.len() < max_seqs {
+            let Some(&idx) = waiting.front() else { break };
+            let need = reqs[idx].input_tokens;
+            if !serving.enable_chunked_prefill && need > left {
+                break;
+            }
+            waiting.pop_front();
+            outcomes[idx].admitted_s = t;
+            add_interval(&mut trace.waiting, &grid, reqs[idx].arrival_s, t);
+            let chunk = need.min(left);
+            prefilling.push(Prefilling {
+                idx,
+                done_tokens: 0,
+            });
+            chunks.push((prefilling.len() - 1, chunk));
+            left -= chunk;
+            prefill_tokens += chunk;
+        }
+        let step_context = context_tokens + prefill_tokens as u64;
+        let dur = timing.step_s(decode_seqs, prefill_tokens, step_context);
+        let t_end = t + dur;
+        let mid = t + 0.5 * dur;
+        add_at(&mut trace.prefill_tokens, &grid, mid, prefill_tokens as f64);
+
+        // Apply the step.
+        let mut produced = decode_seqs as u64;
+        context_tokens += decode_seqs as u64 + prefill_tokens as u64;
+        if decode_seqs > 0 {
+            decode_steps += 1;
+            while let Some(&Reverse((finish, idx))) = decoding.peek() {
+                if finish > decode_steps {
+                    break;
+                }
+                decoding.pop();
+                outcomes[idx].finished_s = t_end;
+                add_interval(&mut trace.running, &grid, outcomes[idx].admitted_s, t_end);
+                context_tokens -= (reqs[idx].input_tokens + reqs[idx].output_tokens) as u64;
+            }
+        }
+        let mut completed: Vec<usize> = Vec::new();
+        for &(k, chunk) in &chunks {
+            let p = &mut prefilling[k];
+            p.done_tokens += chunk;
+            if p.done_tokens == reqs[p.idx].input_tokens {
+                completed.push(k);
+            }
+        }
+        // Remove completed prefills (highest index first keeps the others' positions valid).
+        completed.sort_unstable_by(|a, b| b.cmp(a));
+        for k in completed {
+            let idx = prefilling.remove(k).idx;
+            produced += 1;
+            context_tokens += 1;
+            outcomes[idx].first_token_s = t_end;
+            let out = reqs[idx].output_tokens;
+            if out <= 1 {
+                outcomes[idx].finished_s = t_end;
+                add_interval(&mut trace.running, &grid, outcomes[idx].admitted_s, t_end);
+                context_tokens -= (reqs[idx].input_tokens + out) as u64;
+            } else {
+                decoding.push(Reverse((decode_steps + (out - 1) as u64, idx)));
+            }
+        }
+        add_at(&mut trace.decode_tokens, &grid, mid, produced as f64);
+        t = t_end;
+    }
+    // Requests still in the system at the end of the window.
+    for o in &outcomes {
+        if o.admitted_s.is_finite() && o.finished_s.is_nan() {
+            add_interval(&mut trace.running, &grid, o.admitted_s, end_s);
+        }
+    }
+    for &idx in waiting.iter() {
+        add_interval(&mut trace.waiting, &grid, reqs[idx].arrival_s, end_s);
+    }
+    for r in &reqs[next_arrival..] {
+        add_interval(&mut trace.waiting, &grid, r.arrival_s, end_s);
+    }
+    Ok(Simulation { trace, outcomes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Request;
+
+    fn serving(max_num_seqs: u32, budget: u32) -> ServingConfig {
+        ServingConfig {
+            model: "m".into(),
+            hardware: "A100".into(),
+            tp: 1,
+            max_num_seqs,
+            max_num_batched_tokens: budget,
+            enable_chunked_prefill: true,
+            enable_prefix_caching: false,
+        }
+    }
+
+    // 10 ms per step, 1 ms per decode, 0.01 ms per prompt token, no context term.
+    const TIMING: StepTiming = StepTiming {
+        base_s: 0.010,
+        per_decode_seq_s: 0.001,
+        per_prefill_token_s: 0.000_01,
+        per_context_ktoken_s: 0.0,
+    };
+
+    fn req(t: f64, i: u32, o: u32) -> Request {
+        Request {
+            arrival_s: t,
+            input_tokens: i,
+            output_tokens: o,
+        }
+    }
+
+    #[test]
+    fn one_request_by_hand() {
+        // Prefill 1000 tokens: 10 + 10 = 20 ms, first token at 1.020. Then 4 decode steps of
+        // 11 ms each: finished at 1.064.
+        let w = Workload {
+            requests: vec![req(1.0, 1000, 5)],
+        };
+        let grid = BinGrid::new(0.0, 2.0, 0.25).unwrap();
+        let sim = simulate(&w, &serving(8, 2048), &TIMING, grid).unwrap();
+        let o = sim.outcomes[0];
+        assert!((o.admitted_s - 1.0).abs() < 1e-12);
+        assert!((o.first_token_s - 1.020).abs() < 1e-12, "{o:?}");
+        assert!((o.finished_s - 1.064).abs() < 1e-12, "{o:?}");
+        // Running for 64 ms inside bin 4 = [1.0, 1.25).
+        assert!((sim.trace.running[4] - 0.064 / 0.25).abs() < 1e-9);
+        assert_eq!(sim.trace.running.iter().filter(|v| **v > 0.0).count(), 1);
+        assert_eq!(sim.trace.prefill_tokens.iter().sum::<f64>(), 1000.0);
+        assert_eq!(sim.trace.decode_tokens.iter().sum::<f64>(), 5.0);
+        assert_eq!(sim.trace.waiting.iter().sum::<f64>(), 0.0);
+    }
+
+    #[test]
+    fn two_overlapping_requests_share_steps() {
+        // A at 0 (100 tokens in, 3 out), B at 0.012 (joins at A's second step).
+        let w = Workload {
+            requests: vec![req(0.0, 100, 3), req(0.012, 200, 2)],
+        };
+        let grid = BinGrid::new(0.0, 1.0, 0.25).unwrap();
+        let sim = simulate(&w, &serving(8, 2048), &TIMING, grid).unwrap();
+        // Step 1 [0, 0.011): A prefill (100 tok) → first token at 0.011.
+        // Step 2 [0.011, 0.022): A decode; B not yet arrived at 0.011 → 11 ms.
+        // Step 3 [0.022, 0.035): A decode (finishes, 3rd token) + B prefill 200 tok: 10+1+2.
+        // Step 4 [0.035, 0.046): B decode (2nd token) → finished.
+        let (a, b) = (sim.outcomes[0], sim.outcomes[1]);
+        assert!((a.first_token_s - 0.011).abs() < 1e-12, "{a:?}");
+        assert!((a.finished_s - 0.035).abs() < 1e-12, "{a:?}");
+        assert!((b.admitted_s - 0.022).abs() < 1e-12, "{b:?}");
+        assert!((b.first_token_s - 0.035).abs() < 1e-12, "{b:?}");
+        assert!((b.finished_s - 0.046).abs() < 1e-12, "{b:?}");
+        // B waited 10 ms.
+        assert!((sim.trace.waiting[0] - 0.010 / 0.25).abs() < 1e-9);
+        assert_eq!(sim.trace.decode_tokens.iter().sum::<f64>(), 5.0);
+    }
+
+    #[test]
+    fn overload_queues_beyond_max_num_seqs() {
+        // Two seats, five simultaneous long requests: three must wait for seats.
+        let w = Workload {
+            requests: (0..5).map(|_| req(0.0, 10, 100)).collect(),
+        };
+        let grid = BinGrid::new(0.0, 10.0, 0.25).unwrap();
+        let sim = simulate(&w, &serving(2, 2048), &TIMING, grid).unwrap();
+        let adm: Vec<f64> = sim.outcomes.iter().map(|o| o.admitted_s).collect();
+        assert_eq!(adm[0], 0.0);
+        assert_eq!(adm[1], 0.0);
+        // Requests 2 and 3 start when 0 and 1 finish, 4 after them.
+        assert!((adm[2] - sim.outcomes[0].finished_s).abs() < 1e-12);
+        assert!((adm[3] - sim.outcomes[1].finished_s).abs() < 1e-12);
+        assert!((adm[4] - sim.outcomes[2].finished_s).abs() < 1e-12);
+        assert!(sim.trace.running.iter().all(|r| *r <= 2.0 + 1e-9));
+        assert!((sim.trace.waiting[0] - 3.0).abs() < 1e-9);
+        // Queue-free shortcut would finish every request by ~1.2 s; here the last is late.
+        assert!(sim.outcomes[4].finished_s > 2.0 * sim.outcomes[0].finished_s);
+        assert_eq!(sim.trace.decode_tokens.iter().sum::<f64>(), 500.0);
+    }
+
+    #[test]
+    fn chunked_prefill_splits_long_prompts() {
+        let w = Workload {
+            requests: vec![req(0.0, 5000, 2)],
+        };
+        let grid = BinGrid::new(0.0, 1.0, 0.25).unwrap();
+        let sim = simulate(&w, &serving(8, 2048), &TIMING, grid).unwrap();
+        // Chunks 2048 + 2048 + 904: three steps before the first token.
+        let expected = 3.0 * 0.010 + 5000.0 * 0.000_01;
+        assert!((sim.outcomes[0].first_token_s - expected).abs() < 1e-12);
+        let mut no_chunk = serving(8, 2048);
+        no_chunk.enable_chunked_prefill = false;
+        let err = simulate(&w, &no_chunk, &TIMING, grid).unwrap_err();
+        assert!(err.to_string().contains("request 0 has 5000 prompt tokens"));
+    }
+}
