@@ -188,6 +188,8 @@ pub struct EngineTrace {
     pub prefill_tokens: Vec<f64>,
     /// Output tokens produced by steps whose midpoint is in the bin.
     pub decode_tokens: Vec<f64>,
+    /// Time-averaged context (prompt + generated tokens) held by the running requests.
+    pub context_tokens: Vec<f64>,
 }
 
 impl EngineTrace {
@@ -198,7 +200,8 @@ impl EngineTrace {
             running: z.clone(),
             waiting: z.clone(),
             prefill_tokens: z.clone(),
-            decode_tokens: z,
+            decode_tokens: z.clone(),
+            context_tokens: z,
         }
     }
 }
@@ -219,8 +222,13 @@ pub struct Simulation {
     pub outcomes: Vec<RequestOutcome>,
 }
 
-/// Adds `weight` per second of the interval [a, b) to the bins it overlaps.
+/// Adds 1 per second of the interval [a, b) to the bins it overlaps (divided by dt).
 fn add_interval(series: &mut [f64], grid: &BinGrid, a: f64, b: f64) {
+    add_interval_weighted(series, grid, a, b, 1.0)
+}
+
+/// Adds `weight` per second of the interval [a, b) to the bins it overlaps (divided by dt).
+fn add_interval_weighted(series: &mut [f64], grid: &BinGrid, a: f64, b: f64, weight: f64) {
     let (a, b) = (a.max(grid.t0_s), b.min(grid.end_s()));
     if !(b > a) {
         return;
@@ -231,7 +239,7 @@ fn add_interval(series: &mut [f64], grid: &BinGrid, a: f64, b: f64) {
         let lo = grid.t_s(i).max(a);
         let hi = grid.t_s(i + 1).min(b);
         if hi > lo {
-            *slot += (hi - lo) / grid.dt_s;
+            *slot += weight * (hi - lo) / grid.dt_s;
         }
     }
 }
@@ -353,6 +361,13 @@ pub fn simulate(
         let t_end = t + dur;
         let mid = t + 0.5 * dur;
         add_at(&mut trace.prefill_tokens, &grid, mid, prefill_tokens as f64);
+        add_interval_weighted(
+            &mut trace.context_tokens,
+            &grid,
+            t,
+            t_end,
+            step_context as f64,
+        );
 
         // Apply the step.
         let mut produced = decode_seqs as u64;

@@ -23,13 +23,18 @@
 pub mod engine;
 pub mod error;
 pub mod fits;
+pub mod learn;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod sources;
 pub mod spec;
 pub mod store;
+pub mod synth;
 pub mod table;
 pub mod traces;
+pub mod validate;
 pub mod workload;
 
 pub use error::{Error, HubError, Result};

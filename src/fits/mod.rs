@@ -108,3 +108,62 @@ mod tests {
         assert!(median(&[]).is_nan());
     }
 }
+
+/// Ordinary least squares: the β minimising Σ (y − Xβ)², rows of `x` as features, solved by
+/// the normal equations with a tiny ridge (1e-9 × trace) so collinear columns stay finite.
+/// `None` when there are fewer rows than columns or the system is singular.
+pub fn least_squares(x: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
+    let p = x.first()?.len();
+    if x.len() < p || p == 0 {
+        return None;
+    }
+    let mut a = vec![vec![0.0; p + 1]; p];
+    for (row, &yi) in x.iter().zip(y) {
+        for i in 0..p {
+            for j in 0..p {
+                a[i][j] += row[i] * row[j];
+            }
+            a[i][p] += row[i] * yi;
+        }
+    }
+    let ridge = 1e-9 * (0..p).map(|i| a[i][i]).sum::<f64>() / p as f64;
+    for (i, r) in a.iter_mut().enumerate() {
+        r[i] += ridge;
+    }
+    // Gaussian elimination with partial pivoting.
+    for col in 0..p {
+        let piv = (col..p).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[piv][col].abs() < 1e-300 {
+            return None;
+        }
+        a.swap(col, piv);
+        for r in col + 1..p {
+            let f = a[r][col] / a[col][col];
+            let pivot_row = a[col].clone();
+            for (x, pv) in a[r][col..].iter_mut().zip(&pivot_row[col..]) {
+                *x -= f * pv;
+            }
+        }
+    }
+    let mut beta = vec![0.0; p];
+    for i in (0..p).rev() {
+        let s: f64 = (i + 1..p).map(|j| a[i][j] * beta[j]).sum();
+        beta[i] = (a[i][p] - s) / a[i][i];
+    }
+    beta.iter().all(|b| b.is_finite()).then_some(beta)
+}
+
+#[cfg(test)]
+mod ls_tests {
+    #[test]
+    fn least_squares_recovers_a_plane() {
+        let x: Vec<Vec<f64>> = (0..20)
+            .map(|i| vec![1.0, i as f64, ((i * 7) % 5) as f64])
+            .collect();
+        let y: Vec<f64> = x.iter().map(|r| 2.0 - 0.5 * r[1] + 3.0 * r[2]).collect();
+        let b = super::least_squares(&x, &y).unwrap();
+        for (got, want) in b.iter().zip([2.0, -0.5, 3.0]) {
+            assert!((got - want).abs() < 1e-6, "{b:?}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `synthesize`: power of one replica for a request log that was never measured.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use powersynth::engine::ServingConfig;
+use powersynth::learn::{learn, LearnOptions};
+use powersynth::report::write_power_series;
+use powersynth::sources::measured::load_run;
+use powersynth::store::write_json;
+use powersynth::synth::synthesize;
+use powersynth::workload::Workload;
+
+/// Synthesize the power of one serving replica (its TP GPUs) for a request log.
+///
+/// Learns the engine timing and the per-state power model from the training runs (measured
+/// runs of the same model × GPU × TP), simulates continuous batching of the requests with the
+/// serving settings, and draws power for each bin. Only the request log's arrival times and
+/// token counts are read: nothing measured about the target run is used.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Measured run folders to learn from (each with manifest.json, power.csv, engine.csv and a
+    /// request log), all of one model × GPU × TP.
+    #[arg(long, num_args = 1.., required = true)]
+    train: Vec<PathBuf>,
+    /// SERVING.json: model, hardware, tp, max_num_seqs, max_num_batched_tokens,
+    /// enable_chunked_prefill, enable_prefix_caching.
+    #[arg(long)]
+    serving: PathBuf,
+    /// REQUESTS.json with request_timestamps (unix s), input_lens and output_lens.
+    #[arg(long)]
+    requests: PathBuf,
+    /// Start of the output (unix s); row i is at t0 + i·dt.
+    #[arg(long)]
+    t0: f64,
+    /// Length of the output (s).
+    #[arg(long)]
+    duration_s: f64,
+    /// Output step (s): a whole multiple of the learning step (0.25 s).
+    #[arg(long, default_value_t = 0.25)]
+    dt_s: f64,
+    /// Seed of the power draws (same inputs and seed → identical output bytes).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file: .csv or .parquet with columns t_s, power_w (W, total over the replica).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the learned model (JSON) here.
+    #[arg(long)]
+    model_out: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runs = args
+        .train
+        .iter()
+        .map(|d| load_run(d).with_context(|| format!("loading training run {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let serving = ServingConfig::from_file(&args.serving)?;
+    let workload = Workload::from_request_log(&args.requests)?;
+    let model = learn(&runs, &LearnOptions::default())?;
+    let (series, _) = synthesize(
+        &model,
+        &serving,
+        &workload,
+        args.t0,
+        args.duration_s,
+        args.dt_s,
+        args.seed,
+    )?;
+    write_power_series(&args.out, series.t0_s, series.dt_s, &series.power_w)?;
+    if let Some(p) = &args.model_out {
+        write_json(p, &model)?;
+    }
+    let mean_w = series.power_w.iter().sum::<f64>() / series.power_w.len() as f64;
+    eprintln!(
+        "{}: {} bins of {} s, mean {:.1} W, energy {:.3} kWh → {}",
+        model.configuration,
+        series.power_w.len(),
+        series.dt_s,
+        mean_w,
+        mean_w * series.power_w.len() as f64 * series.dt_s / 3.6e6,
+        args.out.display()
+    );
+    Ok(())
+}

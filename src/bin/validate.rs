@@ -1,0 +1,79 @@
+//! `validate`: synthesized against measured power, with baselines, for one target run or
+//! leave-one-run-out over a folder of runs.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use powersynth::learn::LearnOptions;
+use powersynth::report::write_validation;
+use powersynth::sources::measured::{discover_runs, load_run};
+use powersynth::validate::{leave_one_out, validate_run};
+
+/// Validate synthesized power against measured runs (SPEC §8).
+///
+/// With --target: learn from --train, synthesize for the target's request log and serving
+/// settings (nothing else of the target is used), compare with its measured power, next to
+/// the TDP, mean and two-level prefill/decode baselines. With --leave-one-out DIR: every run
+/// below DIR is the target once, the others train. Writes DIR/metrics.parquet (per run and
+/// median), power_<run>.parquet (measured, synthesized and baseline series) and report.html
+/// (power over time, CDFs, ACFs, running requests); prints the table.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Measured run folders to learn from (one model × GPU × TP).
+    #[arg(long, num_args = 1..)]
+    train: Vec<PathBuf>,
+    /// The measured run to validate on.
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// A folder of runs of one configuration: leave-one-run-out over all of them.
+    #[arg(long, conflicts_with_all = ["train", "target"])]
+    leave_one_out: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the power draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Grid step (s) of learning and comparison.
+    #[arg(long, default_value_t = 0.25)]
+    dt_s: f64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let opts = LearnOptions {
+        dt_s: args.dt_s,
+        ..LearnOptions::default()
+    };
+    let load = |d: &PathBuf| load_run(d).with_context(|| format!("loading run {}", d.display()));
+    let results = if let Some(dir) = &args.leave_one_out {
+        let dirs = discover_runs(dir)?;
+        let runs = dirs.iter().map(load).collect::<Result<Vec<_>>>()?;
+        let bar = indicatif::ProgressBar::new(runs.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
+                .expect("static template"),
+        );
+        let out = leave_one_out(&runs, &opts, args.seed, |v| {
+            bar.set_message(v.run_id.clone());
+            bar.inc(1);
+        })?;
+        bar.finish_and_clear();
+        out
+    } else {
+        let Some(target) = &args.target else {
+            bail!("give --target RUN_DIR with --train RUN_DIR..., or --leave-one-out DIR");
+        };
+        if args.train.is_empty() {
+            bail!("--target needs --train RUN_DIR...");
+        }
+        let train = args.train.iter().map(load).collect::<Result<Vec<_>>>()?;
+        vec![validate_run(&train, &load(target)?, &opts, args.seed)?]
+    };
+    let table = write_validation(&args.out, &results)?;
+    print!("{table}");
+    eprintln!("wrote {}", args.out.join("report.html").display());
+    Ok(())
+}

@@ -1,0 +1,891 @@
+//! Learning a synthesis model from measured runs (SPEC §2.3, §6).
+//!
+//! For one configuration (model × GPU × TP), from one or more measured runs:
+//! 1. [`align`]: power, engine counters and the request log on one unix clock, on a regular
+//!    grid (default 0.25 s): bin-mean power, counters interpolated at bin centres, token
+//!    counters differenced over each bin.
+//! 2. Engine timing ([`StepTiming`]): a least-squares fit of step time on the counters' per-step
+//!    means (decodes, prompt tokens per iteration), then refined so that the engine simulation
+//!    of the training request logs reproduces the measured running requests and decode tokens
+//!    per bin (Nelder–Mead over the four coefficients).
+//! 3. Power ([`PowerModel`]): a linear model of bin power on engine features (busy fraction,
+//!    ln(1 + running), prefill and decode tokens/s) smoothed by the power meter's window (the
+//!    trailing window, 1–8 bins, that fits best: ≈1 s on H100, one bin on A100), plus
+//!    per-state residuals: standard deviation, AR(1) coefficient from runs of ≥ 5 bins of the
+//!    state, and the empirical distribution of standardised innovations.
+//!
+//! Nothing here reads files: callers pass loaded [`MeasuredRun`]s.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{simulate, BinGrid, EngineTrace, ServingConfig, StepTiming};
+use crate::error::{Error, Result};
+use crate::fits::{least_squares, nelder_mead, quantile_sorted};
+use crate::sources::board_limit_w;
+use crate::sources::measured::MeasuredRun;
+use crate::traces::interp;
+use crate::workload::Workload;
+use statrs::distribution::{ContinuousCDF, Normal};
+
+/// Schema tag of the learned-model JSON.
+pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v1";
+
+/// Number of features of the power model: [1, busy, ln(1+running), prefill kt/s, decode kt/s,
+/// context ktokens].
+pub const N_FEATURES: usize = 6;
+
+/// Names of the power model's features, in coefficient order.
+pub const FEATURE_NAMES: [&str; N_FEATURES] = [
+    "intercept_w",
+    "busy_w",
+    "ln1p_running_w",
+    "prefill_ktok_per_s_w",
+    "decode_ktok_per_s_w",
+    "context_ktok_w",
+];
+
+/// A measured run on a regular grid.
+#[derive(Debug, Clone)]
+pub struct AlignedRun {
+    pub run_id: String,
+    pub serving: ServingConfig,
+    /// Measured power per bin (W, sum over the run's active GPUs).
+    pub power_w: Vec<f64>,
+    /// The engine state per bin, from the measured counters.
+    pub engine: EngineTrace,
+    /// The request log (arrivals and token counts only).
+    pub workload: Workload,
+    /// Per counter interval with engine iterations: (seconds per iteration, decodes per
+    /// iteration, prompt tokens per iteration).
+    pub step_samples: Vec<(f64, f64, f64)>,
+}
+
+impl AlignedRun {
+    pub fn grid(&self) -> BinGrid {
+        self.engine.grid
+    }
+}
+
+/// Puts a measured run on a grid of `dt_s` covering the span where both power and engine
+/// counters exist.
+pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
+    let p = &run.power;
+    let e = &run.engine;
+    let t0 = p.t_s[0].max(e.t_s[0]);
+    let t1 = p.t_s[p.t_s.len() - 1].min(e.t_s[e.t_s.len() - 1]);
+    if !(t1 - t0 >= 5.0 * dt_s) {
+        return Err(Error::content(
+            &run.dir,
+            format!(
+                "power and engine counters overlap for {:.2} s only",
+                t1 - t0
+            ),
+        ));
+    }
+    let grid = BinGrid::new(t0, t1 - t0, dt_s)?;
+    let n = grid.bins;
+    // Bin-mean power; bins without a sample take the interpolation at their centre.
+    let mut sum = vec![0.0; n];
+    let mut cnt = vec![0usize; n];
+    for (&t, &w) in p.t_s.iter().zip(&p.power_w) {
+        if t >= t0 {
+            let i = ((t - t0) / dt_s).floor() as usize;
+            if i < n {
+                sum[i] += w;
+                cnt[i] += 1;
+            }
+        }
+    }
+    let power_w: Vec<f64> = (0..n)
+        .map(|i| {
+            if cnt[i] > 0 {
+                sum[i] / cnt[i] as f64
+            } else {
+                interp(&p.t_s, &p.power_w, grid.t_s(i) + 0.5 * dt_s)
+            }
+        })
+        .collect();
+    let at_centres = |v: &[f64]| -> Vec<f64> {
+        (0..n)
+            .map(|i| interp(&e.t_s, v, grid.t_s(i) + 0.5 * dt_s))
+            .collect()
+    };
+    let per_bin = |v: &[f64]| -> Vec<f64> {
+        if v.iter().any(|x| x.is_nan()) {
+            return vec![0.0; n];
+        }
+        (0..n)
+            .map(|i| (interp(&e.t_s, v, grid.t_s(i + 1)) - interp(&e.t_s, v, grid.t_s(i))).max(0.0))
+            .collect()
+    };
+    let engine = EngineTrace {
+        grid,
+        running: at_centres(&e.num_requests_running),
+        waiting: at_centres(&e.num_requests_waiting),
+        prefill_tokens: per_bin(&e.prompt_tokens_total),
+        decode_tokens: per_bin(&e.generation_tokens_total),
+        // The counters do not hold the context; only simulations fill it.
+        context_tokens: vec![0.0; n],
+    };
+    let mut step_samples = Vec::new();
+    for k in 1..e.t_s.len() {
+        let d_iter = e.iteration_tokens_total_count[k] - e.iteration_tokens_total_count[k - 1];
+        let d_gen = e.generation_tokens_total[k] - e.generation_tokens_total[k - 1];
+        let d_prompt = e.prompt_tokens_total[k] - e.prompt_tokens_total[k - 1];
+        let busy = e.num_requests_running[k] > 0.0 && e.num_requests_running[k - 1] > 0.0;
+        if busy && d_iter >= 1.0 && d_gen.is_finite() && d_prompt.is_finite() {
+            step_samples.push((
+                (e.t_s[k] - e.t_s[k - 1]) / d_iter,
+                d_gen / d_iter,
+                d_prompt / d_iter,
+            ));
+        }
+    }
+    let r = &run.requests;
+    let workload = Workload::from_columns(
+        &r.path,
+        &r.request_timestamps,
+        &r.input_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+        &r.output_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+    )?;
+    Ok(AlignedRun {
+        run_id: run.manifest.run_id.clone(),
+        serving: ServingConfig::from_manifest(&run.manifest),
+        power_w,
+        engine,
+        workload,
+        step_samples,
+    })
+}
+
+/// Per-bin engine features of the power model, before smoothing.
+pub fn raw_features(trace: &EngineTrace) -> Vec<[f64; N_FEATURES]> {
+    let dt = trace.grid.dt_s;
+    (0..trace.grid.bins)
+        .map(|i| {
+            let r = trace.running[i].max(0.0);
+            [
+                1.0,
+                r.min(1.0),
+                r.ln_1p(),
+                trace.prefill_tokens[i] / dt * 1e-3,
+                trace.decode_tokens[i] / dt * 1e-3,
+                trace.context_tokens[i] * 1e-3,
+            ]
+        })
+        .collect()
+}
+
+/// Trailing moving average over `window` bins (the first bins average what exists).
+pub fn smooth_features(raw: &[[f64; N_FEATURES]], window: usize) -> Vec<[f64; N_FEATURES]> {
+    let w = window.max(1);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut acc = [0.0; N_FEATURES];
+    for i in 0..raw.len() {
+        for (a, v) in acc.iter_mut().zip(&raw[i]) {
+            *a += v;
+        }
+        if i >= w {
+            for (a, v) in acc.iter_mut().zip(&raw[i - w]) {
+                *a -= v;
+            }
+        }
+        let k = (i + 1).min(w) as f64;
+        out.push(acc.map(|a| a / k));
+    }
+    out
+}
+
+/// Occupancy buckets of a busy bin (time-averaged running requests): < 2, < 4, < 8, < 16,
+/// < 32, ≥ 32. Bucket 0 is idle (busy fraction < 0.05 over the meter window).
+pub const RUNNING_BUCKETS: usize = 7;
+/// Context buckets (thousands of tokens held by running requests): < 1, < 4, < 16, < 64, ≥ 64.
+pub const CONTEXT_BUCKETS: usize = 5;
+/// Cells of the engine-state table: running × context × prefill-heavy.
+pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * 2;
+
+/// The engine state of a bin, discretised: (running bucket, context bucket, prefill-heavy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EngineState {
+    pub running_bucket: u8,
+    pub context_bucket: u8,
+    /// More prompt tokens than output tokens processed over the meter window.
+    pub prefill_heavy: bool,
+}
+
+impl EngineState {
+    /// The state of a bin from its smoothed features.
+    pub fn of(f: &[f64; N_FEATURES]) -> Self {
+        let running = f[2].exp_m1();
+        if f[1] < 0.05 {
+            return Self {
+                running_bucket: 0,
+                context_bucket: 0,
+                prefill_heavy: false,
+            };
+        }
+        let running_bucket = match running {
+            r if r < 2.0 => 1,
+            r if r < 4.0 => 2,
+            r if r < 8.0 => 3,
+            r if r < 16.0 => 4,
+            r if r < 32.0 => 5,
+            _ => 6,
+        };
+        let context_bucket = match f[5] {
+            c if c < 1.0 => 0,
+            c if c < 4.0 => 1,
+            c if c < 16.0 => 2,
+            c if c < 64.0 => 3,
+            _ => 4,
+        };
+        Self {
+            running_bucket,
+            context_bucket,
+            prefill_heavy: f[3] > f[4],
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.running_bucket == 0
+    }
+
+    /// Index into the dense cell table.
+    pub fn index(&self) -> usize {
+        (self.running_bucket as usize * CONTEXT_BUCKETS + self.context_bucket as usize) * 2
+            + self.prefill_heavy as usize
+    }
+}
+
+/// The measured power distribution of one group of engine states.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerCell {
+    /// What the cell pools: e.g. `running 3 · context 1 · prefill`, `running 3`, `busy`.
+    pub label: String,
+    /// Training bins in the cell.
+    pub bins: usize,
+    pub mean_w: f64,
+    /// Power quantiles (W) at k / (m − 1), k = 0 … m − 1.
+    pub quantiles_w: Vec<f64>,
+}
+
+impl PowerCell {
+    /// The power at probability `u` in [0, 1] (linear between stored quantiles).
+    pub fn power_at(&self, u: f64) -> f64 {
+        let q = &self.quantiles_w;
+        let x = u.clamp(0.0, 1.0) * (q.len() - 1) as f64;
+        let k = (x.floor() as usize).min(q.len() - 2);
+        q[k] + (q[k + 1] - q[k]) * (x - k as f64)
+    }
+}
+
+/// Bin power as a function of the engine state: the empirical power distribution of the
+/// state's cell, with temporal structure from a Gaussian AR(1) copula: the normal score
+/// z_t = Φ⁻¹(u_t) follows z_t = φ·z_{t−1} + √(1−φ²)·ε_t and power_t = Q_cell(t)(u_t).
+/// States with too few training bins fall back to coarser pools: drop prefill-heavy, then
+/// occupancy (same context), then context (same occupancy), then all busy bins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerModel {
+    /// Trailing window of the power meter, in bins.
+    pub meter_window_bins: usize,
+    /// Cells with enough training bins, at every pooling level.
+    pub cells: Vec<PowerCell>,
+    /// For each [`EngineState::index`], the index in `cells` that serves it.
+    pub lookup: Vec<usize>,
+    /// Lag-1 autocorrelation of the normal scores within runs.
+    pub phi: f64,
+    /// Share of training power variance explained by the cell means.
+    pub r2: f64,
+    /// Minimum training bins for a cell of its own.
+    pub min_cell_bins: usize,
+}
+
+impl PowerModel {
+    /// The cell that serves a bin's state.
+    pub fn cell(&self, s: &EngineState) -> &PowerCell {
+        &self.cells[self.lookup[s.index()]]
+    }
+}
+
+/// Levels of the simple baselines (SPEC §8), from the same training runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineLevels {
+    /// Board limit × TP.
+    pub tdp_w: f64,
+    /// Mean training power.
+    pub mean_w: f64,
+    /// Two-level model: idle bins, bins with prefill, other busy bins.
+    pub idle_w: f64,
+    pub prefill_w: f64,
+    pub decode_w: f64,
+}
+
+/// How well the calibrated engine simulation reproduces one training run's counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineCheck {
+    pub run_id: String,
+    pub running_corr: f64,
+    pub running_mae: f64,
+    pub decode_tokens_corr: f64,
+}
+
+/// A learned synthesis model: what `synthesize` loads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedModel {
+    pub schema: String,
+    /// model × GPU × TP.
+    pub configuration: String,
+    pub model: String,
+    pub hardware: String,
+    pub tp: u32,
+    pub dt_s: f64,
+    pub timing: StepTiming,
+    pub power: PowerModel,
+    pub baselines: BaselineLevels,
+    pub training_runs: Vec<String>,
+    pub engine_checks: Vec<EngineCheck>,
+}
+
+/// Options of [`learn`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearnOptions {
+    pub dt_s: f64,
+    /// Nelder–Mead iterations of the timing calibration (0: regression only).
+    pub timing_iters: u64,
+    /// Number of power quantiles stored per cell.
+    pub quantiles: usize,
+    /// Minimum training bins for a cell of its own (fewer: a coarser pool serves it).
+    pub min_cell_bins: usize,
+    /// Where the power model's training features come from.
+    pub features_from: FeatureSource,
+}
+
+/// The engine features the power model is trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureSource {
+    /// The calibrated engine simulation of each training run's request log: the same kind of
+    /// features synthesis will see (default).
+    Simulated,
+    /// The measured engine counters (no context feature: it is zero).
+    Measured,
+}
+
+impl Default for LearnOptions {
+    fn default() -> Self {
+        Self {
+            dt_s: 0.25,
+            timing_iters: 150,
+            quantiles: 101,
+            min_cell_bins: 30,
+            features_from: FeatureSource::Simulated,
+        }
+    }
+}
+
+/// Pearson correlation (0 when either side is constant).
+pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let ma = a[..n].iter().sum::<f64>() / n as f64;
+    let mb = b[..n].iter().sum::<f64>() / n as f64;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        let (x, y) = (a[i] - ma, b[i] - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn variance(v: &[f64]) -> f64 {
+    let m = mean(v);
+    mean(&v.iter().map(|x| (x - m).powi(2)).collect::<Vec<_>>())
+}
+
+/// Step timing by least squares on the counters' per-interval iteration means.
+pub fn regress_timing(runs: &[AlignedRun]) -> StepTiming {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for r in runs {
+        for &(s, dec, pre) in &r.step_samples {
+            x.push(vec![1.0, dec, pre]);
+            y.push(s);
+        }
+    }
+    let b = least_squares(&x, &y).unwrap_or_else(|| vec![0.02, 0.0, 0.0]);
+    StepTiming {
+        base_s: b[0].max(1e-3),
+        per_decode_seq_s: b[1].max(0.0),
+        per_prefill_token_s: b[2].max(1e-7),
+        per_context_ktoken_s: 0.0,
+    }
+}
+
+/// Simulates a run's request log on its grid.
+pub fn simulate_run(run: &AlignedRun, timing: &StepTiming) -> Result<EngineTrace> {
+    Ok(simulate(&run.workload, &run.serving, timing, run.grid())?.trace)
+}
+
+fn timing_cost(runs: &[AlignedRun], timing: &StepTiming) -> f64 {
+    let mut cost = 0.0;
+    for r in runs {
+        let Ok(sim) = simulate_run(r, timing) else {
+            return f64::INFINITY;
+        };
+        let vr = variance(&r.engine.running).max(1e-9);
+        let vd = variance(&r.engine.decode_tokens).max(1e-9);
+        let n = r.grid().bins as f64;
+        let er: f64 = sim
+            .running
+            .iter()
+            .zip(&r.engine.running)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum();
+        let ed: f64 = sim
+            .decode_tokens
+            .iter()
+            .zip(&r.engine.decode_tokens)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum();
+        cost += er / n / vr + ed / n / vd;
+    }
+    cost
+}
+
+/// Step timing: regression, then calibration by simulation (see the module docs).
+pub fn calibrate_timing(runs: &[AlignedRun], iters: u64) -> StepTiming {
+    let start = regress_timing(runs);
+    if iters == 0 {
+        return start;
+    }
+    // Search in log space around the regression; the context term starts small.
+    let to_timing = |p: &[f64]| StepTiming {
+        base_s: p[0].exp(),
+        per_decode_seq_s: p[1].exp(),
+        per_prefill_token_s: p[2].exp(),
+        per_context_ktoken_s: p[3].exp(),
+    };
+    let p0 = [
+        start.base_s.ln(),
+        start.per_decode_seq_s.max(1e-5).ln(),
+        start.per_prefill_token_s.max(1e-7).ln(),
+        (1e-5f64).ln(),
+    ];
+    let cost = |p: &[f64]| {
+        if p.iter().any(|v| !(v.abs() < 40.0)) {
+            return f64::INFINITY;
+        }
+        timing_cost(runs, &to_timing(p))
+    };
+    let (best, best_cost) = nelder_mead(cost, &p0, &[0.3, 1.0, 0.5, 2.0], iters);
+    if best_cost < timing_cost(runs, &start) {
+        to_timing(&best)
+    } else {
+        start
+    }
+}
+
+/// The pooling levels of a state, most specific first: (label, predicate on states).
+fn pools(s: &EngineState) -> Vec<(String, Box<dyn Fn(&EngineState) -> bool>)> {
+    let s = *s;
+    if s.is_idle() {
+        return vec![("idle".into(), Box::new(|x: &EngineState| x.is_idle()))];
+    }
+    let pre = if s.prefill_heavy { "prefill" } else { "decode" };
+    vec![
+        (
+            format!(
+                "running {} · context {} · {pre}",
+                s.running_bucket, s.context_bucket
+            ),
+            Box::new(move |x: &EngineState| *x == s),
+        ),
+        (
+            format!(
+                "running {} · context {}",
+                s.running_bucket, s.context_bucket
+            ),
+            Box::new(move |x: &EngineState| {
+                x.running_bucket == s.running_bucket && x.context_bucket == s.context_bucket
+            }),
+        ),
+        (
+            format!("context {}", s.context_bucket),
+            Box::new(move |x: &EngineState| !x.is_idle() && x.context_bucket == s.context_bucket),
+        ),
+        (
+            format!("running {}", s.running_bucket),
+            Box::new(move |x: &EngineState| x.running_bucket == s.running_bucket),
+        ),
+        ("busy".into(), Box::new(|x: &EngineState| !x.is_idle())),
+    ]
+}
+
+fn all_states() -> Vec<EngineState> {
+    let mut v = Vec::with_capacity(N_CELLS);
+    for r in 0..RUNNING_BUCKETS as u8 {
+        for c in 0..CONTEXT_BUCKETS as u8 {
+            for p in [false, true] {
+                v.push(EngineState {
+                    running_bucket: r,
+                    context_bucket: c,
+                    prefill_heavy: p,
+                });
+            }
+        }
+    }
+    v
+}
+
+/// Share of variance of `power` explained by the means of its states' groups.
+fn between_state_r2(power: &[f64], states: &[EngineState]) -> f64 {
+    let mut acc = vec![(0.0, 0usize); N_CELLS];
+    for (p, s) in power.iter().zip(states) {
+        acc[s.index()].0 += p;
+        acc[s.index()].1 += 1;
+    }
+    let var = variance(power);
+    if var <= 0.0 {
+        return 0.0;
+    }
+    let within: f64 = power
+        .iter()
+        .zip(states)
+        .map(|(p, s)| {
+            let (sum, n) = acc[s.index()];
+            (p - sum / n as f64).powi(2)
+        })
+        .sum::<f64>()
+        / power.len() as f64;
+    1.0 - within / var
+}
+
+/// Fits the power model on aligned runs, with engine features from `engines` (one per run:
+/// the measured counters, or a simulation of the run).
+pub fn fit_power(
+    runs: &[AlignedRun],
+    engines: &[EngineTrace],
+    opts: &LearnOptions,
+) -> Result<PowerModel> {
+    let raw: Vec<Vec<[f64; N_FEATURES]>> = engines.iter().map(raw_features).collect();
+    let power: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.power_w.iter().copied())
+        .collect();
+    if power.len() < 20 {
+        return Err(Error::data(format!(
+            "power model: {} training bins, need at least 20",
+            power.len()
+        )));
+    }
+    let states_for = |w: usize| -> Vec<EngineState> {
+        raw.iter()
+            .flat_map(|f| smooth_features(f, w))
+            .map(|f| EngineState::of(&f))
+            .collect()
+    };
+    // The meter window: the trailing window whose states explain the most power variance
+    // (ties go to the shorter window).
+    let (window, r2) = (1..=8usize)
+        .map(|w| (w, between_state_r2(&power, &states_for(w))))
+        .fold((1, f64::NEG_INFINITY), |best, c| {
+            if c.1 > best.1 + 1e-3 {
+                c
+            } else {
+                best
+            }
+        });
+    let states = states_for(window);
+    let m = opts.quantiles.max(2);
+    let mut cells: Vec<PowerCell> = Vec::new();
+    let mut lookup = Vec::with_capacity(N_CELLS);
+    for s in all_states() {
+        let levels = pools(&s);
+        let mut chosen = None;
+        for (label, pred) in &levels {
+            if let Some(k) = cells.iter().position(|c| &c.label == label) {
+                chosen = Some(k);
+                break;
+            }
+            let mut v: Vec<f64> = power
+                .iter()
+                .zip(&states)
+                .filter(|(_, x)| pred(x))
+                .map(|(p, _)| *p)
+                .collect();
+            let last = label == "busy" || label == "idle";
+            if v.len() >= opts.min_cell_bins || (last && !v.is_empty()) {
+                v.sort_by(f64::total_cmp);
+                cells.push(PowerCell {
+                    label: label.clone(),
+                    bins: v.len(),
+                    mean_w: mean(&v),
+                    quantiles_w: (0..m)
+                        .map(|k| quantile_sorted(&v, k as f64 / (m - 1) as f64))
+                        .collect(),
+                });
+                chosen = Some(cells.len() - 1);
+                break;
+            }
+        }
+        // No bin of this kind at all (e.g. never idle): borrow the nearest existing pool.
+        let k = match chosen {
+            Some(k) => k,
+            None => {
+                let fallback: Vec<f64> = power.clone();
+                let mut v = fallback;
+                v.sort_by(f64::total_cmp);
+                let label = "all".to_string();
+                match cells.iter().position(|c| c.label == label) {
+                    Some(k) => k,
+                    None => {
+                        cells.push(PowerCell {
+                            label,
+                            bins: v.len(),
+                            mean_w: mean(&v),
+                            quantiles_w: (0..m)
+                                .map(|k| quantile_sorted(&v, k as f64 / (m - 1) as f64))
+                                .collect(),
+                        });
+                        cells.len() - 1
+                    }
+                }
+            }
+        };
+        lookup.push(k);
+    }
+    let mut model = PowerModel {
+        meter_window_bins: window,
+        cells,
+        lookup,
+        phi: 0.0,
+        r2,
+        min_cell_bins: opts.min_cell_bins,
+    };
+    // φ of the normal scores within runs.
+    let normal = Normal::standard();
+    let (mut num, mut den) = (0.0, 0.0);
+    let mut offset = 0;
+    for r in runs {
+        let n = r.power_w.len();
+        let z: Vec<f64> = (0..n)
+            .map(|i| {
+                let cell = model.cell(&states[offset + i]);
+                let u = empirical_cdf(&cell.quantiles_w, r.power_w[i]);
+                normal.inverse_cdf(u.clamp(0.01, 0.99))
+            })
+            .collect();
+        for k in 1..n {
+            num += z[k] * z[k - 1];
+            den += z[k - 1] * z[k - 1];
+        }
+        offset += n;
+    }
+    model.phi = if den > 0.0 {
+        (num / den).clamp(0.0, 0.99)
+    } else {
+        0.0
+    };
+    Ok(model)
+}
+
+/// The probability of `v` under a distribution given by equally spaced quantiles (the mid
+/// rank within ties).
+fn empirical_cdf(q: &[f64], v: f64) -> f64 {
+    let below = q.partition_point(|&x| x < v);
+    let not_above = q.partition_point(|&x| x <= v);
+    let m = (q.len() - 1) as f64;
+    if not_above == 0 {
+        return 0.0;
+    }
+    if below >= q.len() {
+        return 1.0;
+    }
+    if below < not_above {
+        return 0.5 * (below as f64 + not_above as f64 - 1.0) / m;
+    }
+    // Linear between q[below−1] and q[below].
+    let (lo, hi) = (q[below - 1], q[below]);
+    ((below - 1) as f64 + (v - lo) / (hi - lo)) / m
+}
+
+/// Learns a synthesis model from runs of one configuration.
+pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> {
+    if runs.is_empty() {
+        return Err(Error::config("train", "no training runs"));
+    }
+    let aligned: Vec<AlignedRun> = runs
+        .iter()
+        .map(|r| align(r, opts.dt_s))
+        .collect::<Result<_>>()?;
+    let first = &aligned[0].serving;
+    for (r, a) in runs.iter().zip(&aligned) {
+        let s = &a.serving;
+        if (s.model.as_str(), s.hardware.as_str(), s.tp)
+            != (first.model.as_str(), first.hardware.as_str(), first.tp)
+        {
+            return Err(Error::content(
+                r.dir.join("manifest.json"),
+                format!(
+                    "configuration {} differs from the first training run's {}",
+                    s.configuration(),
+                    first.configuration()
+                ),
+            ));
+        }
+    }
+    let timing = calibrate_timing(&aligned, opts.timing_iters);
+    let engines: Vec<EngineTrace> = match opts.features_from {
+        FeatureSource::Simulated => aligned
+            .iter()
+            .map(|a| simulate_run(a, &timing))
+            .collect::<Result<_>>()?,
+        FeatureSource::Measured => aligned.iter().map(|a| a.engine.clone()).collect(),
+    };
+    let power = fit_power(&aligned, &engines, opts)?;
+    let mut engine_checks = Vec::new();
+    for a in &aligned {
+        let sim = simulate_run(a, &timing)?;
+        engine_checks.push(EngineCheck {
+            run_id: a.run_id.clone(),
+            running_corr: correlation(&sim.running, &a.engine.running),
+            running_mae: mean(
+                &sim.running
+                    .iter()
+                    .zip(&a.engine.running)
+                    .map(|(x, y)| (x - y).abs())
+                    .collect::<Vec<_>>(),
+            ),
+            decode_tokens_corr: correlation(&sim.decode_tokens, &a.engine.decode_tokens),
+        });
+    }
+    let baselines = baseline_levels(&aligned);
+    Ok(LearnedModel {
+        schema: LEARNED_MODEL_SCHEMA.into(),
+        configuration: first.configuration(),
+        model: first.model.clone(),
+        hardware: first.hardware.clone(),
+        tp: first.tp,
+        dt_s: opts.dt_s,
+        timing,
+        power,
+        baselines,
+        training_runs: aligned.iter().map(|a| a.run_id.clone()).collect(),
+        engine_checks,
+    })
+}
+
+/// Whether a bin counts as idle, prefill or decode for the two-level baseline.
+pub fn two_level_class(running: f64, prefill_tokens: f64) -> u8 {
+    if running < 0.05 && prefill_tokens <= 0.0 {
+        0
+    } else if prefill_tokens > 0.0 {
+        1
+    } else {
+        2
+    }
+}
+
+fn baseline_levels(runs: &[AlignedRun]) -> BaselineLevels {
+    let mut sums = [(0.0, 0usize); 3];
+    let mut all = Vec::new();
+    for r in runs {
+        for i in 0..r.power_w.len() {
+            let c = two_level_class(r.engine.running[i], r.engine.prefill_tokens[i]) as usize;
+            sums[c].0 += r.power_w[i];
+            sums[c].1 += 1;
+            all.push(r.power_w[i]);
+        }
+    }
+    let mean_w = mean(&all);
+    let level = |c: usize| {
+        if sums[c].1 > 0 {
+            sums[c].0 / sums[c].1 as f64
+        } else {
+            mean_w
+        }
+    };
+    BaselineLevels {
+        tdp_w: board_limit_w(&runs[0].serving.hardware) * runs[0].serving.tp as f64,
+        mean_w,
+        idle_w: level(0),
+        prefill_w: level(1),
+        decode_w: level(2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothing_is_a_trailing_mean() {
+        let raw: Vec<[f64; N_FEATURES]> = (0..6).map(|i| [i as f64; N_FEATURES]).collect();
+        let s = smooth_features(&raw, 3);
+        assert_eq!(s[0][0], 0.0);
+        assert_eq!(s[1][0], 0.5);
+        assert_eq!(s[2][0], 1.0);
+        assert_eq!(s[5][0], 4.0);
+    }
+
+    #[test]
+    fn cell_quantiles_round_trip() {
+        let cell = PowerCell {
+            label: "x".into(),
+            bins: 5,
+            mean_w: 2.0,
+            quantiles_w: vec![0.0, 1.0, 2.0, 4.0, 8.0],
+        };
+        assert_eq!(cell.power_at(0.0), 0.0);
+        assert_eq!(cell.power_at(1.0), 8.0);
+        // u = 0.625 → x = 2.5 → halfway between 2 and 4.
+        assert!((cell.power_at(0.625) - 3.0).abs() < 1e-12);
+        for u in [0.1, 0.3, 0.625, 0.9] {
+            let v = cell.power_at(u);
+            assert!(
+                (empirical_cdf(&cell.quantiles_w, v) - u).abs() < 1e-12,
+                "u {u}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_buckets() {
+        let f = |busy: f64, running: f64, pre: f64, dec: f64, ctx: f64| {
+            EngineState::of(&[1.0, busy, running.ln_1p(), pre, dec, ctx])
+        };
+        assert!(f(0.0, 0.0, 0.0, 0.0, 0.0).is_idle());
+        let s = f(1.0, 5.0, 2.0, 0.5, 3.0);
+        assert_eq!(
+            (s.running_bucket, s.context_bucket, s.prefill_heavy),
+            (3, 1, true)
+        );
+        let s = f(1.0, 40.0, 0.0, 0.5, 100.0);
+        assert_eq!(
+            (s.running_bucket, s.context_bucket, s.prefill_heavy),
+            (6, 4, false)
+        );
+        assert!(s.index() < N_CELLS);
+    }
+
+    #[test]
+    fn correlation_of_known_series() {
+        assert!((correlation(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
+        assert!((correlation(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(correlation(&[1.0, 1.0], &[1.0, 2.0]), 0.0);
+    }
+}

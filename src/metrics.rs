@@ -1,0 +1,167 @@
+//! Validation metrics (SPEC §8): how close a synthesized power series y is to a measured one
+//! g on the same grid. Pure functions of two slices, compared on their common length.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fits::quantile_sorted;
+
+/// Every metric of SPEC §8 for one (measured, synthesized) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Bins compared.
+    pub n: usize,
+    /// 100 · (Σy − Σg) / Σg.
+    pub energy_error_signed_pct: f64,
+    /// |energy_error_signed_pct|.
+    pub energy_error_pct: f64,
+    /// max |F_g(v) − F_y(v)| over pooled values.
+    pub ks: f64,
+    /// 1 − Σ(ρ_g − ρ_y)² / Σ(ρ_g − mean ρ_g)² over lags 1…min(50, n − 1).
+    pub acf_r2: f64,
+    /// RMSE / (max g − min g).
+    pub nrmse: f64,
+    /// 100 · |P95(y) − P95(g)| / P95(g).
+    pub p95_error_pct: f64,
+    /// 100 · |P99(y) − P99(g)| / P99(g).
+    pub p99_error_pct: f64,
+}
+
+/// Lags used by the ACF R² (SPEC §8: 50, i.e. 12.5 s at 0.25 s).
+pub const ACF_MAX_LAG: usize = 50;
+
+/// Sample autocorrelation at lags 1…`max_lag` (biased estimator, as numpy/statsmodels).
+pub fn acf(x: &[f64], max_lag: usize) -> Vec<f64> {
+    let n = x.len();
+    let m = x.iter().sum::<f64>() / n.max(1) as f64;
+    let d: Vec<f64> = x.iter().map(|v| v - m).collect();
+    let c0: f64 = d.iter().map(|v| v * v).sum();
+    (1..=max_lag.min(n.saturating_sub(1)))
+        .map(|k| {
+            if c0 == 0.0 {
+                0.0
+            } else {
+                d[..n - k]
+                    .iter()
+                    .zip(&d[k..])
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+                    / c0
+            }
+        })
+        .collect()
+}
+
+/// Two-sample Kolmogorov–Smirnov statistic.
+pub fn ks_statistic(g: &[f64], y: &[f64]) -> f64 {
+    let mut a = g.to_vec();
+    let mut b = y.to_vec();
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let (mut i, mut j, mut d) = (0usize, 0usize, 0.0f64);
+    while i < a.len() && j < b.len() {
+        let v = a[i].min(b[j]);
+        while i < a.len() && a[i] <= v {
+            i += 1;
+        }
+        while j < b.len() && b[j] <= v {
+            j += 1;
+        }
+        d = d.max((i as f64 / na - j as f64 / nb).abs());
+    }
+    d
+}
+
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    quantile_sorted(&s, q)
+}
+
+/// Compares synthesized `y` with measured `g` on their common length (≥ 2 bins).
+pub fn compare(g: &[f64], y: &[f64]) -> Metrics {
+    let n = g.len().min(y.len());
+    let (g, y) = (&g[..n], &y[..n]);
+    let sg: f64 = g.iter().sum();
+    let sy: f64 = y.iter().sum();
+    let signed = 100.0 * (sy - sg) / sg;
+    let lags = ACF_MAX_LAG.min(n.saturating_sub(1));
+    let (rg, ry) = (acf(g, lags), acf(y, lags));
+    let mean_rg = rg.iter().sum::<f64>() / rg.len().max(1) as f64;
+    let ss_res: f64 = rg.iter().zip(&ry).map(|(a, b)| (a - b).powi(2)).sum();
+    let ss_tot: f64 = rg.iter().map(|a| (a - mean_rg).powi(2)).sum();
+    let acf_r2 = if ss_tot > 0.0 {
+        1.0 - ss_res / ss_tot
+    } else {
+        f64::NAN
+    };
+    let rmse = (g.iter().zip(y).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64).sqrt();
+    let range = g.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        - g.iter().copied().fold(f64::INFINITY, f64::min);
+    let perr = |q: f64| {
+        let pg = percentile(g, q);
+        100.0 * (percentile(y, q) - pg).abs() / pg
+    };
+    Metrics {
+        n,
+        energy_error_signed_pct: signed,
+        energy_error_pct: signed.abs(),
+        ks: ks_statistic(g, y),
+        acf_r2,
+        nrmse: if range > 0.0 { rmse / range } else { f64::NAN },
+        p95_error_pct: perr(0.95),
+        p99_error_pct: perr(0.99),
+    }
+}
+
+/// Median of finite values (NaN when there are none).
+pub fn median_of(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    quantile_sorted(&v, 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_series_score_perfectly() {
+        let g: Vec<f64> = (0..200)
+            .map(|i| 300.0 + 50.0 * (i as f64 / 7.0).sin())
+            .collect();
+        let m = compare(&g, &g);
+        assert_eq!(m.energy_error_pct, 0.0);
+        assert_eq!(m.ks, 0.0);
+        assert!((m.acf_r2 - 1.0).abs() < 1e-12);
+        assert_eq!(m.nrmse, 0.0);
+        assert_eq!(m.p99_error_pct, 0.0);
+    }
+
+    #[test]
+    fn known_values() {
+        // y = 1.1 g: energy +10 %, percentiles +10 %.
+        let g: Vec<f64> = (1..=100).map(|i| i as f64).collect();
+        let y: Vec<f64> = g.iter().map(|v| 1.1 * v).collect();
+        let m = compare(&g, &y);
+        assert!((m.energy_error_signed_pct - 10.0).abs() < 1e-9);
+        assert!((m.p95_error_pct - 10.0).abs() < 1e-9);
+        // RMSE of 0.1·g over 1..100 = 0.1·sqrt(mean(i²)); range 99.
+        let want = 0.1 * ((1..=100).map(|i| (i * i) as f64).sum::<f64>() / 100.0).sqrt() / 99.0;
+        assert!((m.nrmse - want).abs() < 1e-12);
+        // Disjoint samples: KS = 1; half-shifted: 0.5.
+        assert_eq!(ks_statistic(&[1.0, 2.0], &[3.0, 4.0]), 1.0);
+        assert_eq!(
+            ks_statistic(&[1.0, 2.0, 3.0, 4.0], &[3.0, 4.0, 5.0, 6.0]),
+            0.5
+        );
+        // Alternating series: ACF at lag 1 = −(n−1)/n.
+        let alt: Vec<f64> = (0..10)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        assert!((acf(&alt, 1)[0] + 0.9).abs() < 1e-12);
+    }
+}

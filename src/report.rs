@@ -1,0 +1,338 @@
+//! Validation outputs: the metrics table (parquet), the power series, and a self-contained
+//! HTML report with inline SVG line charts (measured vs synthesized power over time, CDFs,
+//! ACFs). The charts are plain polylines; a plotting crate would add build time for three
+//! line charts.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::metrics::{acf, median_of, Metrics, ACF_MAX_LAG};
+use crate::store::write_atomic;
+use crate::table::{write_parquet, Column, Table};
+use crate::validate::{RunValidation, METHODS};
+
+/// Writes `t_s, power_w` as CSV or parquet, chosen by the extension of `path`.
+pub fn write_power_series(path: &Path, t0_s: f64, dt_s: f64, power_w: &[f64]) -> Result<()> {
+    let t: Vec<f64> = (0..power_w.len()).map(|i| t0_s + i as f64 * dt_s).collect();
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => write_parquet(
+            path,
+            &Table::new()
+                .with("t_s", Column::F64(t))
+                .with("power_w", Column::F64(power_w.to_vec())),
+        ),
+        Some("csv") => write_atomic(path, |f| {
+            let mut w = csv::Writer::from_writer(f);
+            let err = |e: csv::Error| Error::content(path, e.to_string());
+            w.write_record(["t_s", "power_w"]).map_err(err)?;
+            for (t, p) in t.iter().zip(power_w) {
+                w.write_record([format!("{t:.3}"), format!("{p:.3}")])
+                    .map_err(err)?;
+            }
+            w.flush().map_err(|e| Error::io(path, e))
+        }),
+        _ => Err(Error::config(
+            "out",
+            format!(
+                "{}: the file name must end in .csv or .parquet",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// The metrics table: one row per (run, method), then the medians over runs per method.
+pub fn metrics_table(results: &[RunValidation]) -> Table {
+    let mut run = Vec::new();
+    let mut method = Vec::new();
+    let mut cols: [Vec<f64>; 9] = Default::default();
+    let mut push = |r: &str, m: &str, x: &Metrics, corr: f64, mae: f64| {
+        run.push(r.to_string());
+        method.push(m.to_string());
+        for (c, v) in cols.iter_mut().zip([
+            x.energy_error_pct,
+            x.energy_error_signed_pct,
+            x.ks,
+            x.acf_r2,
+            x.nrmse,
+            x.p95_error_pct,
+            x.p99_error_pct,
+            corr,
+            mae,
+        ]) {
+            c.push(v);
+        }
+    };
+    for v in results {
+        for (m, x) in METHODS.iter().zip(&v.metrics) {
+            push(&v.run_id, m, x, v.running_corr, v.running_mae);
+        }
+    }
+    for (k, m) in METHODS.iter().enumerate() {
+        let med = |f: fn(&Metrics) -> f64| median_of(results.iter().map(|v| f(&v.metrics[k])));
+        let x = Metrics {
+            n: 0,
+            energy_error_signed_pct: med(|x| x.energy_error_signed_pct),
+            energy_error_pct: med(|x| x.energy_error_pct),
+            ks: med(|x| x.ks),
+            acf_r2: med(|x| x.acf_r2),
+            nrmse: med(|x| x.nrmse),
+            p95_error_pct: med(|x| x.p95_error_pct),
+            p99_error_pct: med(|x| x.p99_error_pct),
+        };
+        push(
+            "median",
+            m,
+            &x,
+            median_of(results.iter().map(|v| v.running_corr)),
+            median_of(results.iter().map(|v| v.running_mae)),
+        );
+    }
+    let names = [
+        "energy_error_pct",
+        "energy_error_signed_pct",
+        "ks",
+        "acf_r2",
+        "nrmse",
+        "p95_error_pct",
+        "p99_error_pct",
+        "running_corr",
+        "running_mae",
+    ];
+    let mut t = Table::new()
+        .with("run_id", Column::Str(run))
+        .with("method", Column::Str(method));
+    for (name, c) in names.iter().zip(cols) {
+        t = t.with(name, Column::F64(c));
+    }
+    t
+}
+
+/// The table as aligned text, one line per row.
+pub fn format_table(t: &Table) -> String {
+    let mut out = String::new();
+    let n = t.num_rows();
+    let _ = writeln!(
+        out,
+        "{:<34} {:<10} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6}",
+        "run",
+        "method",
+        "|ΔE| %",
+        "ΔE %",
+        "KS",
+        "ACF R²",
+        "NRMSE",
+        "P95 %",
+        "P99 %",
+        "run ρ",
+        "MAE"
+    );
+    for i in 0..n {
+        let s = |k: usize| match &t.columns[k].1 {
+            Column::Str(v) => v[i].clone(),
+            _ => String::new(),
+        };
+        let f = |k: usize| match &t.columns[k].1 {
+            Column::F64(v) => v[i],
+            _ => f64::NAN,
+        };
+        let run = s(0);
+        let run = if run.len() > 34 { &run[..34] } else { &run };
+        let _ = writeln!(
+            out,
+            "{:<34} {:<10} {:>8.2} {:>8.2} {:>6.3} {:>7.3} {:>6.3} {:>7.2} {:>7.2} {:>7.3} {:>6.2}",
+            run,
+            s(1),
+            f(2),
+            f(3),
+            f(4),
+            f(5),
+            f(6),
+            f(7),
+            f(8),
+            f(9),
+            f(10)
+        );
+    }
+    out
+}
+
+const COLOURS: [&str; 5] = ["#222222", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+
+/// A line chart of several series over a shared x, as an inline SVG element.
+fn svg_lines(title: &str, x_label: &str, x: &[f64], series: &[(&str, &[f64])]) -> String {
+    let (w, h, pad) = (900.0, 260.0, 45.0);
+    let (x0, x1) = (
+        x.first().copied().unwrap_or(0.0),
+        x.last().copied().unwrap_or(1.0),
+    );
+    let all = series.iter().flat_map(|(_, s)| s.iter().copied());
+    let (mut y0, mut y1) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    if !(y1 > y0) {
+        y0 -= 1.0;
+        y1 += 1.0;
+    }
+    let sx = |v: f64| pad + (v - x0) / (x1 - x0).max(1e-12) * (w - 2.0 * pad);
+    let sy = |v: f64| h - pad - (v - y0) / (y1 - y0) * (h - 2.0 * pad);
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-size='11'>\
+         <text x='{pad}' y='16' font-weight='bold'>{title}</text>\
+         <rect x='{pad}' y='{pad}' width='{}' height='{}' fill='none' stroke='#999'/>\
+         <text x='{}' y='{}'>{x_label}</text>\
+         <text x='2' y='{}'>{y1:.3}</text><text x='2' y='{}'>{y0:.3}</text>",
+        w - 2.0 * pad,
+        h - 2.0 * pad,
+        w / 2.0,
+        h - 8.0,
+        pad + 4.0,
+        h - pad
+    );
+    for (k, (name, ys)) in series.iter().enumerate() {
+        let c = COLOURS[k % COLOURS.len()];
+        let pts: Vec<String> = x
+            .iter()
+            .zip(ys.iter())
+            .map(|(a, b)| format!("{:.1},{:.1}", sx(*a), sy(*b)))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline fill='none' stroke='{c}' stroke-width='1' points='{}'/>\
+             <text x='{}' y='{}' fill='{c}'>{name}</text>",
+            pts.join(" "),
+            w - pad - 150.0,
+            pad + 14.0 * (k as f64 + 1.0)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn ecdf(v: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len() as f64;
+    let p = (1..=s.len()).map(|i| i as f64 / n).collect();
+    (s, p)
+}
+
+/// The HTML report of a validation (one or more target runs).
+pub fn html_report(results: &[RunValidation], table: &Table) -> String {
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset='utf-8'><title>powersynth validation</title>\
+         <style>body{font-family:sans-serif;margin:2em} pre{font-size:12px}</style></head><body>\
+         <h1>powersynth validation</h1><p>Measured power against power synthesized from the \
+         target's request log and serving settings only, with the TDP, mean and two-level \
+         baselines (SPEC §8).</p>",
+    );
+    let _ = write!(h, "<pre>{}</pre>", html_escape(&format_table(table)));
+    for v in results {
+        let _ = write!(
+            h,
+            "<h2>{}</h2><p>{} · trained on {} · meter window {} bins · {} power cells · φ {:.2} \
+             · engine running-requests correlation {:.3}, MAE {:.2}</p>",
+            html_escape(&v.run_id),
+            html_escape(&v.configuration),
+            html_escape(&v.model.training_runs.join(", ")),
+            v.model.power.meter_window_bins,
+            v.model.power.cells.len(),
+            v.model.power.phi,
+            v.running_corr,
+            v.running_mae
+        );
+        let t: Vec<f64> = (0..v.measured_w.len()).map(|i| i as f64 * v.dt_s).collect();
+        h.push_str(&svg_lines(
+            "Power (W)",
+            "time since start (s)",
+            &t,
+            &[
+                ("measured", &v.measured_w),
+                ("powersynth", &v.series_w[0]),
+                ("two-level", &v.series_w[3]),
+            ],
+        ));
+        h.push_str("<br>");
+        let (gx, gp) = ecdf(&v.measured_w);
+        let mut ys = v.series_w[0].clone();
+        ys.sort_by(f64::total_cmp);
+        // CDFs on the measured values' axis: the synthesized CDF evaluated there.
+        let y_at: Vec<f64> = gx
+            .iter()
+            .map(|x| ys.partition_point(|v| v <= x) as f64 / ys.len() as f64)
+            .collect();
+        h.push_str(&svg_lines(
+            "CDF of power",
+            "power (W)",
+            &gx,
+            &[("measured", &gp), ("powersynth", &y_at)],
+        ));
+        h.push_str("<br>");
+        let lags = ACF_MAX_LAG.min(v.measured_w.len().saturating_sub(1));
+        let lx: Vec<f64> = (1..=lags).map(|k| k as f64 * v.dt_s).collect();
+        let (ag, ay) = (acf(&v.measured_w, lags), acf(&v.series_w[0], lags));
+        h.push_str(&svg_lines(
+            "Autocorrelation",
+            "lag (s)",
+            &lx,
+            &[("measured", &ag), ("powersynth", &ay)],
+        ));
+        h.push_str("<br>");
+        h.push_str(&svg_lines(
+            "Running requests: measured counters vs engine simulation",
+            "time since start (s)",
+            &t,
+            &[
+                ("measured", &v.measured_engine.running),
+                ("simulated", &v.simulated.running),
+            ],
+        ));
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Writes `metrics.parquet`, `report.html` and one `power_<run>.parquet` per run into `dir`;
+/// returns the printed table.
+pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let table = metrics_table(results);
+    write_parquet(&dir.join("metrics.parquet"), &table)?;
+    for v in results {
+        let t: Vec<f64> = (0..v.measured_w.len())
+            .map(|i| v.t0_s + i as f64 * v.dt_s)
+            .collect();
+        let mut tab = Table::new()
+            .with("t_s", Column::F64(t))
+            .with("measured_w", Column::F64(v.measured_w.clone()));
+        for (m, s) in METHODS.iter().zip(&v.series_w) {
+            tab = tab.with(&format!("{m}_w"), Column::F64(s.clone()));
+        }
+        tab = tab
+            .with(
+                "running_measured",
+                Column::F64(v.measured_engine.running.clone()),
+            )
+            .with(
+                "running_simulated",
+                Column::F64(v.simulated.running.clone()),
+            );
+        let name = format!("power_{}.parquet", crate::store::sanitize(&v.run_id));
+        write_parquet(&dir.join(name), &tab)?;
+    }
+    let html = html_report(results, &table);
+    let path = dir.join("report.html");
+    write_atomic(&path, |f| {
+        f.write_all(html.as_bytes())
+            .map_err(|e| Error::io(&path, e))
+    })?;
+    Ok(format_table(&table))
+}

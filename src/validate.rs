@@ -1,0 +1,120 @@
+//! Validation against measured runs (SPEC §8): learn on training runs, synthesize for a
+//! target run from its request log and serving settings only, compare with its measured power,
+//! next to the baselines on the same grid; and leave-one-run-out over a set of runs.
+
+use crate::engine::{EngineTrace, ServingConfig};
+use crate::error::{Error, Result};
+use crate::learn::{align, correlation, learn, LearnOptions, LearnedModel};
+use crate::metrics::{compare, Metrics};
+use crate::sources::measured::MeasuredRun;
+use crate::synth::{baselines, power_from_engine};
+
+/// Names of the series compared with the measurement, in report order.
+pub const METHODS: [&str; 4] = ["powersynth", "tdp", "mean", "two_level"];
+
+/// One target run's validation.
+#[derive(Debug, Clone)]
+pub struct RunValidation {
+    pub run_id: String,
+    pub configuration: String,
+    /// Grid start (unix s) and step.
+    pub t0_s: f64,
+    pub dt_s: f64,
+    pub measured_w: Vec<f64>,
+    /// Series per method, in [`METHODS`] order.
+    pub series_w: Vec<Vec<f64>>,
+    /// Metrics per method, in [`METHODS`] order.
+    pub metrics: Vec<Metrics>,
+    /// Simulated engine on the target's request log, and the target's measured counters.
+    pub simulated: EngineTrace,
+    pub measured_engine: EngineTrace,
+    pub running_corr: f64,
+    pub running_mae: f64,
+    pub model: LearnedModel,
+}
+
+/// Learns on `train` and validates on `target` with `seed`.
+pub fn validate_run(
+    train: &[MeasuredRun],
+    target: &MeasuredRun,
+    opts: &LearnOptions,
+    seed: u64,
+) -> Result<RunValidation> {
+    let model = learn(train, opts)?;
+    validate_with_model(model, target, opts, seed)
+}
+
+/// Validates an already learned model on `target`.
+pub fn validate_with_model(
+    model: LearnedModel,
+    target: &MeasuredRun,
+    opts: &LearnOptions,
+    seed: u64,
+) -> Result<RunValidation> {
+    // The measured side of the target: power and counters on the grid, for comparison only.
+    let aligned = align(target, opts.dt_s)?;
+    let serving = ServingConfig::from_manifest(&target.manifest);
+    crate::synth::check_serving(&model, &serving)?;
+    // The synthesized side sees only arrivals, token counts and serving settings.
+    let sim = crate::engine::simulate(&aligned.workload, &serving, &model.timing, aligned.grid())?;
+    let synthesized = power_from_engine(&model, &sim.trace, seed);
+    let b = baselines(&model, &sim.trace);
+    let series_w = vec![synthesized, b.tdp_w, b.mean_w, b.two_level_w];
+    let metrics = series_w
+        .iter()
+        .map(|y| compare(&aligned.power_w, y))
+        .collect();
+    let running_mae = sim
+        .trace
+        .running
+        .iter()
+        .zip(&aligned.engine.running)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / aligned.grid().bins as f64;
+    Ok(RunValidation {
+        run_id: aligned.run_id.clone(),
+        configuration: serving.configuration(),
+        t0_s: aligned.grid().t0_s,
+        dt_s: opts.dt_s,
+        measured_w: aligned.power_w.clone(),
+        series_w,
+        metrics,
+        running_corr: correlation(&sim.trace.running, &aligned.engine.running),
+        running_mae,
+        simulated: sim.trace,
+        measured_engine: aligned.engine,
+        model,
+    })
+}
+
+/// Leave-one-run-out: each run is the target once, the others of its configuration train.
+pub fn leave_one_out(
+    runs: &[MeasuredRun],
+    opts: &LearnOptions,
+    seed: u64,
+    mut on_done: impl FnMut(&RunValidation),
+) -> Result<Vec<RunValidation>> {
+    if runs.len() < 2 {
+        return Err(Error::config(
+            "runs",
+            format!(
+                "leave-one-run-out needs at least two runs of a configuration, got {}",
+                runs.len()
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, target) in runs.iter().enumerate() {
+        let train: Vec<MeasuredRun> = runs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let v = validate_run(&train, target, opts, seed)?;
+        on_done(&v);
+        out.push(v);
+    }
+    Ok(out)
+}
