@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod site;
 pub mod sources;
 pub mod spec;
 pub mod store;

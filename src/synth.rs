@@ -31,6 +31,16 @@ impl PowerSeries {
     }
 }
 
+/// The time span and step of an output series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutputWindow {
+    /// First bin's start (s, the workload's clock).
+    pub t0_s: f64,
+    pub duration_s: f64,
+    /// A whole multiple of the model's step.
+    pub dt_s: f64,
+}
+
 /// Power for an engine trace on the model's grid.
 pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -> Vec<f64> {
     let pm = &model.power;

@@ -111,9 +111,15 @@ fn same_seed_same_series_other_seed_other_series() {
     assert_eq!(a, b);
     assert_ne!(a, c);
     // The first 5 s precede every request: idle power (A100 idles near 83 W).
-    assert!(a[..20].iter().all(|p| (60.0..110.0).contains(p)), "{:?}", &a[..20]);
+    assert!(
+        a[..20].iter().all(|p| (60.0..110.0).contains(p)),
+        "{:?}",
+        &a[..20]
+    );
     // 1 s output = mean of four 0.25 s bins of the same draw.
-    let coarse = synthesize(&model, &serving, &w, t0, 120.0, 1.0, 3).unwrap().0;
+    let coarse = synthesize(&model, &serving, &w, t0, 120.0, 1.0, 3)
+        .unwrap()
+        .0;
     assert_eq!(coarse.power_w.len(), 120);
     assert!((coarse.power_w[7] - a[28..32].iter().sum::<f64>() / 4.0).abs() < 1e-9);
 }
@@ -157,7 +163,10 @@ fn synthesize_command_is_byte_deterministic_and_rejects_bad_input() {
     let text = String::from_utf8(a).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("t_s,power_w"));
-    assert_eq!(lines.next().unwrap().split(',').next(), Some("1784415440.000"));
+    assert_eq!(
+        lines.next().unwrap().split(',').next(),
+        Some("1784415440.000")
+    );
     assert_eq!(text.lines().count(), 1 + 240);
 
     // A bad output name and a bad serving file: clear errors, nothing written.
@@ -175,6 +184,65 @@ fn synthesize_command_is_byte_deterministic_and_rejects_bad_input() {
     .unwrap();
     let o = synthesize_cmd(&root, tmp.path(), bad.to_str().unwrap(), "d.csv");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("bad.json") && err.contains("tp"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("bad.json") && err.contains("tp"),
+        "{err}"
+    );
     assert!(!tmp.path().join("d.csv").exists());
+}
+
+#[test]
+fn site_is_the_sum_of_its_replicas_plus_non_gpu_power_times_pue() {
+    use powersynth::site::{facility_metrics_multi, synthesize_site, SiteLayout};
+    let Some(root) = common::shared("measured") else {
+        return;
+    };
+    let runs = load(&root, &A100_SHAREGPT[..2]);
+    let model = learn(&runs, &LearnOptions::default()).unwrap();
+    let serving = ServingConfig::from_manifest(&runs[0].manifest);
+    let w = Workload::from_request_log(&runs[1].requests.path).unwrap();
+    let t0 = w.requests[0].arrival_s;
+    let layout = SiteLayout {
+        servers: 3,
+        replicas_per_server: 2,
+        servers_per_rack: 2,
+        racks_per_row: 1,
+        non_gpu_w_per_server: 500.0,
+        pue: 1.25,
+    };
+    let site = synthesize_site(
+        &model,
+        &serving,
+        &layout,
+        &w,
+        powersynth::synth::OutputWindow {
+            t0_s: t0,
+            duration_s: 60.0,
+            dt_s: 1.0,
+        },
+        5,
+    )
+    .unwrap();
+    assert_eq!(site.racks_w.len(), 2);
+    assert_eq!(site.rows_w.len(), 2);
+    // Recompute replica by replica: request k goes to replica k mod 6.
+    let mut it_w = vec![3.0 * 500.0; 60];
+    for r in 0..6 {
+        let part = Workload {
+            requests: w.requests.iter().skip(r).step_by(6).copied().collect(),
+        };
+        let seed = 5 ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let p = synthesize(&model, &serving, &part, t0, 60.0, 1.0, seed)
+            .unwrap()
+            .0;
+        for (a, b) in it_w.iter_mut().zip(&p.power_w) {
+            *a += b;
+        }
+    }
+    for (got, it) in site.site_w.iter().zip(&it_w) {
+        assert!((got - 1.25 * it).abs() < 1e-6, "{got} vs {}", 1.25 * it);
+    }
+    let m = facility_metrics_multi(&site.site_w, 1.0);
+    assert_eq!(m.len(), 2); // 1 s and 1 min
+    assert!(m[0].peak_w >= m[1].peak_w && (m[0].average_w - m[1].average_w).abs() < 1e-6);
 }
