@@ -270,6 +270,19 @@ pub struct PowerCell {
 }
 
 impl PowerCell {
+    /// A cell from its training power samples (at least one), keeping `m` ≥ 2 quantiles.
+    fn from_samples(label: String, mut power_w: Vec<f64>, m: usize) -> Self {
+        power_w.sort_by(f64::total_cmp);
+        Self {
+            label,
+            bins: power_w.len(),
+            mean_w: mean(&power_w),
+            quantiles_w: (0..m)
+                .map(|k| quantile_sorted(&power_w, k as f64 / (m - 1) as f64))
+                .collect(),
+        }
+    }
+
     /// The power at probability `u` in [0, 1] (linear between stored quantiles).
     pub fn power_at(&self, u: f64) -> f64 {
         let q = &self.quantiles_w;
@@ -621,7 +634,7 @@ pub fn fit_power(
                 chosen = Some(k);
                 break;
             }
-            let mut v: Vec<f64> = power
+            let v: Vec<f64> = power
                 .iter()
                 .zip(&states)
                 .filter(|(_, x)| pred(x))
@@ -629,43 +642,21 @@ pub fn fit_power(
                 .collect();
             let last = label == "busy" || label == "idle";
             if v.len() >= opts.min_cell_bins || (last && !v.is_empty()) {
-                v.sort_by(f64::total_cmp);
-                cells.push(PowerCell {
-                    label: label.clone(),
-                    bins: v.len(),
-                    mean_w: mean(&v),
-                    quantiles_w: (0..m)
-                        .map(|k| quantile_sorted(&v, k as f64 / (m - 1) as f64))
-                        .collect(),
-                });
+                cells.push(PowerCell::from_samples(label.clone(), v, m));
                 chosen = Some(cells.len() - 1);
                 break;
             }
         }
-        // No bin of this kind at all (e.g. never idle): borrow the nearest existing pool.
-        let k = match chosen {
-            Some(k) => k,
-            None => {
-                let fallback: Vec<f64> = power.clone();
-                let mut v = fallback;
-                v.sort_by(f64::total_cmp);
-                let label = "all".to_string();
-                match cells.iter().position(|c| c.label == label) {
-                    Some(k) => k,
-                    None => {
-                        cells.push(PowerCell {
-                            label,
-                            bins: v.len(),
-                            mean_w: mean(&v),
-                            quantiles_w: (0..m)
-                                .map(|k| quantile_sorted(&v, k as f64 / (m - 1) as f64))
-                                .collect(),
-                        });
-                        cells.len() - 1
-                    }
-                }
-            }
-        };
+        // No bin of this kind at all (e.g. never idle): the pool of all training bins.
+        let k = chosen.unwrap_or_else(|| {
+            cells
+                .iter()
+                .position(|c| c.label == "all")
+                .unwrap_or_else(|| {
+                    cells.push(PowerCell::from_samples("all".into(), power.clone(), m));
+                    cells.len() - 1
+                })
+        });
         lookup.push(k);
     }
     let mut model = PowerModel {
