@@ -417,6 +417,15 @@ pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
+/// Mean absolute difference over the common length (0 when empty).
+pub fn mean_abs_error(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return 0.0;
+    }
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / n as f64
+}
+
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         0.0
@@ -740,30 +749,28 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         }
     }
     let timing = calibrate_timing(&aligned, opts.timing_iters);
-    let engines: Vec<EngineTrace> = match opts.features_from {
-        FeatureSource::Simulated => aligned
-            .iter()
-            .map(|a| simulate_run(a, &timing))
-            .collect::<Result<_>>()?,
-        FeatureSource::Measured => aligned.iter().map(|a| a.engine.clone()).collect(),
+    // One simulation per training run serves both the features and the engine check.
+    let simulated: Vec<EngineTrace> = aligned
+        .iter()
+        .map(|a| simulate_run(a, &timing))
+        .collect::<Result<_>>()?;
+    let power = match opts.features_from {
+        FeatureSource::Simulated => fit_power(&aligned, &simulated, opts)?,
+        FeatureSource::Measured => {
+            let measured: Vec<EngineTrace> = aligned.iter().map(|a| a.engine.clone()).collect();
+            fit_power(&aligned, &measured, opts)?
+        }
     };
-    let power = fit_power(&aligned, &engines, opts)?;
-    let mut engine_checks = Vec::new();
-    for a in &aligned {
-        let sim = simulate_run(a, &timing)?;
-        engine_checks.push(EngineCheck {
+    let engine_checks = aligned
+        .iter()
+        .zip(&simulated)
+        .map(|(a, sim)| EngineCheck {
             run_id: a.run_id.clone(),
             running_corr: correlation(&sim.running, &a.engine.running),
-            running_mae: mean(
-                &sim.running
-                    .iter()
-                    .zip(&a.engine.running)
-                    .map(|(x, y)| (x - y).abs())
-                    .collect::<Vec<_>>(),
-            ),
+            running_mae: mean_abs_error(&sim.running, &a.engine.running),
             decode_tokens_corr: correlation(&sim.decode_tokens, &a.engine.decode_tokens),
-        });
-    }
+        })
+        .collect();
     let baselines = baseline_levels(&aligned);
     Ok(LearnedModel {
         schema: LEARNED_MODEL_SCHEMA.into(),

@@ -2,9 +2,11 @@
 //! target run from its request log and serving settings only, compare with its measured power,
 //! next to the baselines on the same grid; and leave-one-run-out over a set of runs.
 
-use crate::engine::{EngineTrace, ServingConfig};
+use crate::engine::EngineTrace;
 use crate::error::{Error, Result};
-use crate::learn::{align, correlation, learn, LearnOptions, LearnedModel};
+use crate::learn::{
+    align, correlation, learn, mean_abs_error, simulate_run, LearnOptions, LearnedModel,
+};
 use crate::metrics::{compare, Metrics};
 use crate::sources::measured::MeasuredRun;
 use crate::synth::{baselines, power_from_engine};
@@ -53,36 +55,27 @@ pub fn validate_with_model(
 ) -> Result<RunValidation> {
     // The measured side of the target: power and counters on the grid, for comparison only.
     let aligned = align(target, opts.dt_s)?;
-    let serving = ServingConfig::from_manifest(&target.manifest);
-    crate::synth::check_serving(&model, &serving)?;
+    crate::synth::check_serving(&model, &aligned.serving)?;
     // The synthesized side sees only arrivals, token counts and serving settings.
-    let sim = crate::engine::simulate(&aligned.workload, &serving, &model.timing, aligned.grid())?;
-    let synthesized = power_from_engine(&model, &sim.trace, seed);
-    let b = baselines(&model, &sim.trace);
+    let simulated = simulate_run(&aligned, &model.timing)?;
+    let synthesized = power_from_engine(&model, &simulated, seed);
+    let b = baselines(&model, &simulated);
     let series_w = vec![synthesized, b.tdp_w, b.mean_w, b.two_level_w];
     let metrics = series_w
         .iter()
         .map(|y| compare(&aligned.power_w, y))
         .collect();
-    let running_mae = sim
-        .trace
-        .running
-        .iter()
-        .zip(&aligned.engine.running)
-        .map(|(a, b)| (a - b).abs())
-        .sum::<f64>()
-        / aligned.grid().bins as f64;
     Ok(RunValidation {
         run_id: aligned.run_id.clone(),
-        configuration: serving.configuration(),
+        configuration: aligned.serving.configuration(),
         t0_s: aligned.grid().t0_s,
         dt_s: opts.dt_s,
         measured_w: aligned.power_w.clone(),
         series_w,
         metrics,
-        running_corr: correlation(&sim.trace.running, &aligned.engine.running),
-        running_mae,
-        simulated: sim.trace,
+        running_corr: correlation(&simulated.running, &aligned.engine.running),
+        running_mae: mean_abs_error(&simulated.running, &aligned.engine.running),
+        simulated,
         measured_engine: aligned.engine,
         model,
     })
