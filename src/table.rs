@@ -102,6 +102,96 @@ pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
     })
 }
 
+/// A parquet file written in row groups as a run goes (bounded memory), made visible under
+/// its name only by [`ParquetStream::finish`]: until then it is a temporary file beside it,
+/// removed if the stream is dropped (a crashed or failed run leaves nothing).
+pub struct ParquetStream {
+    path: std::path::PathBuf,
+    tmp: tempfile::NamedTempFile,
+    writer: ArrowWriter<File>,
+    schema: Arc<Schema>,
+}
+
+impl ParquetStream {
+    /// Creates the stream; `columns` are (name, kind) with kind one of the [`Column`] variants
+    /// (an empty column of that variant).
+    pub fn create(path: &Path, columns: &[(String, Column)]) -> Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(name, c)| Field::new(name, c.to_arrow().0, false))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let file = tmp.reopen().map_err(|e| Error::io(path, e))?;
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| {
+            Error::Parquet {
+                path: path.to_path_buf(),
+                what: e.to_string(),
+            }
+        })?;
+        Ok(ParquetStream {
+            path: path.to_path_buf(),
+            tmp,
+            writer,
+            schema,
+        })
+    }
+
+    /// Appends rows: `table` must have the stream's columns, in order.
+    pub fn write(&mut self, table: &Table) -> Result<()> {
+        let pq_err = |what: String| Error::Parquet {
+            path: self.path.clone(),
+            what,
+        };
+        if table.columns.len() != self.schema.fields().len() {
+            return Err(pq_err(format!(
+                "{} columns written to a stream of {}",
+                table.columns.len(),
+                self.schema.fields().len()
+            )));
+        }
+        let arrays: Vec<ArrayRef> = table.columns.iter().map(|(_, c)| c.to_arrow().1).collect();
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| pq_err(e.to_string()))?;
+        self.writer.write(&batch).map_err(|e| pq_err(e.to_string()))
+    }
+
+    /// Closes the file and renames it into place.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        self.writer.close().map_err(|e| Error::Parquet {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
+        self.tmp
+            .as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        self.tmp
+            .persist(&path)
+            .map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
+    }
+}
+
 /// A parquet file read into memory, with typed column access by name.
 pub struct ParquetTable {
     path: std::path::PathBuf,

@@ -1,0 +1,345 @@
+//! Where a run goes: [`RunLog`] keeps every tick in memory (tests, small runs, RL episodes);
+//! [`ParquetRunWriter`] streams per-step datacenter states to parquet in row groups and keeps
+//! only the facility power series (8 bytes per step) for the facility metrics, so memory does
+//! not grow with the number of GPUs or models. Output files (see docs/outputs.md):
+//! `dc_<name>.parquet`, `commands.parquet`, `events.parquet`, `facility.parquet`,
+//! `facility_metrics.json`; each appears whole at the end of a successful run or not at all.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Command, Datacenter, DcState, RunSink, SimEvent, TickOutput};
+use crate::error::Result;
+use crate::site::{facility_metrics_multi, FacilityMetrics};
+use crate::synth::downsample_mean;
+use crate::table::{write_parquet, Column, ParquetStream, Table};
+
+/// A command as recorded: tick, time and JSON of the command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordedCommand {
+    pub tick: u64,
+    pub t_s: f64,
+    pub command: Command,
+}
+
+/// A whole run in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunLog {
+    /// Per datacenter (in coordinator order), its states in time order.
+    pub dc_states: Vec<Vec<DcState>>,
+    pub commands: Vec<RecordedCommand>,
+    pub events: Vec<SimEvent>,
+}
+
+impl RunSink for RunLog {
+    fn begin(&mut self, datacenters: &[Box<dyn Datacenter>]) -> Result<()> {
+        *self = RunLog {
+            dc_states: vec![Vec::new(); datacenters.len()],
+            ..RunLog::default()
+        };
+        Ok(())
+    }
+    fn record(&mut self, tick: &TickOutput<'_>) -> Result<()> {
+        for (i, d) in tick.datacenters.iter().enumerate() {
+            if tick.dc_stepped[i] {
+                if let Some(s) = d.state() {
+                    self.dc_states[i].push(s.clone());
+                }
+            }
+        }
+        self.commands
+            .extend(tick.commands.iter().map(|c| RecordedCommand {
+                tick: tick.tick,
+                t_s: tick.t_s,
+                command: c.clone(),
+            }));
+        self.events.extend(tick.events.iter().cloned());
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+const ROW_GROUP: usize = 65_536;
+
+/// Column buffers of one datacenter's states.
+struct DcColumns {
+    stream: Option<ParquetStream>,
+    models: Vec<String>,
+    rows: usize,
+    tick: Vec<i64>,
+    t_s: Vec<f64>,
+    phase: [Vec<f64>; 3],
+    facility_w: Vec<f64>,
+    training_w: Vec<f64>,
+    row_w: Vec<Vec<f64>>,
+    model_power_w: Vec<Vec<f64>>,
+    model_replicas: Vec<Vec<i64>>,
+    model_batch: Vec<Vec<i64>>,
+    model_itl_s: Vec<Vec<f64>>,
+    /// Facility power of every step, for the facility metrics.
+    facility_series_w: Vec<f64>,
+    dt_s: f64,
+}
+
+impl DcColumns {
+    fn table(&mut self) -> Table {
+        let mut t = Table::new()
+            .with("tick", Column::I64(std::mem::take(&mut self.tick)))
+            .with("t_s", Column::F64(std::mem::take(&mut self.t_s)))
+            .with("power_a_w", Column::F64(std::mem::take(&mut self.phase[0])))
+            .with("power_b_w", Column::F64(std::mem::take(&mut self.phase[1])))
+            .with("power_c_w", Column::F64(std::mem::take(&mut self.phase[2])))
+            .with(
+                "facility_power_w",
+                Column::F64(std::mem::take(&mut self.facility_w)),
+            )
+            .with(
+                "training_power_w",
+                Column::F64(std::mem::take(&mut self.training_w)),
+            );
+        for (r, v) in self.row_w.iter_mut().enumerate() {
+            t = t.with(&format!("row_{r}_power_w"), Column::F64(std::mem::take(v)));
+        }
+        for (m, label) in self.models.iter().enumerate() {
+            t = t
+                .with(
+                    &format!("{label}.power_w"),
+                    Column::F64(std::mem::take(&mut self.model_power_w[m])),
+                )
+                .with(
+                    &format!("{label}.active_replicas"),
+                    Column::I64(std::mem::take(&mut self.model_replicas[m])),
+                )
+                .with(
+                    &format!("{label}.batch_size"),
+                    Column::I64(std::mem::take(&mut self.model_batch[m])),
+                )
+                .with(
+                    &format!("{label}.observed_itl_s"),
+                    Column::F64(std::mem::take(&mut self.model_itl_s[m])),
+                );
+        }
+        t
+    }
+
+    fn push(&mut self, tick: u64, s: &DcState) -> Result<()> {
+        self.tick.push(tick as i64);
+        self.t_s.push(s.time_s);
+        self.phase[0].push(s.power_w.a);
+        self.phase[1].push(s.power_w.b);
+        self.phase[2].push(s.power_w.c);
+        self.facility_w.push(s.facility_power_w);
+        self.training_w.push(s.training_power_w);
+        self.facility_series_w.push(s.facility_power_w);
+        for (r, v) in self.row_w.iter_mut().enumerate() {
+            v.push(s.row_power_w.get(r).copied().unwrap_or(0.0));
+        }
+        for (m, ms) in s.models.iter().enumerate() {
+            self.model_power_w[m].push(ms.power_w);
+            self.model_replicas[m].push(ms.active_replicas as i64);
+            self.model_batch[m].push(ms.batch_size as i64);
+            self.model_itl_s[m].push(ms.observed_itl_s);
+        }
+        self.rows += 1;
+        if self.rows == ROW_GROUP {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.rows > 0 {
+            let t = self.table();
+            if let Some(s) = &mut self.stream {
+                s.write(&t)?;
+            }
+            self.rows = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Facility metrics of one datacenter at its step and at 1 s, 1 min, 15 min.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DcFacilitySummary {
+    pub datacenter: String,
+    pub steps: usize,
+    pub mean_facility_power_w: f64,
+    pub metrics: Vec<FacilityMetrics>,
+}
+
+/// Streams a run to a folder.
+pub struct ParquetRunWriter {
+    dir: PathBuf,
+    dcs: Vec<(String, DcColumns)>,
+    commands: Vec<RecordedCommand>,
+    events: Vec<SimEvent>,
+    summaries: Vec<DcFacilitySummary>,
+}
+
+impl ParquetRunWriter {
+    pub fn new(dir: &Path) -> Self {
+        ParquetRunWriter {
+            dir: dir.to_path_buf(),
+            dcs: Vec::new(),
+            commands: Vec::new(),
+            events: Vec::new(),
+            summaries: Vec::new(),
+        }
+    }
+    /// Facility summaries, after [`RunSink::finish`].
+    pub fn summaries(&self) -> &[DcFacilitySummary] {
+        &self.summaries
+    }
+}
+
+impl RunSink for ParquetRunWriter {
+    fn begin(&mut self, datacenters: &[Box<dyn Datacenter>]) -> Result<()> {
+        self.dcs.clear();
+        self.commands.clear();
+        self.events.clear();
+        self.summaries.clear();
+        for d in datacenters {
+            let models: Vec<String> = d.model_labels().to_vec();
+            let n = models.len();
+            let mut cols = DcColumns {
+                stream: None,
+                models,
+                rows: 0,
+                tick: Vec::new(),
+                t_s: Vec::new(),
+                phase: Default::default(),
+                facility_w: Vec::new(),
+                training_w: Vec::new(),
+                row_w: Vec::new(),
+                model_power_w: vec![Vec::new(); n],
+                model_replicas: vec![Vec::new(); n],
+                model_batch: vec![Vec::new(); n],
+                model_itl_s: vec![Vec::new(); n],
+                facility_series_w: Vec::new(),
+                dt_s: super::clock::to_f64(d.dt_s()),
+            };
+            cols.row_w = vec![Vec::new(); d.layout_rows()];
+            let schema = cols.table().columns;
+            cols.stream = Some(ParquetStream::create(
+                &self.dir.join(format!("dc_{}.parquet", d.name())),
+                &schema,
+            )?);
+            self.dcs.push((d.name().to_string(), cols));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, tick: &TickOutput<'_>) -> Result<()> {
+        for (i, d) in tick.datacenters.iter().enumerate() {
+            if tick.dc_stepped[i] {
+                if let Some(s) = d.state() {
+                    self.dcs[i].1.push(tick.tick, s)?;
+                }
+            }
+        }
+        for c in tick.commands {
+            self.commands.push(RecordedCommand {
+                tick: tick.tick,
+                t_s: tick.t_s,
+                command: c.clone(),
+            });
+        }
+        self.events.extend(tick.events.iter().cloned());
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let mut fac = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (name, mut cols) in std::mem::take(&mut self.dcs) {
+            cols.flush()?;
+            let series = std::mem::take(&mut cols.facility_series_w);
+            let dt_s = cols.dt_s;
+            for target in [1.0, 60.0, 900.0] {
+                let k = (target / dt_s).round();
+                if target < dt_s || (k * dt_s - target).abs() > 1e-9 || k as usize > series.len() {
+                    continue;
+                }
+                for (j, w) in downsample_mean(&series, k as usize).into_iter().enumerate() {
+                    fac.0.push(name.clone());
+                    fac.1.push(target);
+                    fac.2.push(j as f64 * target);
+                    fac.3.push(w);
+                }
+            }
+            let mean = series.iter().sum::<f64>() / series.len().max(1) as f64;
+            self.summaries.push(DcFacilitySummary {
+                datacenter: name,
+                steps: series.len(),
+                mean_facility_power_w: mean,
+                metrics: if series.is_empty() {
+                    Vec::new()
+                } else {
+                    facility_metrics_multi(&series, dt_s)
+                },
+            });
+            if let Some(s) = cols.stream.take() {
+                s.finish()?;
+            }
+        }
+        write_parquet(
+            &self.dir.join("facility.parquet"),
+            &Table::new()
+                .with("datacenter", Column::Str(fac.0))
+                .with("resolution_s", Column::F64(fac.1))
+                .with("t_s", Column::F64(fac.2))
+                .with("facility_power_w", Column::F64(fac.3)),
+        )?;
+        let cmd_json = |c: &Command| serde_json::to_string(c).unwrap_or_default();
+        write_parquet(
+            &self.dir.join("commands.parquet"),
+            &Table::new()
+                .with(
+                    "tick",
+                    Column::I64(self.commands.iter().map(|c| c.tick as i64).collect()),
+                )
+                .with(
+                    "t_s",
+                    Column::F64(self.commands.iter().map(|c| c.t_s).collect()),
+                )
+                .with(
+                    "command",
+                    Column::Str(self.commands.iter().map(|c| cmd_json(&c.command)).collect()),
+                ),
+        )?;
+        write_parquet(
+            &self.dir.join("events.parquet"),
+            &Table::new()
+                .with(
+                    "tick",
+                    Column::I64(self.events.iter().map(|e| e.tick as i64).collect()),
+                )
+                .with(
+                    "t_s",
+                    Column::F64(self.events.iter().map(|e| e.t_s).collect()),
+                )
+                .with(
+                    "source",
+                    Column::Str(
+                        self.events
+                            .iter()
+                            .map(|e| format!("{:?}", e.source).to_lowercase())
+                            .collect(),
+                    ),
+                )
+                .with(
+                    "topic",
+                    Column::Str(self.events.iter().map(|e| e.topic.clone()).collect()),
+                )
+                .with(
+                    "data",
+                    Column::Str(self.events.iter().map(|e| e.data.to_string()).collect()),
+                ),
+        )?;
+        crate::store::write_json(&self.dir.join("facility_metrics.json"), &self.summaries)?;
+        Ok(())
+    }
+}

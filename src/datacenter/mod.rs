@@ -1,0 +1,649 @@
+//! The offline datacenter (SPEC §7, peer spec §3): a server pool whose allocated servers draw
+//! per-GPU power from templates (one per model and batch size), with per-server stagger,
+//! amplitude jitter and noise, summed per phase, plus a base load and a training overlay.
+//!
+//! Where we differ from the peer, on purpose (see docs/coordinator.md):
+//! - models whose schedule starts at 0 replicas are simulated once they get replicas (the peer
+//!   never simulates them);
+//! - power and active replicas count the GPUs a model uses, not whole servers (the peer counts
+//!   10 one-GPU replicas on 8-GPU servers as 16 GPUs), and remainders share servers, so per-model
+//!   rounding never over-subscribes a pool whose GPU capacity suffices;
+//! - `ShiftReplicas` and `SetBatchSize` are checked when applied (capacity, known model, batch
+//!   with a template and an ITL fit), not at the next step;
+//! - noise is drawn per allocated server slot from counter-based streams (seed, step, block),
+//!   so results do not depend on the number of threads.
+//!
+//! Facility extensions (all default to the peer's behaviour): non-GPU power per server, idle
+//! power per unallocated GPU, PUE, and a rack/row layout with row power per step.
+
+pub mod pool;
+pub mod schedule;
+pub mod training;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use rand_pcg::{Pcg64, Pcg64Mcg};
+use rayon::prelude::*;
+
+use crate::coordinator::{
+    Datacenter, DatacenterCommand, DcState, EventSource, Events, ModelState, Seconds,
+    SimulationClock, ThreePhase,
+};
+use crate::error::{Error, Result};
+use crate::fits::itl_mixture::ItlMixture;
+pub use pool::ServerPool;
+pub use schedule::ReplicaSchedule;
+pub use training::{TrainingRun, TrainingSchedule, TrainingTrace, TrainingTraceParams};
+
+/// Datacenter-wide settings (peer `DatacenterConfig` + `PowerAugmentationConfig` + facility).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatacenterConfig {
+    pub gpus_per_server: u32,
+    pub total_gpu_capacity: u64,
+    pub base_kw_per_phase: f64,
+    pub amplitude_scale_range: (f64, f64),
+    pub noise_fraction: f64,
+    /// CPU, memory, fans, NICs per server (W), every server of the pool. Peer: 0.
+    pub non_gpu_w_per_server: f64,
+    /// Power of a GPU with no replica on it (W). Peer: 0.
+    pub idle_w_per_gpu: f64,
+    /// Facility power = base + PUE × IT power. Peer: 1.
+    pub pue: f64,
+    /// Rack layout for row power (0 = none).
+    pub servers_per_rack: u32,
+    pub racks_per_row: u32,
+}
+
+impl Default for DatacenterConfig {
+    fn default() -> Self {
+        DatacenterConfig {
+            gpus_per_server: 8,
+            total_gpu_capacity: 0,
+            base_kw_per_phase: 0.0,
+            amplitude_scale_range: (1.0, 1.0),
+            noise_fraction: 0.0,
+            non_gpu_w_per_server: 0.0,
+            idle_w_per_gpu: 0.0,
+            pue: 1.0,
+            servers_per_rack: 0,
+            racks_per_row: 0,
+        }
+    }
+}
+
+/// One model served by the datacenter.
+#[derive(Debug, Clone)]
+pub struct ModelDeployment {
+    pub label: String,
+    pub gpus_per_replica: u32,
+    pub initial_batch_size: u32,
+    pub schedule: ReplicaSchedule,
+    /// Per-GPU power templates (W per step) by batch size.
+    pub templates: BTreeMap<u32, Arc<[f64]>>,
+    /// ITL fits by batch size (observed ITL is NaN without them).
+    pub itl_fits: Option<BTreeMap<u32, ItlMixture>>,
+}
+
+/// Server slots handled per noise stream and per parallel task.
+const BLOCK: usize = 1024;
+/// Below this many slots a step runs on one thread (rayon's hand-off would cost more).
+const PARALLEL_MIN_SLOTS: usize = 4 * BLOCK;
+
+/// One (model, server) pair that draws power.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    model: u32,
+    phase: u8,
+    row: u32,
+    /// The server's stagger reduced modulo the model's current template length.
+    stagger: u32,
+    /// amplitude × GPUs of the model on the server.
+    scale: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct BlockSums {
+    phase: [f64; 3],
+    model: Vec<f64>,
+    row: Vec<f64>,
+}
+
+struct ModelRuntime {
+    d: ModelDeployment,
+    batch: u32,
+    offset: i64,
+    replicas: u64,
+    template: Arc<[f64]>,
+}
+
+/// The offline datacenter.
+pub struct OfflineDatacenter {
+    name: String,
+    dt_s: Seconds,
+    cfg: DatacenterConfig,
+    seed: u64,
+    labels: Vec<String>,
+    sorted: Vec<usize>,
+    models: Vec<ModelRuntime>,
+    pool: ServerPool,
+    training: TrainingSchedule,
+    rows: usize,
+    row_of_server: Vec<u32>,
+    // Per-run state.
+    k: u64,
+    latency_rng: Pcg64,
+    demand: Vec<u64>,
+    allocated: bool,
+    slots: Vec<Slot>,
+    slot_lens: Vec<usize>,
+    static_phase_w: [f64; 3],
+    static_row_w: Vec<f64>,
+    scratch: Vec<BlockSums>,
+    state: DcState,
+    stepped: bool,
+}
+
+fn check_deployment(m: &ModelDeployment, g_server: u32) -> Result<()> {
+    let field = format!("models.{}", m.label);
+    let g = m.gpus_per_replica;
+    if g == 0 || !(g_server.is_multiple_of(g) || g.is_multiple_of(g_server)) {
+        return Err(Error::config(
+            &field,
+            format!("gpus_per_replica {g}: must divide gpus_per_server {g_server} or be a multiple of it"),
+        ));
+    }
+    if m.templates.is_empty() {
+        return Err(Error::config(&field, "no power templates"));
+    }
+    for (b, t) in &m.templates {
+        if t.is_empty() {
+            return Err(Error::config(
+                &field,
+                format!("empty template for batch size {b}"),
+            ));
+        }
+        if let Some((i, v)) = t
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+        {
+            return Err(Error::config(
+                &field,
+                format!("template for batch size {b}, sample {i}: {v} W"),
+            ));
+        }
+    }
+    check_batch(m, m.initial_batch_size)
+}
+
+fn check_batch(m: &ModelDeployment, b: u32) -> Result<()> {
+    let field = format!("models.{}", m.label);
+    if b == 0 {
+        return Err(Error::config(&field, "batch size 0 (need > 0)"));
+    }
+    if !m.templates.contains_key(&b) {
+        return Err(Error::config(
+            &field,
+            format!(
+                "batch size {b} has no power template (have {:?})",
+                m.templates.keys().collect::<Vec<_>>()
+            ),
+        ));
+    }
+    if let Some(f) = &m.itl_fits {
+        if !f.contains_key(&b) {
+            return Err(Error::config(
+                &field,
+                format!(
+                    "batch size {b} has no ITL fit (have {:?})",
+                    f.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl OfflineDatacenter {
+    /// Builds the datacenter and its pool. Checks (peer §3.2, plus ours): capacity at t = 0 and
+    /// at every ramp boundary (GPUs, and that the pool can place them), templates and ITL fits
+    /// for each initial batch, unique labels, replica sizes that fit servers.
+    pub fn new(
+        name: &str,
+        dt_s: Seconds,
+        cfg: DatacenterConfig,
+        models: Vec<ModelDeployment>,
+        training: TrainingSchedule,
+        seed: u64,
+    ) -> Result<Self> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::config(
+                "datacenter.name",
+                format!("{name:?} (use letters, digits, _ and -)"),
+            ));
+        }
+        if models.is_empty() {
+            return Err(Error::config("models", "none (need ≥ 1)"));
+        }
+        if cfg.total_gpu_capacity == 0 {
+            return Err(Error::config(
+                "datacenter.total_gpu_capacity",
+                "0 (need ≥ 1)",
+            ));
+        }
+        if !(cfg.noise_fraction >= 0.0 && cfg.noise_fraction.is_finite()) {
+            return Err(Error::config(
+                "datacenter.noise_fraction",
+                format!("{} (need ≥ 0)", cfg.noise_fraction),
+            ));
+        }
+        for (f, v) in [
+            ("datacenter.base_kw_per_phase", cfg.base_kw_per_phase),
+            ("datacenter.non_gpu_w_per_server", cfg.non_gpu_w_per_server),
+            ("datacenter.idle_w_per_gpu", cfg.idle_w_per_gpu),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::config(f, format!("{v} (need ≥ 0)")));
+            }
+        }
+        if !(cfg.pue >= 1.0 && cfg.pue.is_finite()) {
+            return Err(Error::config(
+                "datacenter.pue",
+                format!("{} (need ≥ 1)", cfg.pue),
+            ));
+        }
+        let labels: Vec<String> = models.iter().map(|m| m.label.clone()).collect();
+        let mut sorted: Vec<usize> = (0..models.len()).collect();
+        sorted.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
+        if let Some(w) = sorted.windows(2).find(|w| labels[w[0]] == labels[w[1]]) {
+            return Err(Error::config(
+                "models",
+                format!("duplicate model label {:?}", labels[w[0]]),
+            ));
+        }
+        for m in &models {
+            check_deployment(m, cfg.gpus_per_server)?;
+        }
+        // Stagger range: longest template of any model (peer: of models with replicas at 0).
+        let l_max = models
+            .iter()
+            .map(|m| m.templates.values().next().map_or(1, |t| t.len()) as u64)
+            .max()
+            .unwrap_or(1);
+        let pool = ServerPool::build(
+            cfg.total_gpu_capacity,
+            cfg.gpus_per_server,
+            models.len(),
+            l_max,
+            cfg.amplitude_scale_range,
+            seed,
+        )?;
+        // Capacity at t = 0 and at every ramp boundary.
+        let mut times = vec![0.0];
+        for m in &models {
+            times.extend(m.schedule.boundaries());
+        }
+        for &t in &times {
+            let demand: Vec<u64> = models
+                .iter()
+                .map(|m| m.schedule.replicas_at(t) * m.gpus_per_replica as u64)
+                .collect();
+            let total: u64 = demand.iter().sum();
+            if total > cfg.total_gpu_capacity {
+                return Err(Error::config(
+                    "replica schedules",
+                    format!(
+                        "at t = {t} s the models need {total} GPUs, capacity is {}",
+                        cfg.total_gpu_capacity
+                    ),
+                ));
+            }
+            pool.allocate(&demand, &sorted, &labels)?;
+        }
+        let (rows, row_of_server) = if cfg.servers_per_rack > 0 && cfg.racks_per_row > 0 {
+            let per_row = (cfg.servers_per_rack * cfg.racks_per_row) as usize;
+            let s = pool.servers();
+            (
+                s.div_ceil(per_row),
+                (0..s).map(|i| (i / per_row) as u32).collect(),
+            )
+        } else {
+            (0, vec![0; pool.servers()])
+        };
+        let runtimes = models
+            .into_iter()
+            .map(|d| {
+                let template = d.templates[&d.initial_batch_size].clone();
+                ModelRuntime {
+                    batch: d.initial_batch_size,
+                    offset: 0,
+                    replicas: 0,
+                    template,
+                    d,
+                }
+            })
+            .collect::<Vec<_>>();
+        let n = runtimes.len();
+        let mut dc = OfflineDatacenter {
+            name: name.to_string(),
+            dt_s,
+            cfg,
+            seed,
+            labels,
+            sorted,
+            models: runtimes,
+            pool,
+            training,
+            rows,
+            row_of_server,
+            k: 0,
+            latency_rng: Pcg64::seed_from_u64(seed.wrapping_add(54_321)),
+            demand: vec![0; n],
+            allocated: false,
+            slots: Vec::new(),
+            slot_lens: vec![0; n],
+            static_phase_w: [0.0; 3],
+            static_row_w: Vec::new(),
+            scratch: Vec::new(),
+            state: DcState::default(),
+            stepped: false,
+        };
+        dc.reset();
+        Ok(dc)
+    }
+
+    pub fn pool(&self) -> &ServerPool {
+        &self.pool
+    }
+
+    /// GPUs the models use now (replica schedules at their current level plus shifts).
+    pub fn current_gpu_usage(&self) -> u64 {
+        self.models
+            .iter()
+            .map(|m| m.replicas * m.d.gpus_per_replica as u64)
+            .sum()
+    }
+
+    fn reallocate(&mut self, demand: &[u64]) -> Result<()> {
+        let alloc = self.pool.allocate(demand, &self.sorted, &self.labels)?;
+        let g = self.cfg.gpus_per_server;
+        let mut used = vec![0u32; self.pool.servers()];
+        self.slots.clear();
+        for (m, a) in alloc.iter().enumerate() {
+            let len = self.models[m].template.len();
+            self.slot_lens[m] = len;
+            for &(srv, gpus) in a {
+                let s = srv as usize;
+                used[s] += gpus;
+                self.slots.push(Slot {
+                    model: m as u32,
+                    phase: self.pool.phase[s],
+                    row: self.row_of_server[s],
+                    stagger: (self.pool.stagger[s] % len as u64) as u32,
+                    scale: self.pool.amplitude[s] * gpus as f64,
+                });
+            }
+        }
+        // Power that does not change until the next allocation: non-GPU power of every server,
+        // idle power of unused GPUs.
+        self.static_phase_w = [0.0; 3];
+        self.static_row_w = vec![0.0; self.rows];
+        for (s, &u) in used.iter().enumerate() {
+            let w = self.cfg.non_gpu_w_per_server + self.cfg.idle_w_per_gpu * (g - u.min(g)) as f64;
+            self.static_phase_w[self.pool.phase[s] as usize] += w;
+            if self.rows > 0 {
+                self.static_row_w[self.row_of_server[s] as usize] += w;
+            }
+        }
+        let blocks = self.slots.len().div_ceil(BLOCK);
+        let n = self.models.len();
+        self.scratch.resize(blocks, BlockSums::default());
+        for b in &mut self.scratch {
+            b.model.resize(n, 0.0);
+            b.row.resize(self.rows, 0.0);
+        }
+        self.demand.copy_from_slice(demand);
+        self.allocated = true;
+        Ok(())
+    }
+
+    fn server_power(&mut self) {
+        let k = self.k;
+        let nu = self.cfg.noise_fraction;
+        let noise_seed = splitmix(self.seed.wrapping_add(12_345)) ^ splitmix(k);
+        let bases: Vec<(u64, &[f64])> = self
+            .models
+            .iter()
+            .map(|m| ((k % m.template.len() as u64), &m.template[..]))
+            .collect();
+        let rows = self.rows > 0;
+        let work = |(bi, (chunk, sums)): (usize, (&[Slot], &mut BlockSums))| {
+            sums.phase = [0.0; 3];
+            sums.model.iter_mut().for_each(|v| *v = 0.0);
+            sums.row.iter_mut().for_each(|v| *v = 0.0);
+            let mut rng = Pcg64Mcg::seed_from_u64(noise_seed ^ splitmix(bi as u64));
+            for sl in chunk {
+                let (base, tpl) = bases[sl.model as usize];
+                let mut idx = base as usize + sl.stagger as usize;
+                if idx >= tpl.len() {
+                    idx -= tpl.len();
+                }
+                let mut p = tpl[idx] * sl.scale;
+                if nu > 0.0 {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    p += z * nu * p.max(1.0);
+                    p = p.max(0.0);
+                }
+                sums.phase[sl.phase as usize] += p;
+                sums.model[sl.model as usize] += p;
+                if rows {
+                    sums.row[sl.row as usize] += p;
+                }
+            }
+        };
+        let blocks = self
+            .slots
+            .chunks(BLOCK)
+            .zip(self.scratch.iter_mut())
+            .enumerate();
+        if self.slots.len() >= PARALLEL_MIN_SLOTS {
+            blocks.collect::<Vec<_>>().into_par_iter().for_each(work);
+        } else {
+            blocks.for_each(work);
+        }
+    }
+}
+
+impl Datacenter for OfflineDatacenter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn dt_s(&self) -> Seconds {
+        self.dt_s
+    }
+    fn model_labels(&self) -> &[String] {
+        &self.labels
+    }
+    fn layout_rows(&self) -> usize {
+        self.rows
+    }
+
+    fn reset(&mut self) {
+        self.k = 0;
+        self.latency_rng = Pcg64::seed_from_u64(self.seed.wrapping_add(54_321));
+        for m in &mut self.models {
+            m.batch = m.d.initial_batch_size;
+            m.offset = 0;
+            m.replicas = 0;
+            m.template = m.d.templates[&m.batch].clone();
+        }
+        self.allocated = false;
+        self.stepped = false;
+        self.state = DcState {
+            models: vec![ModelState::default(); self.models.len()],
+            row_power_w: vec![0.0; self.rows],
+            ..DcState::default()
+        };
+    }
+
+    fn step(&mut self, clock: &SimulationClock, _events: &mut Events) -> Result<()> {
+        let t = clock.time_s();
+        let mut changed = !self.allocated;
+        let mut demand = std::mem::take(&mut self.demand);
+        for (m, rt) in self.models.iter_mut().enumerate() {
+            let n = (rt.d.schedule.replicas_at(t) as i64 + rt.offset).max(0) as u64;
+            rt.replicas = n;
+            let d = n * rt.d.gpus_per_replica as u64;
+            changed |= demand[m] != d || self.slot_lens[m] != rt.template.len();
+            demand[m] = d;
+        }
+        let r = if changed {
+            self.reallocate(&demand)
+        } else {
+            Ok(())
+        };
+        self.demand = demand;
+        r?;
+        self.server_power();
+        let mut phase = self.static_phase_w;
+        let st = &mut self.state;
+        for x in st.models.iter_mut() {
+            x.power_w = 0.0;
+        }
+        st.row_power_w.copy_from_slice(&self.static_row_w);
+        for b in &self.scratch {
+            for (x, v) in phase.iter_mut().zip(&b.phase) {
+                *x += v;
+            }
+            for (x, v) in st.models.iter_mut().zip(&b.model) {
+                x.power_w += v;
+            }
+            for (x, v) in st.row_power_w.iter_mut().zip(&b.row) {
+                *x += v;
+            }
+        }
+        let training_w = if self.training.is_empty() {
+            0.0
+        } else {
+            self.training.power_w(t)
+        };
+        let base_w = 1000.0 * self.cfg.base_kw_per_phase;
+        let it_w = phase.iter().sum::<f64>() + training_w;
+        st.time_s = t;
+        st.training_power_w = training_w;
+        st.power_w = ThreePhase {
+            a: base_w + phase[0] + training_w / 3.0,
+            b: base_w + phase[1] + training_w / 3.0,
+            c: base_w + phase[2] + training_w / 3.0,
+        };
+        st.facility_power_w = 3.0 * base_w + self.cfg.pue * it_w;
+        for (x, rt) in st.models.iter_mut().zip(&self.models) {
+            x.active_replicas = rt.replicas;
+            x.batch_size = rt.batch;
+            x.observed_itl_s = match &rt.d.itl_fits {
+                Some(f) if rt.replicas > 0 => {
+                    f[&rt.batch].sample_avg(rt.replicas as i64, &mut self.latency_rng)
+                }
+                _ => f64::NAN,
+            };
+        }
+        self.k += 1;
+        self.stepped = true;
+        Ok(())
+    }
+
+    fn state(&self) -> Option<&DcState> {
+        self.stepped.then_some(&self.state)
+    }
+
+    fn apply_control(&mut self, command: &DatacenterCommand, events: &mut Events) -> Result<()> {
+        let find = |labels: &[String], l: &str| {
+            labels.iter().position(|x| x == l).ok_or_else(|| {
+                Error::config(
+                    "command",
+                    format!(
+                        "datacenter {:?} serves no model {l:?} (has {labels:?})",
+                        self.name
+                    ),
+                )
+            })
+        };
+        match command {
+            DatacenterCommand::SetBatchSize {
+                batch_size_by_model,
+                ramp_up_rate_by_model,
+            } => {
+                if let Some((l, r)) = ramp_up_rate_by_model.iter().find(|(_, r)| *r > 0.0) {
+                    return Err(Error::config(
+                        "SetBatchSize",
+                        format!("ramp rate {r} for {l:?}: the offline datacenter changes batch sizes immediately"),
+                    ));
+                }
+                let mut idx = Vec::with_capacity(batch_size_by_model.len());
+                for (l, b) in batch_size_by_model {
+                    let m = find(&self.labels, l)?;
+                    check_batch(&self.models[m].d, *b)?;
+                    idx.push((m, *b));
+                }
+                for (m, b) in idx {
+                    let rt = &mut self.models[m];
+                    rt.batch = b;
+                    rt.template = rt.d.templates[&b].clone();
+                }
+                events.emit(
+                    EventSource::Datacenter,
+                    "datacenter.batch_size.updated",
+                    serde_json::json!({ "batch_size_by_model": batch_size_by_model.iter().cloned().collect::<BTreeMap<_, _>>() }),
+                );
+            }
+            DatacenterCommand::ShiftReplicas {
+                model,
+                replica_delta,
+            } => {
+                let m = find(&self.labels, model)?;
+                let rt = &self.models[m];
+                let now = (rt.replicas as i64 - rt.offset).max(0); // schedule level at the last step
+                let effective = (now + rt.offset + replica_delta).max(0) as u64;
+                let others: u64 = self
+                    .models
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != m)
+                    .map(|(_, x)| x.replicas * x.d.gpus_per_replica as u64)
+                    .sum();
+                let need = others + effective * rt.d.gpus_per_replica as u64;
+                if need > self.cfg.total_gpu_capacity {
+                    return Err(Error::config(
+                        "ShiftReplicas",
+                        format!(
+                            "{replica_delta:+} replicas of {model:?} would need {need} GPUs, capacity is {}",
+                            self.cfg.total_gpu_capacity
+                        ),
+                    ));
+                }
+                self.models[m].offset += replica_delta;
+                events.emit(
+                    EventSource::Datacenter,
+                    "datacenter.replicas.shifted",
+                    serde_json::json!({ "model_label": model, "replica_delta": replica_delta, "effective_replicas": effective }),
+                );
+            }
+        }
+        Ok(())
+    }
+}
