@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod scenario;
 pub mod site;
 pub mod sources;
 pub mod spec;

@@ -131,8 +131,10 @@ impl ParquetStream {
             .map(|(name, c)| Field::new(name, c.to_arrow().0, false))
             .collect();
         let schema = Arc::new(Schema::new(fields));
+        // Per-step float series: dictionaries never pay off and cost most of the encoding time.
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            .set_dictionary_enabled(false)
             .build();
         let file = tmp.reopen().map_err(|e| Error::io(path, e))?;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| {

@@ -343,3 +343,71 @@ impl RunSink for ParquetRunWriter {
         Ok(())
     }
 }
+
+/// Running totals of a run (facility power of every datacenter step), passed on to an
+/// optional inner sink; `on_tick` is called every `every` ticks (progress bars).
+pub struct StatsSink<'a> {
+    inner: Option<&'a mut dyn RunSink>,
+    every: u64,
+    on_tick: Box<dyn FnMut(u64) + 'a>,
+    pub dc_steps: u64,
+    pub facility_sum_w: f64,
+    pub facility_min_w: f64,
+    pub facility_max_w: f64,
+}
+
+impl<'a> StatsSink<'a> {
+    pub fn new(inner: Option<&'a mut dyn RunSink>, every: u64, on_tick: impl FnMut(u64) + 'a) -> Self {
+        StatsSink {
+            inner,
+            every: every.max(1),
+            on_tick: Box::new(on_tick),
+            dc_steps: 0,
+            facility_sum_w: 0.0,
+            facility_min_w: f64::INFINITY,
+            facility_max_w: f64::NEG_INFINITY,
+        }
+    }
+    /// Mean facility power over all datacenter steps (W).
+    pub fn mean_facility_power_w(&self) -> f64 {
+        self.facility_sum_w / self.dc_steps.max(1) as f64
+    }
+}
+
+impl RunSink for StatsSink<'_> {
+    fn begin(&mut self, datacenters: &[Box<dyn Datacenter>]) -> Result<()> {
+        self.dc_steps = 0;
+        self.facility_sum_w = 0.0;
+        self.facility_min_w = f64::INFINITY;
+        self.facility_max_w = f64::NEG_INFINITY;
+        match &mut self.inner {
+            Some(s) => s.begin(datacenters),
+            None => Ok(()),
+        }
+    }
+    fn record(&mut self, tick: &TickOutput<'_>) -> Result<()> {
+        for (i, d) in tick.datacenters.iter().enumerate() {
+            if tick.dc_stepped[i] {
+                if let Some(s) = d.state() {
+                    self.dc_steps += 1;
+                    self.facility_sum_w += s.facility_power_w;
+                    self.facility_min_w = self.facility_min_w.min(s.facility_power_w);
+                    self.facility_max_w = self.facility_max_w.max(s.facility_power_w);
+                }
+            }
+        }
+        if (tick.tick + 1) % self.every == 0 {
+            (self.on_tick)(tick.tick + 1);
+        }
+        match &mut self.inner {
+            Some(s) => s.record(tick),
+            None => Ok(()),
+        }
+    }
+    fn finish(&mut self) -> Result<()> {
+        match &mut self.inner {
+            Some(s) => s.finish(),
+            None => Ok(()),
+        }
+    }
+}

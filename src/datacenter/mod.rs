@@ -417,7 +417,6 @@ impl OfflineDatacenter {
             b.model.resize(n, 0.0);
             b.row.resize(self.rows, 0.0);
         }
-        self.demand.copy_from_slice(demand);
         self.allocated = true;
         Ok(())
     }

@@ -1,0 +1,99 @@
+//! `simulate`: run a datacenter scenario through the embedded coordinator.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use powersynth::coordinator::clock::to_f64;
+use powersynth::coordinator::sink::{ParquetRunWriter, StatsSink};
+use powersynth::coordinator::RunSink;
+use powersynth::scenario::{build, Overrides, Scenario};
+
+/// Simulate a datacenter scenario (models, templates or synthesized power, server pool,
+/// replica schedules, training overlay, controllers) with the embedded coordinator.
+///
+/// Prints one final JSON line on stdout: dc_steps, ticks, wall_s, dc_steps_per_s,
+/// mean_facility_power_kw, min/max, GPUs used, servers. Writes the run result (per-step
+/// datacenter states, commands, events, facility power at 1 s / 1 min / 15 min and facility
+/// metrics, all described in docs/outputs.md) to the output folder, streamed in row groups:
+/// memory does not grow with the run.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Scenario file (TOML, see docs/coordinator.md; example: benches/scenarios/openg2g-parity.toml).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Override the datacenter's GPU capacity (total_gpu_capacity); capacity_share models scale with it.
+    #[arg(long)]
+    gpus: Option<u64>,
+    /// Override the simulated duration (s); must be a whole number of ticks.
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Override the scenario's seed (same scenario and seed → bit-identical results).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run result folder (overrides the scenario's outputs.dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not write a run result (only the final JSON line): for timing and sweeps.
+    #[arg(long)]
+    no_output: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let sc = Scenario::from_file(&args.scenario)?;
+    let base = args.scenario.parent().map(PathBuf::from).unwrap_or_default();
+    let ov = Overrides {
+        gpus: args.gpus,
+        duration_s: args.duration_s,
+        seed: args.seed,
+    };
+    let t_build = Instant::now();
+    let mut built = build(&sc, &base, &ov).with_context(|| format!("building {}", args.scenario.display()))?;
+    let build_s = t_build.elapsed().as_secs_f64();
+    let out_dir = match (&args.out, &sc.outputs.dir) {
+        (Some(o), _) => Some(o.clone()),
+        (None, Some(d)) => Some(base.join(d)),
+        (None, None) => None,
+    };
+    let out_dir = if args.no_output { None } else { out_dir };
+    let mut writer = out_dir.as_ref().map(|d| ParquetRunWriter::new(d));
+    let ticks = built.coordinator.total_ticks();
+    let bar = ProgressBar::new(ticks);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} ticks ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    let every = (ticks / 200).max(1);
+    let mut stats = StatsSink::new(writer.as_mut().map(|w| w as &mut dyn RunSink), every, |t| bar.set_position(t));
+    let t0 = Instant::now();
+    let counts = built.coordinator.run(&mut stats)?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let mean_kw = stats.mean_facility_power_w() / 1000.0;
+    let (min_kw, max_kw) = (stats.facility_min_w / 1000.0, stats.facility_max_w / 1000.0);
+    drop(stats);
+    let line = serde_json::json!({
+        "dc_steps": counts.dc_steps,
+        "ticks": counts.ticks,
+        "wall_s": wall_s,
+        "dc_steps_per_s": counts.dc_steps as f64 / wall_s,
+        "mean_facility_power_kw": mean_kw,
+        "min_facility_power_kw": min_kw,
+        "max_facility_power_kw": max_kw,
+        "gpus_used": built.gpus_used,
+        "servers": built.servers,
+        "duration_s": to_f64(built.duration),
+        "dt_s": to_f64(built.dc_dt),
+        "build_s": build_s,
+        "commands": counts.commands,
+        "events": counts.events,
+        "out": out_dir.map(|d| d.display().to_string()),
+    });
+    println!("{line}");
+    Ok(())
+}

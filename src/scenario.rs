@@ -1,0 +1,569 @@
+//! Declarative simulation scenarios (`simulate --scenario FILE.toml`): models, where their
+//! power templates and ITL fits come from, capacity, GPUs per server, replica schedules,
+//! training overlay, controllers, duration, dt, seed and outputs. Parsing is pure; building
+//! reads the files a scenario names (spec stores, measured runs), paths relative to the
+//! scenario file. Every field is documented in docs/coordinator.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use rand_pcg::Pcg64;
+use serde::Deserialize;
+
+use crate::coordinator::clock::{parse_seconds, seconds_from_f64, to_f64};
+use crate::coordinator::controllers::{
+    BatchSizeChange, BatchSizeSchedule, BatchSizeScheduleController, NoopController,
+};
+use crate::coordinator::{Controller, Coordinator, Datacenter, Seconds};
+use crate::datacenter::{
+    DatacenterConfig, ModelDeployment, OfflineDatacenter, ReplicaSchedule, TrainingRun,
+    TrainingSchedule, TrainingTrace, TrainingTraceParams,
+};
+use crate::error::{Error, Result};
+use crate::fits::itl_mixture::ItlMixture;
+use crate::traces::{build_template, interp, InferenceTrace, TemplateOptions};
+
+/// A period: a number of seconds or exact text ("1/10").
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Period {
+    Number(f64),
+    Text(String),
+}
+
+impl Period {
+    pub fn exact(&self, field: &str) -> Result<Seconds> {
+        match self {
+            Period::Number(x) => seconds_from_f64(field, *x),
+            Period::Text(t) => parse_seconds(field, t),
+        }
+    }
+}
+
+/// The whole scenario file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Simulated time (s): a whole number of ticks.
+    pub duration_s: Period,
+    #[serde(default)]
+    pub seed: u64,
+    pub datacenter: DatacenterSection,
+    pub models: Vec<ModelSection>,
+    #[serde(default)]
+    pub training: Vec<TrainingSection>,
+    #[serde(default)]
+    pub controllers: Vec<ControllerSection>,
+    #[serde(default)]
+    pub templates: TemplateSection,
+    #[serde(default)]
+    pub outputs: OutputSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatacenterSection {
+    #[serde(default = "default_dc_name")]
+    pub name: String,
+    pub dt_s: Period,
+    #[serde(default = "default_gpus_per_server")]
+    pub gpus_per_server: u32,
+    pub total_gpu_capacity: u64,
+    #[serde(default)]
+    pub base_kw_per_phase: f64,
+    #[serde(default = "unit_range")]
+    pub amplitude_scale_range: (f64, f64),
+    #[serde(default)]
+    pub noise_fraction: f64,
+    #[serde(default)]
+    pub non_gpu_w_per_server: f64,
+    #[serde(default)]
+    pub idle_w_per_gpu: f64,
+    #[serde(default = "one_f64")]
+    pub pue: f64,
+    #[serde(default)]
+    pub servers_per_rack: u32,
+    #[serde(default)]
+    pub racks_per_row: u32,
+}
+
+fn default_dc_name() -> String {
+    "dc".into()
+}
+fn default_gpus_per_server() -> u32 {
+    8
+}
+fn unit_range() -> (f64, f64) {
+    (1.0, 1.0)
+}
+fn one_f64() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub label: String,
+    pub gpus_per_replica: u32,
+    pub initial_batch_size: u32,
+    /// Initial replicas; or `capacity_share`.
+    pub replicas: Option<u64>,
+    /// Share of the datacenter's GPU capacity, rounded down to whole servers of whole replicas
+    /// (a multiple of lcm(gpus_per_server, gpus_per_replica) GPUs, as the peer's bench does).
+    pub capacity_share: Option<f64>,
+    #[serde(default)]
+    pub ramps: Vec<RampSection>,
+    pub power: PowerSource,
+    pub itl: Option<ItlSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RampSection {
+    pub target: u64,
+    pub t_start_s: f64,
+    pub t_end_s: f64,
+}
+
+/// Where a model's per-GPU power templates come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PowerSource {
+    /// A parametric trace per batch size (the peer bench's synthetic data): per-GPU level
+    /// linear in log2(batch) from `level_w[0]` at the smallest to `level_w[1]` at the largest
+    /// batch, plus sine ripples (amplitude W, period s), Gaussian noise, clipped; `trace_s` long
+    /// at `trace_dt_s`, then replayed as templates.
+    Parametric {
+        batch_sizes: Vec<u32>,
+        level_w: (f64, f64),
+        #[serde(default)]
+        ripples: Vec<(f64, f64)>,
+        #[serde(default)]
+        noise_sd_w: f64,
+        clip_w: Option<(f64, f64)>,
+        trace_s: f64,
+        trace_dt_s: f64,
+        #[serde(default)]
+        seed: u64,
+    },
+    /// Median traces of a spec store built by `build-dataset` (peer layout), replayed.
+    SpecStore {
+        dir: PathBuf,
+        spec: crate::spec::InferenceModelSpec,
+    },
+    /// State-transition synthesis (SPEC §6): learned from measured runs, driven by a
+    /// Gamma-renewal workload per replica at `rate_per_s` with the training runs' token counts,
+    /// one synthesized series per batch size (`max_num_seqs`), `series_s` long.
+    Synthesized {
+        train: Vec<PathBuf>,
+        batch_sizes: Vec<u32>,
+        rate_per_s: f64,
+        #[serde(default = "one_f64")]
+        burstiness: f64,
+        series_s: f64,
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+/// Where a model's ITL fits come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ItlSource {
+    /// Two log-normals with scale_steady = scale_s · (1 + per_log2_batch · log2 b) and
+    /// scale_stall = stall_factor · scale_steady (the peer bench's synthetic fits).
+    Parametric {
+        loc_s: f64,
+        pi_steady: f64,
+        sigma_steady: f64,
+        sigma_stall: f64,
+        scale_s: f64,
+        per_log2_batch: f64,
+        stall_factor: f64,
+    },
+    /// The spec store's `itl_fit.json` (with `power.kind = "spec-store"`).
+    SpecStore,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    pub n_gpus: u64,
+    pub t_start_s: f64,
+    pub t_end_s: f64,
+    #[serde(default = "default_peak")]
+    pub target_peak_w_per_gpu: f64,
+    #[serde(default)]
+    pub trace: TrainingTraceParams,
+}
+
+fn default_peak() -> f64 {
+    400.0
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ControllerSection {
+    Noop {
+        dt_s: Period,
+    },
+    BatchSchedule {
+        dt_s: Period,
+        changes: Vec<ChangeSection>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSection {
+    pub model: String,
+    pub at_s: f64,
+    pub batch_size: u32,
+    #[serde(default)]
+    pub ramp_up_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSection {
+    /// Template length (s); default: the simulated duration (the peer's 600 s default makes
+    /// templates wrap with a seam every 600 s of a longer run).
+    pub duration_s: Option<f64>,
+    #[serde(default)]
+    pub steady_skip_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// Run result folder (relative to the scenario file); the command line can override it.
+    pub dir: Option<PathBuf>,
+}
+
+/// Command-line overrides of a scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub gpus: Option<u64>,
+    pub duration_s: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+impl Scenario {
+    /// Parses a scenario; errors name the file and TOML's line and column.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::content(path, format!("invalid scenario: {e}")))
+    }
+}
+
+/// A scenario ready to run.
+pub struct Built {
+    pub coordinator: Coordinator,
+    pub duration: Seconds,
+    pub dc_dt: Seconds,
+    pub gpus_used: u64,
+    pub servers: usize,
+}
+
+fn log2_level(b: u32, bmin: u32, bmax: u32, lo: f64, hi: f64) -> f64 {
+    if bmax == bmin {
+        return lo;
+    }
+    let f = ((b as f64).log2() - (bmin as f64).log2()) / ((bmax as f64).log2() - (bmin as f64).log2());
+    lo + (hi - lo) * f
+}
+
+/// Builds the coordinator: templates for the simulated duration at the datacenter's dt.
+pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
+    let duration = match ov.duration_s {
+        Some(d) => seconds_from_f64("--duration-s", d)?,
+        None => sc.duration_s.exact("duration_s")?,
+    };
+    let seed = ov.seed.unwrap_or(sc.seed);
+    let dc_dt = sc.datacenter.dt_s.exact("datacenter.dt_s")?;
+    let dt_s = to_f64(dc_dt);
+    let d = &sc.datacenter;
+    let capacity = ov.gpus.unwrap_or(d.total_gpu_capacity);
+    let cfg = DatacenterConfig {
+        gpus_per_server: d.gpus_per_server,
+        total_gpu_capacity: capacity,
+        base_kw_per_phase: d.base_kw_per_phase,
+        amplitude_scale_range: d.amplitude_scale_range,
+        noise_fraction: d.noise_fraction,
+        non_gpu_w_per_server: d.non_gpu_w_per_server,
+        idle_w_per_gpu: d.idle_w_per_gpu,
+        pue: d.pue,
+        servers_per_rack: d.servers_per_rack,
+        racks_per_row: d.racks_per_row,
+    };
+    let topts = TemplateOptions {
+        duration_s: sc.templates.duration_s.unwrap_or(to_f64(duration)),
+        dt_s,
+        steady_skip_s: sc.templates.steady_skip_s,
+    };
+    topts.validate()?;
+    let mut deployments = Vec::new();
+    let mut gpus_used = 0;
+    for m in &sc.models {
+        let field = format!("models.{}", m.label);
+        let replicas = match (m.replicas, m.capacity_share) {
+            (Some(r), None) => r,
+            (None, Some(share)) => {
+                if !(0.0..=1.0).contains(&share) {
+                    return Err(Error::config(&format!("{field}.capacity_share"), format!("{share} (need 0…1)")));
+                }
+                let g = m.gpus_per_replica.max(1) as u64;
+                let step = num_integer::lcm(d.gpus_per_server as u64, g);
+                ((capacity as f64 * share) as u64 / step) * step / g
+            }
+            _ => {
+                return Err(Error::config(&field, "give exactly one of replicas and capacity_share"));
+            }
+        };
+        gpus_used += replicas * m.gpus_per_replica as u64;
+        let mut schedule = ReplicaSchedule::new(replicas);
+        for r in &m.ramps {
+            schedule = schedule
+                .ramp_to(r.target, r.t_start_s, r.t_end_s)
+                .map_err(|e| Error::config(&format!("{field}.ramps"), e.to_string()))?;
+        }
+        let (templates, store_itl) = templates_for(m, base_dir, &topts, seed)?;
+        let itl_fits = match &m.itl {
+            None => None,
+            Some(ItlSource::SpecStore) => Some(store_itl.ok_or_else(|| {
+                Error::config(&format!("{field}.itl"), "kind = \"spec-store\" needs power.kind = \"spec-store\"")
+            })?),
+            Some(ItlSource::Parametric {
+                loc_s,
+                pi_steady,
+                sigma_steady,
+                sigma_stall,
+                scale_s,
+                per_log2_batch,
+                stall_factor,
+            }) => Some(
+                templates
+                    .keys()
+                    .map(|&b| {
+                        let scale = scale_s * (1.0 + per_log2_batch * (b as f64).log2());
+                        (
+                            b,
+                            ItlMixture {
+                                loc: *loc_s,
+                                pi_steady: *pi_steady,
+                                sigma_steady: *sigma_steady,
+                                scale_steady: scale,
+                                pi_stall: 1.0 - pi_steady,
+                                sigma_stall: *sigma_stall,
+                                scale_stall: scale * stall_factor,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        deployments.push(ModelDeployment {
+            label: m.label.clone(),
+            gpus_per_replica: m.gpus_per_replica,
+            initial_batch_size: m.initial_batch_size,
+            schedule,
+            templates,
+            itl_fits,
+        });
+    }
+    let mut training = TrainingSchedule::default();
+    for (i, t) in sc.training.iter().enumerate() {
+        let trace = TrainingTrace::generate(&t.trace)?;
+        let run = TrainingRun::new(t.n_gpus, &trace, t.target_peak_w_per_gpu)
+            .map_err(|e| Error::config(&format!("training[{i}]"), e.to_string()))?;
+        training = training.with(run, t.t_start_s, t.t_end_s)?;
+    }
+    let dc = OfflineDatacenter::new(&d.name, dc_dt, cfg, deployments, training, seed)?;
+    let servers = dc.pool().servers();
+    let mut controllers: Vec<Box<dyn Controller>> = Vec::new();
+    for (i, c) in sc.controllers.iter().enumerate() {
+        let field = format!("controllers[{i}]");
+        match c {
+            ControllerSection::Noop { dt_s } => controllers.push(Box::new(NoopController {
+                dt_s: dt_s.exact(&format!("{field}.dt_s"))?,
+            })),
+            ControllerSection::BatchSchedule { dt_s, changes } => {
+                let mut per_model: BTreeMap<String, Vec<BatchSizeChange>> = BTreeMap::new();
+                for ch in changes {
+                    per_model.entry(ch.model.clone()).or_default().push(BatchSizeChange {
+                        at_s: ch.at_s,
+                        batch_size: ch.batch_size,
+                        ramp_up_rate: ch.ramp_up_rate,
+                    });
+                }
+                let schedules = per_model
+                    .into_iter()
+                    .map(|(m, v)| Ok((m.clone(), BatchSizeSchedule::new(&format!("{field}.changes for {m}"), v)?)))
+                    .collect::<Result<BTreeMap<_, _>>>()?;
+                controllers.push(Box::new(BatchSizeScheduleController::new(
+                    dt_s.exact(&format!("{field}.dt_s"))?,
+                    &d.name,
+                    schedules,
+                )));
+            }
+        }
+    }
+    let dcs: Vec<Box<dyn Datacenter>> = vec![Box::new(dc)];
+    let coordinator = Coordinator::new(dcs, None, controllers, duration)?;
+    Ok(Built {
+        coordinator,
+        duration,
+        dc_dt,
+        gpus_used,
+        servers,
+    })
+}
+
+type Templates = BTreeMap<u32, Arc<[f64]>>;
+
+fn templates_for(
+    m: &ModelSection,
+    base_dir: &Path,
+    topts: &TemplateOptions,
+    seed: u64,
+) -> Result<(Templates, Option<BTreeMap<u32, ItlMixture>>)> {
+    let field = format!("models.{}.power", m.label);
+    let g = m.gpus_per_replica;
+    match &m.power {
+        PowerSource::Parametric {
+            batch_sizes,
+            level_w,
+            ripples,
+            noise_sd_w,
+            clip_w,
+            trace_s,
+            trace_dt_s,
+            seed: trace_seed,
+        } => {
+            if batch_sizes.is_empty() || !(*trace_dt_s > 0.0 && *trace_s > *trace_dt_s) {
+                return Err(Error::config(&field, "need batch_sizes and trace_s > trace_dt_s > 0"));
+            }
+            let bmin = *batch_sizes.iter().min().unwrap_or(&1);
+            let bmax = *batch_sizes.iter().max().unwrap_or(&1);
+            let noise = Normal::new(0.0, noise_sd_w.max(0.0)).map_err(|e| Error::config(&field, e.to_string()))?;
+            let mut rng = Pcg64::seed_from_u64(seed ^ trace_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let n = (trace_s / trace_dt_s + 1e-9).floor() as usize + 1;
+            let t: Vec<f64> = (0..n).map(|i| i as f64 * trace_dt_s).collect();
+            let mut out = BTreeMap::new();
+            for &b in batch_sizes {
+                let level = log2_level(b, bmin, bmax, level_w.0, level_w.1);
+                let per_gpu: Vec<f64> = t
+                    .iter()
+                    .map(|&ti| {
+                        let mut p = level;
+                        for (amp, period) in ripples {
+                            p += amp * (2.0 * std::f64::consts::PI * ti / period).sin();
+                        }
+                        p += noise.sample(&mut rng);
+                        match clip_w {
+                            Some((lo, hi)) => p.clamp(*lo, *hi),
+                            None => p.max(0.0),
+                        }
+                    })
+                    .collect();
+                let total = per_gpu.iter().map(|p| p * g as f64).collect();
+                let trace = InferenceTrace::new(t.clone(), total, g)?;
+                out.insert(b, Arc::from(build_template(&trace, topts)?));
+            }
+            Ok((out, None))
+        }
+        PowerSource::SpecStore { dir, spec } => {
+            let store = crate::store::SpecStore::new(base_dir.join(dir));
+            let art = store.load(spec)?;
+            if art.traces.is_empty() {
+                return Err(Error::config(&field, format!("spec store {} holds no traces for {:?}", dir.display(), spec.model_label)));
+            }
+            let mut out = BTreeMap::new();
+            for (b, tr) in &art.traces {
+                out.insert(*b, Arc::from(build_template(tr, topts)?));
+            }
+            Ok((out, Some(art.itl)))
+        }
+        PowerSource::Synthesized {
+            train,
+            batch_sizes,
+            rate_per_s,
+            burstiness,
+            series_s,
+            seed: s_seed,
+        } => {
+            let runs = train
+                .iter()
+                .map(|p| crate::sources::measured::load_run(&base_dir.join(p)))
+                .collect::<Result<Vec<_>>>()?;
+            let first = runs.first().ok_or_else(|| Error::config(&field, "train: need ≥ 1 measured run"))?;
+            let model = crate::learn::learn(&runs, &crate::learn::LearnOptions::default())?;
+            let mut serving = crate::engine::ServingConfig::from_manifest(&first.manifest);
+            if serving.tp != g {
+                return Err(Error::config(&field, format!("training runs have TP {}, the model has {g} GPUs per replica", serving.tp)));
+            }
+            let mut all = crate::workload::Workload { requests: Vec::new() };
+            for r in &runs {
+                let q = &r.requests;
+                let w = crate::workload::Workload::from_columns(
+                    &q.path,
+                    &q.request_timestamps,
+                    &q.input_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+                    &q.output_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+                )?;
+                all.requests.extend(w.requests);
+            }
+            let tokens = crate::workload::EmpiricalTokens::from_workload(&all)?;
+            let mut out = BTreeMap::new();
+            for &b in batch_sizes {
+                serving.max_num_seqs = b;
+                let mut rng = Pcg64::seed_from_u64(seed ^ s_seed.wrapping_add(b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let w = crate::workload::Workload::gamma_renewal(*rate_per_s, *burstiness, 0.0, *series_s, &tokens, &mut rng)?;
+                let (series, _) = crate::synth::synthesize(&model, &serving, &w, 0.0, *series_s, model.dt_s, rng_seed(seed, b))?;
+                let ts: Vec<f64> = (0..series.power_w.len()).map(|i| series.t_s(i)).collect();
+                let per_gpu: Vec<f64> = series.power_w.iter().map(|p| p / g as f64).collect();
+                let period = ts[ts.len() - 1];
+                let tpl: Vec<f64> = (0..topts.len())
+                    .map(|i| interp(&ts, &per_gpu, (i as f64 * topts.dt_s) % period).max(0.0))
+                    .collect();
+                out.insert(b, Arc::from(tpl));
+            }
+            Ok((out, None))
+        }
+    }
+}
+
+fn rng_seed(seed: u64, b: u32) -> u64 {
+    seed.wrapping_mul(31).wrapping_add(b as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_periods_and_rejects_unknown_fields() {
+        let text = r#"
+            duration_s = 60
+            [datacenter]
+            dt_s = "1/10"
+            total_gpu_capacity = 16
+            [[models]]
+            label = "A"
+            gpus_per_replica = 1
+            initial_batch_size = 8
+            replicas = 8
+            power = { kind = "parametric", batch_sizes = [8], level_w = [300, 300], trace_s = 10, trace_dt_s = 0.1 }
+        "#;
+        let sc: Scenario = toml::from_str(text).unwrap();
+        assert_eq!(sc.datacenter.dt_s.exact("dt").unwrap(), num_rational::Ratio::new(1, 10));
+        let b = build(&sc, Path::new("."), &Overrides::default()).unwrap();
+        assert_eq!(b.coordinator.total_ticks(), 600);
+        let bad = text.replace("replicas = 8", "replicas = 8\nreplicaz = 1");
+        let err = toml::from_str::<Scenario>(&bad).unwrap_err().to_string();
+        assert!(err.contains("replicaz"), "{err}");
+    }
+}
