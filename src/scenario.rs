@@ -272,7 +272,8 @@ fn log2_level(b: u32, bmin: u32, bmax: u32, lo: f64, hi: f64) -> f64 {
     if bmax == bmin {
         return lo;
     }
-    let f = ((b as f64).log2() - (bmin as f64).log2()) / ((bmax as f64).log2() - (bmin as f64).log2());
+    let f =
+        ((b as f64).log2() - (bmin as f64).log2()) / ((bmax as f64).log2() - (bmin as f64).log2());
     lo + (hi - lo) * f
 }
 
@@ -313,14 +314,20 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
             (Some(r), None) => r,
             (None, Some(share)) => {
                 if !(0.0..=1.0).contains(&share) {
-                    return Err(Error::config(&format!("{field}.capacity_share"), format!("{share} (need 0…1)")));
+                    return Err(Error::config(
+                        &format!("{field}.capacity_share"),
+                        format!("{share} (need 0…1)"),
+                    ));
                 }
                 let g = m.gpus_per_replica.max(1) as u64;
                 let step = num_integer::lcm(d.gpus_per_server as u64, g);
                 ((capacity as f64 * share) as u64 / step) * step / g
             }
             _ => {
-                return Err(Error::config(&field, "give exactly one of replicas and capacity_share"));
+                return Err(Error::config(
+                    &field,
+                    "give exactly one of replicas and capacity_share",
+                ));
             }
         };
         gpus_used += replicas * m.gpus_per_replica as u64;
@@ -334,7 +341,10 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
         let itl_fits = match &m.itl {
             None => None,
             Some(ItlSource::SpecStore) => Some(store_itl.ok_or_else(|| {
-                Error::config(&format!("{field}.itl"), "kind = \"spec-store\" needs power.kind = \"spec-store\"")
+                Error::config(
+                    &format!("{field}.itl"),
+                    "kind = \"spec-store\" needs power.kind = \"spec-store\"",
+                )
             })?),
             Some(ItlSource::Parametric {
                 loc_s,
@@ -393,15 +403,23 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
             ControllerSection::BatchSchedule { dt_s, changes } => {
                 let mut per_model: BTreeMap<String, Vec<BatchSizeChange>> = BTreeMap::new();
                 for ch in changes {
-                    per_model.entry(ch.model.clone()).or_default().push(BatchSizeChange {
-                        at_s: ch.at_s,
-                        batch_size: ch.batch_size,
-                        ramp_up_rate: ch.ramp_up_rate,
-                    });
+                    per_model
+                        .entry(ch.model.clone())
+                        .or_default()
+                        .push(BatchSizeChange {
+                            at_s: ch.at_s,
+                            batch_size: ch.batch_size,
+                            ramp_up_rate: ch.ramp_up_rate,
+                        });
                 }
                 let schedules = per_model
                     .into_iter()
-                    .map(|(m, v)| Ok((m.clone(), BatchSizeSchedule::new(&format!("{field}.changes for {m}"), v)?)))
+                    .map(|(m, v)| {
+                        Ok((
+                            m.clone(),
+                            BatchSizeSchedule::new(&format!("{field}.changes for {m}"), v)?,
+                        ))
+                    })
                     .collect::<Result<BTreeMap<_, _>>>()?;
                 controllers.push(Box::new(BatchSizeScheduleController::new(
                     dt_s.exact(&format!("{field}.dt_s"))?,
@@ -444,12 +462,17 @@ fn templates_for(
             seed: trace_seed,
         } => {
             if batch_sizes.is_empty() || !(*trace_dt_s > 0.0 && *trace_s > *trace_dt_s) {
-                return Err(Error::config(&field, "need batch_sizes and trace_s > trace_dt_s > 0"));
+                return Err(Error::config(
+                    &field,
+                    "need batch_sizes and trace_s > trace_dt_s > 0",
+                ));
             }
             let bmin = *batch_sizes.iter().min().unwrap_or(&1);
             let bmax = *batch_sizes.iter().max().unwrap_or(&1);
-            let noise = Normal::new(0.0, noise_sd_w.max(0.0)).map_err(|e| Error::config(&field, e.to_string()))?;
-            let mut rng = Pcg64::seed_from_u64(seed ^ trace_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let noise = Normal::new(0.0, noise_sd_w.max(0.0))
+                .map_err(|e| Error::config(&field, e.to_string()))?;
+            let mut rng =
+                Pcg64::seed_from_u64(seed ^ trace_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let n = (trace_s / trace_dt_s + 1e-9).floor() as usize + 1;
             let t: Vec<f64> = (0..n).map(|i| i as f64 * trace_dt_s).collect();
             let mut out = BTreeMap::new();
@@ -479,7 +502,14 @@ fn templates_for(
             let store = crate::store::SpecStore::new(base_dir.join(dir));
             let art = store.load(spec)?;
             if art.traces.is_empty() {
-                return Err(Error::config(&field, format!("spec store {} holds no traces for {:?}", dir.display(), spec.model_label)));
+                return Err(Error::config(
+                    &field,
+                    format!(
+                        "spec store {} holds no traces for {:?}",
+                        dir.display(),
+                        spec.model_label
+                    ),
+                ));
             }
             let mut out = BTreeMap::new();
             for (b, tr) in &art.traces {
@@ -499,13 +529,23 @@ fn templates_for(
                 .iter()
                 .map(|p| crate::sources::measured::load_run(&base_dir.join(p)))
                 .collect::<Result<Vec<_>>>()?;
-            let first = runs.first().ok_or_else(|| Error::config(&field, "train: need ≥ 1 measured run"))?;
+            let first = runs
+                .first()
+                .ok_or_else(|| Error::config(&field, "train: need ≥ 1 measured run"))?;
             let model = crate::learn::learn(&runs, &crate::learn::LearnOptions::default())?;
             let mut serving = crate::engine::ServingConfig::from_manifest(&first.manifest);
             if serving.tp != g {
-                return Err(Error::config(&field, format!("training runs have TP {}, the model has {g} GPUs per replica", serving.tp)));
+                return Err(Error::config(
+                    &field,
+                    format!(
+                        "training runs have TP {}, the model has {g} GPUs per replica",
+                        serving.tp
+                    ),
+                ));
             }
-            let mut all = crate::workload::Workload { requests: Vec::new() };
+            let mut all = crate::workload::Workload {
+                requests: Vec::new(),
+            };
             for r in &runs {
                 let q = &r.requests;
                 let w = crate::workload::Workload::from_columns(
@@ -520,9 +560,28 @@ fn templates_for(
             let mut out = BTreeMap::new();
             for &b in batch_sizes {
                 serving.max_num_seqs = b;
-                let mut rng = Pcg64::seed_from_u64(seed ^ s_seed.wrapping_add(b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let w = crate::workload::Workload::gamma_renewal(*rate_per_s, *burstiness, 0.0, *series_s, &tokens, &mut rng)?;
-                let (series, _) = crate::synth::synthesize(&model, &serving, &w, 0.0, *series_s, model.dt_s, rng_seed(seed, b))?;
+                let mut rng = Pcg64::seed_from_u64(
+                    seed ^ s_seed
+                        .wrapping_add(b as u64)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                let w = crate::workload::Workload::gamma_renewal(
+                    *rate_per_s,
+                    *burstiness,
+                    0.0,
+                    *series_s,
+                    &tokens,
+                    &mut rng,
+                )?;
+                let (series, _) = crate::synth::synthesize(
+                    &model,
+                    &serving,
+                    &w,
+                    0.0,
+                    *series_s,
+                    model.dt_s,
+                    rng_seed(seed, b),
+                )?;
                 let ts: Vec<f64> = (0..series.power_w.len()).map(|i| series.t_s(i)).collect();
                 let per_gpu: Vec<f64> = series.power_w.iter().map(|p| p / g as f64).collect();
                 let period = ts[ts.len() - 1];
@@ -559,7 +618,10 @@ mod tests {
             power = { kind = "parametric", batch_sizes = [8], level_w = [300, 300], trace_s = 10, trace_dt_s = 0.1 }
         "#;
         let sc: Scenario = toml::from_str(text).unwrap();
-        assert_eq!(sc.datacenter.dt_s.exact("dt").unwrap(), num_rational::Ratio::new(1, 10));
+        assert_eq!(
+            sc.datacenter.dt_s.exact("dt").unwrap(),
+            num_rational::Ratio::new(1, 10)
+        );
         let b = build(&sc, Path::new("."), &Overrides::default()).unwrap();
         assert_eq!(b.coordinator.total_ticks(), 600);
         let bad = text.replace("replicas = 8", "replicas = 8\nreplicaz = 1");

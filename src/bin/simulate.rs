@@ -46,14 +46,19 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let sc = Scenario::from_file(&args.scenario)?;
-    let base = args.scenario.parent().map(PathBuf::from).unwrap_or_default();
+    let base = args
+        .scenario
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let ov = Overrides {
         gpus: args.gpus,
         duration_s: args.duration_s,
         seed: args.seed,
     };
     let t_build = Instant::now();
-    let mut built = build(&sc, &base, &ov).with_context(|| format!("building {}", args.scenario.display()))?;
+    let mut built =
+        build(&sc, &base, &ov).with_context(|| format!("building {}", args.scenario.display()))?;
     let build_s = t_build.elapsed().as_secs_f64();
     let out_dir = match (&args.out, &sc.outputs.dir) {
         (Some(o), _) => Some(o.clone()),
@@ -65,11 +70,15 @@ fn main() -> Result<()> {
     let ticks = built.coordinator.total_ticks();
     let bar = ProgressBar::new(ticks);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} ticks ({per_sec}, eta {eta})")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} ticks ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
     );
     let every = (ticks / 200).max(1);
-    let mut stats = StatsSink::new(writer.as_mut().map(|w| w as &mut dyn RunSink), every, |t| bar.set_position(t));
+    let mut stats = StatsSink::new(writer.as_mut().map(|w| w as &mut dyn RunSink), every, |t| {
+        bar.set_position(t)
+    });
     let t0 = Instant::now();
     let counts = built.coordinator.run(&mut stats)?;
     let wall_s = t0.elapsed().as_secs_f64();

@@ -357,7 +357,11 @@ pub struct StatsSink<'a> {
 }
 
 impl<'a> StatsSink<'a> {
-    pub fn new(inner: Option<&'a mut dyn RunSink>, every: u64, on_tick: impl FnMut(u64) + 'a) -> Self {
+    pub fn new(
+        inner: Option<&'a mut dyn RunSink>,
+        every: u64,
+        on_tick: impl FnMut(u64) + 'a,
+    ) -> Self {
         StatsSink {
             inner,
             every: every.max(1),
