@@ -315,7 +315,7 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
             (None, Some(share)) => {
                 if !(0.0..=1.0).contains(&share) {
                     return Err(Error::config(
-                        &format!("{field}.capacity_share"),
+                        format!("{field}.capacity_share"),
                         format!("{share} (need 0…1)"),
                     ));
                 }
@@ -335,14 +335,14 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
         for r in &m.ramps {
             schedule = schedule
                 .ramp_to(r.target, r.t_start_s, r.t_end_s)
-                .map_err(|e| Error::config(&format!("{field}.ramps"), e.to_string()))?;
+                .map_err(|e| Error::config(format!("{field}.ramps"), e.to_string()))?;
         }
         let (templates, store_itl) = templates_for(m, base_dir, &topts, seed)?;
         let itl_fits = match &m.itl {
             None => None,
             Some(ItlSource::SpecStore) => Some(store_itl.ok_or_else(|| {
                 Error::config(
-                    &format!("{field}.itl"),
+                    format!("{field}.itl"),
                     "kind = \"spec-store\" needs power.kind = \"spec-store\"",
                 )
             })?),
@@ -388,7 +388,7 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
     for (i, t) in sc.training.iter().enumerate() {
         let trace = TrainingTrace::generate(&t.trace)?;
         let run = TrainingRun::new(t.n_gpus, &trace, t.target_peak_w_per_gpu)
-            .map_err(|e| Error::config(&format!("training[{i}]"), e.to_string()))?;
+            .map_err(|e| Error::config(format!("training[{i}]"), e.to_string()))?;
         training = training.with(run, t.t_start_s, t.t_end_s)?;
     }
     let dc = OfflineDatacenter::new(&d.name, dc_dt, cfg, deployments, training, seed)?;

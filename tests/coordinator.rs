@@ -388,3 +388,76 @@ fn bad_setups_are_rejected_with_clear_errors() {
         .to_string();
     assert!(err.contains("same time t = 5 s"), "{err}");
 }
+
+mod common;
+
+#[test]
+fn synthesized_power_source_next_to_replayed_power() {
+    // State-transition synthesis as a datacenter power source: learned from a measured A100
+    // run, driven at that run's request rate, the facility power of 40 one-GPU replicas must
+    // match 40 × the run's measured mean power (± 10 %), next to a replayed parametric model.
+    let Some(root) = common::shared("measured/arrival_rate_qwen3-8b_a100_r2p5") else {
+        return;
+    };
+    let run_dir = powersynth::sources::measured::discover_runs(&root)
+        .unwrap()
+        .remove(0);
+    let measured = powersynth::sources::measured::load_run(&run_dir).unwrap();
+    // Measured mean while traffic arrives (the power log also holds idle time around it).
+    let ts = &measured.requests.request_timestamps;
+    let (t0, t1) = (ts[0], ts[ts.len() - 1]);
+    let loaded: Vec<f64> = measured
+        .power
+        .t_s
+        .iter()
+        .zip(&measured.power.power_w)
+        .filter(|(t, _)| (t0..=t1).contains(*t))
+        .map(|(_, p)| *p)
+        .collect();
+    let measured_mean_w = loaded.iter().sum::<f64>() / loaded.len() as f64;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+        duration_s = 120
+        [datacenter]
+        dt_s = "1/4"
+        total_gpu_capacity = 48
+        [[models]]
+        label = "qwen3-8b-synth"
+        gpus_per_replica = 1
+        initial_batch_size = 256
+        replicas = 40
+        power = {{ kind = "synthesized", train = [{train:?}], batch_sizes = [256], rate_per_s = 2.5, series_s = 600.0 }}
+        [[models]]
+        label = "replayed"
+        gpus_per_replica = 1
+        initial_batch_size = 8
+        replicas = 8
+        power = {{ kind = "parametric", batch_sizes = [8], level_w = [300.0, 300.0], trace_s = 10.0, trace_dt_s = 0.25 }}
+        "#,
+        train = run_dir.display().to_string()
+    );
+    let path = dir.path().join("scenario.toml");
+    std::fs::write(&path, text).unwrap();
+    let sc = Scenario::from_file(&path).unwrap();
+    let log = run(&mut build(&sc, dir.path(), &Overrides::default())
+        .unwrap()
+        .coordinator);
+    let states = &log.dc_states[0];
+    assert_eq!(states.len(), 480);
+    let synth_w = mean(states.iter().map(|s| s.models[0].power_w));
+    let expect_w = 40.0 * measured_mean_w;
+    assert!(
+        (synth_w / expect_w - 1.0).abs() < 0.10,
+        "synthesized {synth_w} W vs measured 40 × {measured_mean_w} W"
+    );
+    assert_eq!(
+        mean(states.iter().map(|s| s.models[1].power_w)),
+        8.0 * 300.0
+    );
+    // Synthesized power varies from step to step (engine state), the flat replay does not.
+    let first = states[0].models[0].power_w;
+    assert!(states
+        .iter()
+        .any(|s| (s.models[0].power_w - first).abs() > 1.0));
+}

@@ -400,7 +400,7 @@ impl RunSink for StatsSink<'_> {
                 }
             }
         }
-        if (tick.tick + 1) % self.every == 0 {
+        if (tick.tick + 1).is_multiple_of(self.every) {
             (self.on_tick)(tick.tick + 1);
         }
         match &mut self.inner {
