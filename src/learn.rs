@@ -267,7 +267,15 @@ pub struct PowerCell {
     pub mean_w: f64,
     /// Power quantiles (W) at k / (m − 1), k = 0 … m − 1.
     pub quantiles_w: Vec<f64>,
+    /// Lag-1 autocorrelation of the normal scores of consecutive bins that both fall in this
+    /// cell (SPEC §6: AR(1) per state); the model's overall φ when the cell has fewer than
+    /// [`MIN_PHI_PAIRS`] such pairs.
+    #[serde(default)]
+    pub phi: Option<f64>,
 }
+
+/// Pairs of consecutive same-cell bins needed for a cell's own φ.
+pub const MIN_PHI_PAIRS: usize = 40;
 
 impl PowerCell {
     /// A cell from its training power samples (at least one), keeping `m` ≥ 2 quantiles.
@@ -280,6 +288,7 @@ impl PowerCell {
             quantiles_w: (0..m)
                 .map(|k| quantile_sorted(&power_w, k as f64 / (m - 1) as f64))
                 .collect(),
+            phi: None,
         }
     }
 
@@ -317,6 +326,10 @@ impl PowerModel {
     /// The cell that serves a bin's state.
     pub fn cell(&self, s: &EngineState) -> &PowerCell {
         &self.cells[self.lookup[s.index()]]
+    }
+    /// The AR(1) coefficient of a cell: its own, else the model's.
+    pub fn phi_of(&self, cell: &PowerCell) -> f64 {
+        cell.phi.unwrap_or(self.phi)
     }
 }
 
@@ -676,15 +689,20 @@ pub fn fit_power(
         r2,
         min_cell_bins: opts.min_cell_bins,
     };
-    // φ of the normal scores within runs.
+    // φ of the normal scores within runs: overall, and per cell over consecutive bins that
+    // are both in the cell.
     let normal = Normal::standard();
     let (mut num, mut den) = (0.0, 0.0);
+    let mut per_cell = vec![(0.0f64, 0.0f64, 0usize); model.cells.len()];
     let mut offset = 0;
     for r in runs {
         let n = r.power_w.len();
+        let cell_of: Vec<usize> = (0..n)
+            .map(|i| model.lookup[states[offset + i].index()])
+            .collect();
         let z: Vec<f64> = (0..n)
             .map(|i| {
-                let cell = model.cell(&states[offset + i]);
+                let cell = &model.cells[cell_of[i]];
                 let u = empirical_cdf(&cell.quantiles_w, r.power_w[i]);
                 normal.inverse_cdf(u.clamp(0.01, 0.99))
             })
@@ -692,6 +710,12 @@ pub fn fit_power(
         for k in 1..n {
             num += z[k] * z[k - 1];
             den += z[k - 1] * z[k - 1];
+            if cell_of[k] == cell_of[k - 1] {
+                let c = &mut per_cell[cell_of[k]];
+                c.0 += z[k] * z[k - 1];
+                c.1 += z[k - 1] * z[k - 1];
+                c.2 += 1;
+            }
         }
         offset += n;
     }
@@ -700,6 +724,11 @@ pub fn fit_power(
     } else {
         0.0
     };
+    for (cell, (cn, cd, pairs)) in model.cells.iter_mut().zip(per_cell) {
+        if pairs >= MIN_PHI_PAIRS && cd > 0.0 {
+            cell.phi = Some((cn / cd).clamp(0.0, 0.99));
+        }
+    }
     Ok(model)
 }
 
@@ -847,6 +876,7 @@ mod tests {
             bins: 5,
             mean_w: 2.0,
             quantiles_w: vec![0.0, 1.0, 2.0, 4.0, 8.0],
+            phi: None,
         };
         assert_eq!(cell.power_at(0.0), 0.0);
         assert_eq!(cell.power_at(1.0), 8.0);

@@ -2,7 +2,7 @@
 //! power from the learned per-state model with its temporal structure.
 //!
 //! For bin t with smoothed engine features x_t (the learned meter window) in discretised
-//! state s_t: z_t = φ·z_{t−1} + √(1−φ²)·ε_t (ε standard normal from a seeded PCG64 stream) and
+//! state s_t: z_t = φ_s·z_{t−1} + √(1−φ_s²)·ε_t (φ_s of the state's cell) (ε standard normal from a seeded PCG64 stream) and
 //! power_t = Q_{s_t}(Φ(z_t)), the learned power quantile function of the state's cell. Same model, workload and seed → the same bytes.
 
 use rand::{Rng, SeedableRng};
@@ -47,14 +47,15 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
     let feats = smooth_features(&raw_features(trace), pm.meter_window_bins);
     let mut rng = Pcg64::seed_from_u64(seed);
     let normal = Normal::standard();
-    let innovation_scale = (1.0 - pm.phi * pm.phi).max(0.0).sqrt();
     let mut z: f64 = rng.sample(StandardNormal);
     feats
         .iter()
         .map(|f| {
+            let cell = pm.cell(&EngineState::of(f));
+            let phi = pm.phi_of(cell);
             let eps: f64 = rng.sample(StandardNormal);
-            z = pm.phi * z + innovation_scale * eps;
-            pm.cell(&EngineState::of(f)).power_at(normal.cdf(z))
+            z = phi * z + (1.0 - phi * phi).max(0.0).sqrt() * eps;
+            cell.power_at(normal.cdf(z))
         })
         .collect()
 }
