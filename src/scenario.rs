@@ -241,6 +241,8 @@ pub struct TemplateSection {
 pub struct OutputSection {
     /// Run result folder (relative to the scenario file); the command line can override it.
     pub dir: Option<PathBuf>,
+    /// Window of the per-rack mean power written with a rack layout (s, default 60).
+    pub rack_window_s: Option<f64>,
 }
 
 /// Command-line overrides of a scenario.

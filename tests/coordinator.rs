@@ -461,3 +461,70 @@ fn synthesized_power_source_next_to_replayed_power() {
         .iter()
         .any(|s| (s.models[0].power_w - first).abs() > 1.0));
 }
+
+#[test]
+fn facility_aggregation_racks_rows_non_gpu_power_and_pue() {
+    // 5 servers × 8 GPUs; 2 servers per rack, 2 racks per row → racks {0,1}, {2,3}, {4};
+    // rows {racks 0,1}, {rack 2}. 12 one-GPU replicas at 300 W; 100 W non-GPU per server;
+    // 50 W per idle GPU; PUE 1.25; base 1 kW per phase.
+    let cfg = DatacenterConfig {
+        total_gpu_capacity: 40,
+        non_gpu_w_per_server: 100.0,
+        idle_w_per_gpu: 50.0,
+        pue: 1.25,
+        base_kw_per_phase: 1.0,
+        servers_per_rack: 2,
+        racks_per_row: 2,
+        ..DatacenterConfig::default()
+    };
+    let dc = OfflineDatacenter::new(
+        "site",
+        tenth(),
+        cfg,
+        vec![flat("A", 1, 12, &[(8, 300.0)], 10)],
+        TrainingSchedule::default(),
+        3,
+    )
+    .unwrap();
+    assert_eq!(dc.rack_layout(), (3, 2));
+    let mut coord =
+        Coordinator::new(vec![Box::new(dc)], None, vec![], Ratio::from_integer(120)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ParquetRunWriter::new(dir.path()).with_rack_window_s(60.0);
+    coord.run(&mut w).unwrap();
+    let mut log = RunLog::default();
+    coord.run(&mut log).unwrap();
+    let s = &log.dc_states[0][0];
+    let gpu_w = 12.0 * 300.0;
+    let it_w = gpu_w + 5.0 * 100.0 + (40.0 - 12.0) * 50.0;
+    assert!(
+        (s.rack_power_w.iter().sum::<f64>() - it_w).abs() < 1e-9,
+        "{:?}",
+        s.rack_power_w
+    );
+    assert!((s.row_power_w.iter().sum::<f64>() - it_w).abs() < 1e-9);
+    assert_eq!(s.row_power_w.len(), 2);
+    assert!((s.row_power_w[0] - s.rack_power_w[0] - s.rack_power_w[1]).abs() < 1e-9);
+    assert!((s.power_w.total() - 3000.0 - it_w).abs() < 1e-9);
+    assert!((s.facility_power_w - (3000.0 + 1.25 * it_w)).abs() < 1e-9);
+    // Every rack holds at least its servers' non-GPU power and idle GPUs.
+    assert!(s.rack_power_w.iter().all(|&p| p >= 100.0));
+    // Rack means over 60 s windows, two windows, equal to the (flat) per-step rack power.
+    let racks = ParquetTable::read(&dir.path().join("racks_site.parquet")).unwrap();
+    assert_eq!(racks.num_rows(), 6);
+    let p = racks.floats("power_w").unwrap();
+    assert!((p[0] - s.rack_power_w[0]).abs() < 1e-6);
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("facility_metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let avg = m[0]["mean_facility_power_w"].as_f64().unwrap();
+    assert!((avg - (3000.0 + 1.25 * it_w)).abs() < 1e-6);
+    let resolutions: Vec<f64> = m[0]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["dt_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(resolutions, [0.1, 1.0, 60.0]);
+}

@@ -66,7 +66,10 @@ fn main() -> Result<()> {
         (None, None) => None,
     };
     let out_dir = if args.no_output { None } else { out_dir };
-    let mut writer = out_dir.as_ref().map(|d| ParquetRunWriter::new(d));
+    let rack_window_s = sc.outputs.rack_window_s.unwrap_or(60.0);
+    let mut writer = out_dir
+        .as_ref()
+        .map(|d| ParquetRunWriter::new(d).with_rack_window_s(rack_window_s));
     let ticks = built.coordinator.total_ticks();
     let bar = ProgressBar::new(ticks);
     bar.set_style(

@@ -56,7 +56,9 @@ pub struct DcState {
     pub power_w: ThreePhase,
     /// Facility power: base load + PUE × IT power (W).
     pub facility_power_w: f64,
-    /// IT power per row of racks (W), when the datacenter has a rack layout.
+    /// IT power per rack (W, GPU and non-GPU power of its servers), with a rack layout.
+    pub rack_power_w: Vec<f64>,
+    /// IT power per row of racks (W), with a rack layout.
     pub row_power_w: Vec<f64>,
     /// Training overlay power (W, all phases).
     pub training_power_w: f64,
@@ -142,9 +144,10 @@ pub trait Datacenter: Send {
     fn dt_s(&self) -> Seconds;
     /// Model labels, in the order of [`DcState::models`].
     fn model_labels(&self) -> &[String];
-    /// Rows of racks whose power [`DcState::row_power_w`] reports (0 without a rack layout).
-    fn layout_rows(&self) -> usize {
-        0
+    /// (racks, racks per row) of [`DcState::rack_power_w`] and [`DcState::row_power_w`];
+    /// (0, 0) without a rack layout.
+    fn rack_layout(&self) -> (usize, usize) {
+        (0, 0)
     }
     /// Back to the initial state, RNGs re-seeded: a second run is bit-identical.
     fn reset(&mut self);

@@ -82,6 +82,48 @@ struct DcColumns {
     /// Facility power of every step, for the facility metrics.
     facility_series_w: Vec<f64>,
     dt_s: f64,
+    racks: RackWindows,
+}
+
+/// Per-rack mean power over fixed windows, streamed to `racks.parquet`.
+struct RackWindows {
+    racks_per_row: usize,
+    steps_per_window: usize,
+    window_s: f64,
+    sum_w: Vec<f64>,
+    steps: usize,
+    window: usize,
+    out: (Vec<f64>, Vec<i64>, Vec<i64>, Vec<f64>),
+}
+
+impl RackWindows {
+    fn push(&mut self, rack_w: &[f64]) {
+        if self.sum_w.is_empty() {
+            return;
+        }
+        for (a, v) in self.sum_w.iter_mut().zip(rack_w) {
+            *a += v;
+        }
+        self.steps += 1;
+        if self.steps == self.steps_per_window {
+            for (r, a) in self.sum_w.iter_mut().enumerate() {
+                self.out.0.push(self.window as f64 * self.window_s);
+                self.out.1.push(r as i64);
+                self.out.2.push((r / self.racks_per_row.max(1)) as i64);
+                self.out.3.push(*a / self.steps as f64);
+                *a = 0.0;
+            }
+            self.steps = 0;
+            self.window += 1;
+        }
+    }
+    fn table(&mut self) -> Table {
+        Table::new()
+            .with("t_s", Column::F64(std::mem::take(&mut self.out.0)))
+            .with("rack", Column::I64(std::mem::take(&mut self.out.1)))
+            .with("row", Column::I64(std::mem::take(&mut self.out.2)))
+            .with("power_w", Column::F64(std::mem::take(&mut self.out.3)))
+    }
 }
 
 impl DcColumns {
@@ -134,6 +176,7 @@ impl DcColumns {
         self.facility_w.push(s.facility_power_w);
         self.training_w.push(s.training_power_w);
         self.facility_series_w.push(s.facility_power_w);
+        self.racks.push(&s.rack_power_w);
         for (r, v) in self.row_w.iter_mut().enumerate() {
             v.push(s.row_power_w.get(r).copied().unwrap_or(0.0));
         }
@@ -174,6 +217,8 @@ pub struct DcFacilitySummary {
 /// Streams a run to a folder.
 pub struct ParquetRunWriter {
     dir: PathBuf,
+    rack_window_s: f64,
+    rack_streams: Vec<Option<ParquetStream>>,
     dcs: Vec<(String, DcColumns)>,
     commands: Vec<RecordedCommand>,
     events: Vec<SimEvent>,
@@ -184,12 +229,21 @@ impl ParquetRunWriter {
     pub fn new(dir: &Path) -> Self {
         ParquetRunWriter {
             dir: dir.to_path_buf(),
+            rack_window_s: 60.0,
+            rack_streams: Vec::new(),
             dcs: Vec::new(),
             commands: Vec::new(),
             events: Vec::new(),
             summaries: Vec::new(),
         }
     }
+    /// Window of the per-rack mean power in `racks_<dc>.parquet` (s; default 60, rounded to
+    /// whole datacenter steps).
+    pub fn with_rack_window_s(mut self, window_s: f64) -> Self {
+        self.rack_window_s = window_s;
+        self
+    }
+
     /// Facility summaries, after [`RunSink::finish`].
     pub fn summaries(&self) -> &[DcFacilitySummary] {
         &self.summaries
@@ -202,6 +256,7 @@ impl RunSink for ParquetRunWriter {
         self.commands.clear();
         self.events.clear();
         self.summaries.clear();
+        self.rack_streams.clear();
         for d in datacenters {
             let models: Vec<String> = d.model_labels().to_vec();
             let n = models.len();
@@ -221,8 +276,37 @@ impl RunSink for ParquetRunWriter {
                 model_itl_s: vec![Vec::new(); n],
                 facility_series_w: Vec::new(),
                 dt_s: super::clock::to_f64(d.dt_s()),
+                racks: RackWindows {
+                    racks_per_row: 0,
+                    steps_per_window: 1,
+                    window_s: 0.0,
+                    sum_w: Vec::new(),
+                    steps: 0,
+                    window: 0,
+                    out: Default::default(),
+                },
             };
-            cols.row_w = vec![Vec::new(); d.layout_rows()];
+            let (racks, racks_per_row) = d.rack_layout();
+            cols.row_w = vec![Vec::new(); racks.div_ceil(racks_per_row.max(1))];
+            let dt_s = super::clock::to_f64(d.dt_s());
+            let steps = (self.rack_window_s / dt_s).round().max(1.0) as usize;
+            cols.racks = RackWindows {
+                racks_per_row,
+                steps_per_window: steps,
+                window_s: steps as f64 * dt_s,
+                sum_w: vec![0.0; racks],
+                steps: 0,
+                window: 0,
+                out: Default::default(),
+            };
+            self.rack_streams.push(if racks > 0 {
+                Some(ParquetStream::create(
+                    &self.dir.join(format!("racks_{}.parquet", d.name())),
+                    &cols.racks.table().columns,
+                )?)
+            } else {
+                None
+            });
             let schema = cols.table().columns;
             cols.stream = Some(ParquetStream::create(
                 &self.dir.join(format!("dc_{}.parquet", d.name())),
@@ -237,7 +321,13 @@ impl RunSink for ParquetRunWriter {
         for (i, d) in tick.datacenters.iter().enumerate() {
             if tick.dc_stepped[i] {
                 if let Some(s) = d.state() {
-                    self.dcs[i].1.push(tick.tick, s)?;
+                    let cols = &mut self.dcs[i].1;
+                    cols.push(tick.tick, s)?;
+                    if cols.racks.out.0.len() >= ROW_GROUP {
+                        if let Some(st) = &mut self.rack_streams[i] {
+                            st.write(&cols.racks.table())?;
+                        }
+                    }
                 }
             }
         }
@@ -254,8 +344,15 @@ impl RunSink for ParquetRunWriter {
 
     fn finish(&mut self) -> Result<()> {
         let mut fac = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (name, mut cols) in std::mem::take(&mut self.dcs) {
+        let rack_streams = std::mem::take(&mut self.rack_streams);
+        for ((name, mut cols), rack_stream) in
+            std::mem::take(&mut self.dcs).into_iter().zip(rack_streams)
+        {
             cols.flush()?;
+            if let Some(mut st) = rack_stream {
+                st.write(&cols.racks.table())?;
+                st.finish()?;
+            }
             let series = std::mem::take(&mut cols.facility_series_w);
             let dt_s = cols.dt_s;
             for target in [1.0, 60.0, 900.0] {

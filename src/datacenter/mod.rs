@@ -14,7 +14,8 @@
 //!   so results do not depend on the number of threads.
 //!
 //! Facility extensions (all default to the peer's behaviour): non-GPU power per server, idle
-//! power per unallocated GPU, PUE, and a rack/row layout with row power per step.
+//! power per unallocated GPU, PUE, and a rack/row layout with rack and row power per step
+//! (servers fill racks in index order, racks fill rows).
 
 pub mod pool;
 pub mod schedule;
@@ -52,7 +53,7 @@ pub struct DatacenterConfig {
     pub idle_w_per_gpu: f64,
     /// Facility power = base + PUE × IT power. Peer: 1.
     pub pue: f64,
-    /// Rack layout for row power (0 = none).
+    /// Rack layout for rack and row power (0 = none).
     pub servers_per_rack: u32,
     pub racks_per_row: u32,
 }
@@ -97,7 +98,7 @@ const PARALLEL_MIN_SLOTS: usize = 4 * BLOCK;
 struct Slot {
     model: u32,
     phase: u8,
-    row: u32,
+    rack: u32,
     /// The server's stagger reduced modulo the model's current template length.
     stagger: u32,
     /// amplitude × GPUs of the model on the server.
@@ -108,7 +109,6 @@ struct Slot {
 struct BlockSums {
     phase: [f64; 3],
     model: Vec<f64>,
-    row: Vec<f64>,
 }
 
 struct ModelRuntime {
@@ -130,8 +130,9 @@ pub struct OfflineDatacenter {
     models: Vec<ModelRuntime>,
     pool: ServerPool,
     training: TrainingSchedule,
-    rows: usize,
-    row_of_server: Vec<u32>,
+    racks: usize,
+    racks_per_row: usize,
+    rack_of_server: Vec<u32>,
     // Per-run state.
     k: u64,
     latency_rng: Pcg64,
@@ -140,7 +141,8 @@ pub struct OfflineDatacenter {
     slots: Vec<Slot>,
     slot_lens: Vec<usize>,
     static_phase_w: [f64; 3],
-    static_row_w: Vec<f64>,
+    static_rack_w: Vec<f64>,
+    slot_power_w: Vec<f64>,
     scratch: Vec<BlockSums>,
     state: DcState,
     stepped: bool,
@@ -315,12 +317,13 @@ impl OfflineDatacenter {
             }
             pool.allocate(&demand, &sorted, &labels)?;
         }
-        let (rows, row_of_server) = if cfg.servers_per_rack > 0 && cfg.racks_per_row > 0 {
-            let per_row = (cfg.servers_per_rack * cfg.racks_per_row) as usize;
+        let racks_per_row = cfg.racks_per_row as usize;
+        let (racks, rack_of_server) = if cfg.servers_per_rack > 0 && cfg.racks_per_row > 0 {
+            let per_rack = cfg.servers_per_rack as usize;
             let s = pool.servers();
             (
-                s.div_ceil(per_row),
-                (0..s).map(|i| (i / per_row) as u32).collect(),
+                s.div_ceil(per_rack),
+                (0..s).map(|i| (i / per_rack) as u32).collect(),
             )
         } else {
             (0, vec![0; pool.servers()])
@@ -349,8 +352,9 @@ impl OfflineDatacenter {
             models: runtimes,
             pool,
             training,
-            rows,
-            row_of_server,
+            racks,
+            racks_per_row,
+            rack_of_server,
             k: 0,
             latency_rng: Pcg64::seed_from_u64(seed.wrapping_add(54_321)),
             demand: vec![0; n],
@@ -358,7 +362,8 @@ impl OfflineDatacenter {
             slots: Vec::new(),
             slot_lens: vec![0; n],
             static_phase_w: [0.0; 3],
-            static_row_w: Vec::new(),
+            static_rack_w: Vec::new(),
+            slot_power_w: Vec::new(),
             scratch: Vec::new(),
             state: DcState::default(),
             stepped: false,
@@ -393,7 +398,7 @@ impl OfflineDatacenter {
                 self.slots.push(Slot {
                     model: m as u32,
                     phase: self.pool.phase[s],
-                    row: self.row_of_server[s],
+                    rack: self.rack_of_server[s],
                     stagger: (self.pool.stagger[s] % len as u64) as u32,
                     scale: self.pool.amplitude[s] * gpus as f64,
                 });
@@ -402,12 +407,12 @@ impl OfflineDatacenter {
         // Power that does not change until the next allocation: non-GPU power of every server,
         // idle power of unused GPUs.
         self.static_phase_w = [0.0; 3];
-        self.static_row_w = vec![0.0; self.rows];
+        self.static_rack_w = vec![0.0; self.racks];
         for (s, &u) in used.iter().enumerate() {
             let w = self.cfg.non_gpu_w_per_server + self.cfg.idle_w_per_gpu * (g - u.min(g)) as f64;
             self.static_phase_w[self.pool.phase[s] as usize] += w;
-            if self.rows > 0 {
-                self.static_row_w[self.row_of_server[s] as usize] += w;
+            if self.racks > 0 {
+                self.static_rack_w[self.rack_of_server[s] as usize] += w;
             }
         }
         let blocks = self.slots.len().div_ceil(BLOCK);
@@ -415,8 +420,8 @@ impl OfflineDatacenter {
         self.scratch.resize(blocks, BlockSums::default());
         for b in &mut self.scratch {
             b.model.resize(n, 0.0);
-            b.row.resize(self.rows, 0.0);
         }
+        self.slot_power_w.resize(self.slots.len(), 0.0);
         self.allocated = true;
         Ok(())
     }
@@ -430,35 +435,33 @@ impl OfflineDatacenter {
             .iter()
             .map(|m| ((k % m.template.len() as u64), &m.template[..]))
             .collect();
-        let rows = self.rows > 0;
-        let work = |(bi, (chunk, sums)): (usize, (&[Slot], &mut BlockSums))| {
-            sums.phase = [0.0; 3];
-            sums.model.iter_mut().for_each(|v| *v = 0.0);
-            sums.row.iter_mut().for_each(|v| *v = 0.0);
-            let mut rng = Pcg64Mcg::seed_from_u64(noise_seed ^ splitmix(bi as u64));
-            for sl in chunk {
-                let (base, tpl) = bases[sl.model as usize];
-                let mut idx = base as usize + sl.stagger as usize;
-                if idx >= tpl.len() {
-                    idx -= tpl.len();
+        let work =
+            |(bi, ((chunk, sums), outs)): (usize, ((&[Slot], &mut BlockSums), &mut [f64]))| {
+                sums.phase = [0.0; 3];
+                sums.model.iter_mut().for_each(|v| *v = 0.0);
+                let mut rng = Pcg64Mcg::seed_from_u64(noise_seed ^ splitmix(bi as u64));
+                for (sl, out) in chunk.iter().zip(outs.iter_mut()) {
+                    let (base, tpl) = bases[sl.model as usize];
+                    let mut idx = base as usize + sl.stagger as usize;
+                    if idx >= tpl.len() {
+                        idx -= tpl.len();
+                    }
+                    let mut p = tpl[idx] * sl.scale;
+                    if nu > 0.0 {
+                        let z: f64 = StandardNormal.sample(&mut rng);
+                        p += z * nu * p.max(1.0);
+                        p = p.max(0.0);
+                    }
+                    sums.phase[sl.phase as usize] += p;
+                    sums.model[sl.model as usize] += p;
+                    *out = p;
                 }
-                let mut p = tpl[idx] * sl.scale;
-                if nu > 0.0 {
-                    let z: f64 = StandardNormal.sample(&mut rng);
-                    p += z * nu * p.max(1.0);
-                    p = p.max(0.0);
-                }
-                sums.phase[sl.phase as usize] += p;
-                sums.model[sl.model as usize] += p;
-                if rows {
-                    sums.row[sl.row as usize] += p;
-                }
-            }
-        };
+            };
         let blocks = self
             .slots
             .chunks(BLOCK)
             .zip(self.scratch.iter_mut())
+            .zip(self.slot_power_w.chunks_mut(BLOCK))
             .enumerate();
         if self.slots.len() >= PARALLEL_MIN_SLOTS {
             blocks.collect::<Vec<_>>().into_par_iter().for_each(work);
@@ -478,8 +481,8 @@ impl Datacenter for OfflineDatacenter {
     fn model_labels(&self) -> &[String] {
         &self.labels
     }
-    fn layout_rows(&self) -> usize {
-        self.rows
+    fn rack_layout(&self) -> (usize, usize) {
+        (self.racks, self.racks_per_row)
     }
 
     fn reset(&mut self) {
@@ -495,7 +498,8 @@ impl Datacenter for OfflineDatacenter {
         self.stepped = false;
         self.state = DcState {
             models: vec![ModelState::default(); self.models.len()],
-            row_power_w: vec![0.0; self.rows],
+            row_power_w: vec![0.0; self.racks.div_ceil(self.racks_per_row.max(1))],
+            rack_power_w: vec![0.0; self.racks],
             ..DcState::default()
         };
     }
@@ -524,7 +528,6 @@ impl Datacenter for OfflineDatacenter {
         for x in st.models.iter_mut() {
             x.power_w = 0.0;
         }
-        st.row_power_w.copy_from_slice(&self.static_row_w);
         for b in &self.scratch {
             for (x, v) in phase.iter_mut().zip(&b.phase) {
                 *x += v;
@@ -532,8 +535,15 @@ impl Datacenter for OfflineDatacenter {
             for (x, v) in st.models.iter_mut().zip(&b.model) {
                 x.power_w += v;
             }
-            for (x, v) in st.row_power_w.iter_mut().zip(&b.row) {
-                *x += v;
+        }
+        if self.racks > 0 {
+            st.rack_power_w.copy_from_slice(&self.static_rack_w);
+            for (sl, p) in self.slots.iter().zip(&self.slot_power_w) {
+                st.rack_power_w[sl.rack as usize] += p;
+            }
+            st.row_power_w.iter_mut().for_each(|x| *x = 0.0);
+            for (r, p) in st.rack_power_w.iter().enumerate() {
+                st.row_power_w[r / self.racks_per_row] += p;
             }
         }
         let training_w = if self.training.is_empty() {
