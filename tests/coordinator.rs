@@ -44,7 +44,7 @@ fn flat(
     }
 }
 
-fn run(coord: &mut Coordinator) -> RunLog {
+fn run_all(coord: &mut Coordinator) -> RunLog {
     let mut log = RunLog::default();
     coord.run(&mut log).unwrap();
     log
@@ -64,7 +64,7 @@ fn parity(gpus: u64, duration_s: f64) -> (RunLog, Coordinator) {
         seed: None,
     };
     let mut built = build(&sc, path.parent().unwrap(), &ov).unwrap();
-    let log = run(&mut built.coordinator);
+    let log = run_all(&mut built.coordinator);
     (log, built.coordinator)
 }
 
@@ -143,7 +143,7 @@ fn parity_scenario_matches_the_peer() {
 #[test]
 fn second_run_after_reset_is_bit_identical() {
     let (a, mut coord) = parity(1000, 30.0);
-    let b = run(&mut coord);
+    let b = run_all(&mut coord);
     assert!(same_bits(&a.dc_states[0], &b.dc_states[0]));
     // And a fresh build with another seed differs (the check can fail).
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/scenarios/openg2g-parity.toml");
@@ -153,7 +153,7 @@ fn second_run_after_reset_is_bit_identical() {
         duration_s: Some(30.0),
         seed: Some(7),
     };
-    let c = run(&mut build(&sc, path.parent().unwrap(), &ov).unwrap().coordinator);
+    let c = run_all(&mut build(&sc, path.parent().unwrap(), &ov).unwrap().coordinator);
     assert!(!same_bits(&a.dc_states[0], &c.dc_states[0]));
 }
 
@@ -214,7 +214,7 @@ fn batch_size_command_takes_effect_on_the_next_step() {
         Ratio::from_integer(2),
     )
     .unwrap();
-    let log = run(&mut coord);
+    let log = run_all(&mut coord);
     let s = &log.dc_states[0];
     // Tick 10 (t = 1.0 s): the datacenter steps before the controller fires.
     assert_eq!((s[10].time_s, s[10].models[0].batch_size), (1.0, 8));
@@ -311,7 +311,7 @@ fn whole_server_over_count_is_not_copied() {
     // 16 active replicas. The GPUs in use draw 5000 W and 10 replicas serve.
     let dc = flat_dc(vec![flat("A", 1, 10, &[(8, 500.0)], 10)], 16);
     let mut coord = Coordinator::new(vec![Box::new(dc)], None, vec![], Ratio::new(1, 10)).unwrap();
-    let log = run(&mut coord);
+    let log = run_all(&mut coord);
     let s = &log.dc_states[0][0];
     assert_eq!(s.models[0].power_w, 5000.0);
     assert_eq!(s.models[0].active_replicas, 10);
@@ -440,7 +440,7 @@ fn synthesized_power_source_next_to_replayed_power() {
     let path = dir.path().join("scenario.toml");
     std::fs::write(&path, text).unwrap();
     let sc = Scenario::from_file(&path).unwrap();
-    let log = run(&mut build(&sc, dir.path(), &Overrides::default())
+    let log = run_all(&mut build(&sc, dir.path(), &Overrides::default())
         .unwrap()
         .coordinator);
     let states = &log.dc_states[0];
@@ -527,4 +527,54 @@ fn facility_aggregation_racks_rows_non_gpu_power_and_pue() {
         .map(|x| x["dt_s"].as_f64().unwrap())
         .collect();
     assert_eq!(resolutions, [0.1, 1.0, 60.0]);
+}
+
+#[test]
+fn templates_are_indexed_by_step_plus_stagger_and_training_splits_over_phases() {
+    // One 8-GPU server, a ramp template of 7 samples: server power at step k is
+    // 8 · T[(k + stagger) mod 7] (peer §3.3). A training run adds W/3 to every phase.
+    let tpl: Vec<f64> = (0..7).map(|i| 100.0 + 10.0 * i as f64).collect();
+    let mut m = flat("A", 8, 1, &[(8, 0.0)], 7);
+    m.templates = BTreeMap::from([(8, Arc::from(tpl.clone()))]);
+    let trace = powersynth::datacenter::TrainingTrace {
+        t_s: vec![0.0, 1.0, 2.0],
+        power_w: vec![200.0, 200.0, 200.0],
+    };
+    let run = powersynth::datacenter::TrainingRun::new(3, &trace, 400.0).unwrap();
+    let training = TrainingSchedule::default().with(run, 1.0, 1.5).unwrap();
+    let cfg = DatacenterConfig {
+        total_gpu_capacity: 8,
+        ..DatacenterConfig::default()
+    };
+    let dc = OfflineDatacenter::new("dc", tenth(), cfg, vec![m], training, 5).unwrap();
+    let stagger = dc.pool().stagger[0] as usize;
+    assert!(stagger < 7);
+    let mut coord =
+        Coordinator::new(vec![Box::new(dc)], None, vec![], Ratio::from_integer(2)).unwrap();
+    let log = run_all(&mut coord);
+    for (k, s) in log.dc_states[0].iter().enumerate() {
+        let gpu = 8.0 * tpl[(k + stagger) % 7];
+        assert_eq!(s.models[0].power_w, gpu, "step {k}");
+        let train = if (1.0..=1.5).contains(&s.time_s) {
+            3.0 * 400.0
+        } else {
+            0.0
+        };
+        assert!(
+            (s.training_power_w - train).abs() < 1e-9,
+            "step {k}: {}",
+            s.training_power_w
+        );
+        assert!((s.power_w.total() - gpu - train).abs() < 1e-9);
+    }
+    let s = &log.dc_states[0][12];
+    let share = [s.power_w.a, s.power_w.b, s.power_w.c]
+        .iter()
+        .filter(|&&p| (p - 400.0).abs() < 1e-9)
+        .count();
+    assert_eq!(
+        share, 2,
+        "two phases carry only the training third: {:?}",
+        s.power_w
+    );
 }
