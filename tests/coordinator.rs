@@ -440,9 +440,11 @@ fn synthesized_power_source_next_to_replayed_power() {
     let path = dir.path().join("scenario.toml");
     std::fs::write(&path, text).unwrap();
     let sc = Scenario::from_file(&path).unwrap();
-    let log = run_all(&mut build(&sc, dir.path(), &Overrides::default())
-        .unwrap()
-        .coordinator);
+    let log = run_all(
+        &mut build(&sc, dir.path(), &Overrides::default())
+            .unwrap()
+            .coordinator,
+    );
     let states = &log.dc_states[0];
     assert_eq!(states.len(), 480);
     let synth_w = mean(states.iter().map(|s| s.models[0].power_w));

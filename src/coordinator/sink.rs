@@ -214,6 +214,14 @@ pub struct DcFacilitySummary {
     pub metrics: Vec<FacilityMetrics>,
 }
 
+/// A table with the `tick` and `t_s` columns of time-stamped records.
+fn stamped(stamps: impl Iterator<Item = (u64, f64)>) -> Table {
+    let (ticks, times): (Vec<i64>, Vec<f64>) = stamps.map(|(k, t)| (k as i64, t)).unzip();
+    Table::new()
+        .with("tick", Column::I64(ticks))
+        .with("t_s", Column::F64(times))
+}
+
 /// Streams a run to a folder.
 pub struct ParquetRunWriter {
     dir: PathBuf,
@@ -391,51 +399,30 @@ impl RunSink for ParquetRunWriter {
                 .with("facility_power_w", Column::F64(fac.3)),
         )?;
         let cmd_json = |c: &Command| serde_json::to_string(c).unwrap_or_default();
-        write_parquet(
-            &self.dir.join("commands.parquet"),
-            &Table::new()
-                .with(
-                    "tick",
-                    Column::I64(self.commands.iter().map(|c| c.tick as i64).collect()),
-                )
-                .with(
-                    "t_s",
-                    Column::F64(self.commands.iter().map(|c| c.t_s).collect()),
-                )
-                .with(
-                    "command",
-                    Column::Str(self.commands.iter().map(|c| cmd_json(&c.command)).collect()),
+        let commands = stamped(self.commands.iter().map(|c| (c.tick, c.t_s))).with(
+            "command",
+            Column::Str(self.commands.iter().map(|c| cmd_json(&c.command)).collect()),
+        );
+        write_parquet(&self.dir.join("commands.parquet"), &commands)?;
+        let events = stamped(self.events.iter().map(|e| (e.tick, e.t_s)))
+            .with(
+                "source",
+                Column::Str(
+                    self.events
+                        .iter()
+                        .map(|e| format!("{:?}", e.source).to_lowercase())
+                        .collect(),
                 ),
-        )?;
-        write_parquet(
-            &self.dir.join("events.parquet"),
-            &Table::new()
-                .with(
-                    "tick",
-                    Column::I64(self.events.iter().map(|e| e.tick as i64).collect()),
-                )
-                .with(
-                    "t_s",
-                    Column::F64(self.events.iter().map(|e| e.t_s).collect()),
-                )
-                .with(
-                    "source",
-                    Column::Str(
-                        self.events
-                            .iter()
-                            .map(|e| format!("{:?}", e.source).to_lowercase())
-                            .collect(),
-                    ),
-                )
-                .with(
-                    "topic",
-                    Column::Str(self.events.iter().map(|e| e.topic.clone()).collect()),
-                )
-                .with(
-                    "data",
-                    Column::Str(self.events.iter().map(|e| e.data.to_string()).collect()),
-                ),
-        )?;
+            )
+            .with(
+                "topic",
+                Column::Str(self.events.iter().map(|e| e.topic.clone()).collect()),
+            )
+            .with(
+                "data",
+                Column::Str(self.events.iter().map(|e| e.data.to_string()).collect()),
+            );
+        write_parquet(&self.dir.join("events.parquet"), &events)?;
         crate::store::write_json(&self.dir.join("facility_metrics.json"), &self.summaries)?;
         Ok(())
     }
