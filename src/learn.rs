@@ -8,11 +8,12 @@
 //!    means (decodes, prompt tokens per iteration), then refined so that the engine simulation
 //!    of the training request logs reproduces the measured running requests and decode tokens
 //!    per bin (Nelder–Mead over the four coefficients).
-//! 3. Power ([`PowerModel`]): a linear model of bin power on engine features (busy fraction,
-//!    ln(1 + running), prefill and decode tokens/s) smoothed by the power meter's window (the
-//!    trailing window, 1–8 bins, that fits best: ≈1 s on H100, one bin on A100), plus
-//!    per-state residuals: standard deviation, AR(1) coefficient from runs of ≥ 5 bins of the
-//!    state, and the empirical distribution of standardised innovations.
+//! 3. Power ([`PowerModel`]): engine features (busy fraction, ln(1 + running), prefill and
+//!    decode tokens/s, context) smoothed by the power meter's trailing window (1–8 bins, the one
+//!    whose states explain the most power variance), discretised into engine-state cells
+//!    (idle; occupancy × context × prefill-heavy, pooled when a cell is sparse); per cell the
+//!    measured power quantiles and an AR(1) coefficient of the normal scores (from consecutive
+//!    bins of the cell, ≥ 40 pairs; else the overall one), used as a Gaussian copula.
 //!
 //! Nothing here reads files: callers pass loaded [`MeasuredRun`]s.
 
@@ -303,7 +304,8 @@ impl PowerCell {
 
 /// Bin power as a function of the engine state: the empirical power distribution of the
 /// state's cell, with temporal structure from a Gaussian AR(1) copula: the normal score
-/// z_t = Φ⁻¹(u_t) follows z_t = φ·z_{t−1} + √(1−φ²)·ε_t and power_t = Q_cell(t)(u_t).
+/// z_t = Φ⁻¹(u_t) follows z_t = φ_c·z_{t−1} + √(1−φ_c²)·ε_t (φ_c of the bin's cell c) and
+/// power_t = Q_c(u_t).
 /// States with too few training bins fall back to coarser pools: drop prefill-heavy, then
 /// occupancy (same context), then context (same occupancy), then all busy bins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,8 +2,10 @@
 //! power from the learned per-state model with its temporal structure.
 //!
 //! For bin t with smoothed engine features x_t (the learned meter window) in discretised
-//! state s_t: z_t = φ_s·z_{t−1} + √(1−φ_s²)·ε_t (φ_s of the state's cell) (ε standard normal from a seeded PCG64 stream) and
-//! power_t = Q_{s_t}(Φ(z_t)), the learned power quantile function of the state's cell. Same model, workload and seed → the same bytes.
+//! state s_t: z_t = φ_s·z_{t−1} + √(1−φ_s²)·ε_t with φ_s the AR(1) coefficient of the state's
+//! cell (ε standard normal from a seeded PCG64 stream), and power_t = Q_{s_t}(Φ(z_t)), the
+//! learned power quantile function of the state's cell. Same model, workload and seed → the
+//! same bytes.
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;

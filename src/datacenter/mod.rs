@@ -457,16 +457,22 @@ impl OfflineDatacenter {
                     *out = p;
                 }
             };
-        let blocks = self
-            .slots
-            .chunks(BLOCK)
-            .zip(self.scratch.iter_mut())
-            .zip(self.slot_power_w.chunks_mut(BLOCK))
-            .enumerate();
+        // Fixed blocks, each with its own noise stream and partial sums: the same result
+        // on one thread or many.
         if self.slots.len() >= PARALLEL_MIN_SLOTS {
-            blocks.collect::<Vec<_>>().into_par_iter().for_each(work);
+            self.slots
+                .par_chunks(BLOCK)
+                .zip(self.scratch.par_iter_mut())
+                .zip(self.slot_power_w.par_chunks_mut(BLOCK))
+                .enumerate()
+                .for_each(work);
         } else {
-            blocks.for_each(work);
+            self.slots
+                .chunks(BLOCK)
+                .zip(self.scratch.iter_mut())
+                .zip(self.slot_power_w.chunks_mut(BLOCK))
+                .enumerate()
+                .for_each(work);
         }
     }
 }
@@ -626,8 +632,8 @@ impl Datacenter for OfflineDatacenter {
             } => {
                 let m = find(&self.labels, model)?;
                 let rt = &self.models[m];
-                let now = (rt.replicas as i64 - rt.offset).max(0); // schedule level at the last step
-                let effective = (now + rt.offset + replica_delta).max(0) as u64;
+                let scheduled = rt.d.schedule.replicas_at(self.state.time_s) as i64;
+                let effective = (scheduled + rt.offset + replica_delta).max(0) as u64;
                 let others: u64 = self
                     .models
                     .iter()
