@@ -26,6 +26,59 @@ pub struct Metrics {
     pub p99_error_pct: f64,
 }
 
+impl Metrics {
+    /// The seven figures in a fixed order: |ΔE|, signed ΔE, KS, ACF R², NRMSE, P95, P99.
+    pub fn fields(&self) -> [f64; 7] {
+        [
+            self.energy_error_pct,
+            self.energy_error_signed_pct,
+            self.ks,
+            self.acf_r2,
+            self.nrmse,
+            self.p95_error_pct,
+            self.p99_error_pct,
+        ]
+    }
+
+    /// The inverse of [`Metrics::fields`].
+    pub fn from_fields(n: usize, f: [f64; 7]) -> Self {
+        Metrics {
+            n,
+            energy_error_pct: f[0],
+            energy_error_signed_pct: f[1],
+            ks: f[2],
+            acf_r2: f[3],
+            nrmse: f[4],
+            p95_error_pct: f[5],
+            p99_error_pct: f[6],
+        }
+    }
+
+    /// Figure by figure, `reduce` over the values of `items` (mean, median, sd …).
+    pub fn reduce(items: &[Metrics], reduce: impl Fn(&[f64]) -> f64) -> Self {
+        let n = items.first().map_or(0, |m| m.n);
+        let f = std::array::from_fn(|k| {
+            let v: Vec<f64> = items.iter().map(|m| m.fields()[k]).collect();
+            reduce(&v)
+        });
+        Metrics::from_fields(n, f)
+    }
+}
+
+/// Mean of the values (NaN for none).
+pub fn mean_of(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Sample standard deviation (0 for fewer than two values).
+pub fn sd_of(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean_of(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
 /// Lags used by the ACF R² (SPEC §8: 50, i.e. 12.5 s at 0.25 s).
 pub const ACF_MAX_LAG: usize = 50;
 
@@ -127,6 +180,20 @@ pub fn median_of(values: impl IntoIterator<Item = f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reduce_figure_by_figure() {
+        assert!((sd_of(&[1.0, 2.0, 3.0, 4.0]) - 1.290_994_448_735_805_6).abs() < 1e-12);
+        assert_eq!(sd_of(&[7.0]), 0.0);
+        let a = Metrics::from_fields(9, [1.0, -1.0, 0.1, 0.9, 0.2, 3.0, 4.0]);
+        let b = Metrics::from_fields(9, [3.0, 3.0, 0.3, 0.5, 0.4, 5.0, 8.0]);
+        let m = Metrics::reduce(&[a, b], mean_of);
+        assert_eq!(
+            m.fields(),
+            [2.0, 1.0, 0.2, 0.7, 0.30000000000000004, 4.0, 6.0]
+        );
+        assert_eq!(m.n, 9);
+    }
 
     #[test]
     fn identical_series_score_perfectly() {

@@ -68,20 +68,20 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
     for v in results {
         for (m, x) in METHODS.iter().zip(&v.metrics) {
             push(&v.run_id, m, x, v.running_corr, v.running_mae);
+            if *m == METHODS[0] && v.realizations > 1 {
+                push(
+                    &v.run_id,
+                    "powersynth_sd",
+                    &v.powersynth_sd,
+                    f64::NAN,
+                    f64::NAN,
+                );
+            }
         }
     }
     for (k, m) in METHODS.iter().enumerate() {
-        let med = |f: fn(&Metrics) -> f64| median_of(results.iter().map(|v| f(&v.metrics[k])));
-        let x = Metrics {
-            n: 0,
-            energy_error_signed_pct: med(|x| x.energy_error_signed_pct),
-            energy_error_pct: med(|x| x.energy_error_pct),
-            ks: med(|x| x.ks),
-            acf_r2: med(|x| x.acf_r2),
-            nrmse: med(|x| x.nrmse),
-            p95_error_pct: med(|x| x.p95_error_pct),
-            p99_error_pct: med(|x| x.p99_error_pct),
-        };
+        let per_run: Vec<Metrics> = results.iter().map(|v| v.metrics[k]).collect();
+        let x = Metrics::reduce(&per_run, |v| median_of(v.iter().copied()));
         push(
             "median",
             m,

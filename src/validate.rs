@@ -7,12 +7,32 @@ use crate::error::{Error, Result};
 use crate::learn::{
     align, correlation, learn, mean_abs_error, simulate_run, LearnOptions, LearnedModel,
 };
-use crate::metrics::{compare, Metrics};
+use crate::metrics::{compare, median_of, sd_of, Metrics};
 use crate::sources::measured::MeasuredRun;
 use crate::synth::{baselines, power_from_engine};
 
 /// Names of the series compared with the measurement, in report order.
 pub const METHODS: [&str; 4] = ["powersynth", "tdp", "mean", "two_level"];
+
+/// Which power draws a validation compares: `realizations` synthesized series with seeds
+/// `seed`, `seed + 1`, …; the synthesized metrics are their medians (one realization is a
+/// single random draw: its ACF R² and tail percentiles vary from seed to seed, and ACF R² has
+/// no lower bound, so a mean would follow its worst draw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draws {
+    pub seed: u64,
+    pub realizations: usize,
+}
+
+impl Draws {
+    /// One realization with `seed`.
+    pub fn one(seed: u64) -> Self {
+        Draws {
+            seed,
+            realizations: 1,
+        }
+    }
+}
 
 /// One target run's validation.
 #[derive(Debug, Clone)]
@@ -25,8 +45,12 @@ pub struct RunValidation {
     pub measured_w: Vec<f64>,
     /// Series per method, in [`METHODS`] order.
     pub series_w: Vec<Vec<f64>>,
-    /// Metrics per method, in [`METHODS`] order.
+    /// Metrics per method, in [`METHODS`] order (powersynth: median over the realizations).
     pub metrics: Vec<Metrics>,
+    /// Realizations of the synthesized series, and the standard deviation of its metrics
+    /// across them (zeros for one).
+    pub realizations: usize,
+    pub powersynth_sd: Metrics,
     /// Simulated engine on the target's request log, and the target's measured counters.
     pub simulated: EngineTrace,
     pub measured_engine: EngineTrace,
@@ -35,15 +59,15 @@ pub struct RunValidation {
     pub model: LearnedModel,
 }
 
-/// Learns on `train` and validates on `target` with `seed`.
+/// Learns on `train` and validates on `target`.
 pub fn validate_run(
     train: &[MeasuredRun],
     target: &MeasuredRun,
     opts: &LearnOptions,
-    seed: u64,
+    draws: Draws,
 ) -> Result<RunValidation> {
     let model = learn(train, opts)?;
-    validate_with_model(model, target, opts, seed)
+    validate_with_model(model, target, opts, draws)
 }
 
 /// Validates an already learned model on `target`.
@@ -51,20 +75,30 @@ pub fn validate_with_model(
     model: LearnedModel,
     target: &MeasuredRun,
     opts: &LearnOptions,
-    seed: u64,
+    draws: Draws,
 ) -> Result<RunValidation> {
+    if draws.realizations == 0 {
+        return Err(Error::config("realizations", "0 (need ≥ 1)"));
+    }
     // The measured side of the target: power and counters on the grid, for comparison only.
     let aligned = align(target, opts.dt_s)?;
     crate::synth::check_serving(&model, &aligned.serving)?;
     // The synthesized side sees only arrivals, token counts and serving settings.
     let simulated = simulate_run(&aligned, &model.timing)?;
-    let synthesized = power_from_engine(&model, &simulated, seed);
+    let synthesized = power_from_engine(&model, &simulated, draws.seed);
+    let draws_metrics: Vec<Metrics> = std::iter::once(compare(&aligned.power_w, &synthesized))
+        .chain((1..draws.realizations as u64).map(|r| {
+            let y = power_from_engine(&model, &simulated, draws.seed.wrapping_add(r));
+            compare(&aligned.power_w, &y)
+        }))
+        .collect();
     let b = baselines(&model, &simulated);
     let series_w = vec![synthesized, b.tdp_w, b.mean_w, b.two_level_w];
-    let metrics = series_w
+    let mut metrics: Vec<Metrics> = series_w
         .iter()
         .map(|y| compare(&aligned.power_w, y))
         .collect();
+    metrics[0] = Metrics::reduce(&draws_metrics, |v| median_of(v.iter().copied()));
     Ok(RunValidation {
         run_id: aligned.run_id.clone(),
         configuration: aligned.serving.configuration(),
@@ -73,6 +107,8 @@ pub fn validate_with_model(
         measured_w: aligned.power_w.clone(),
         series_w,
         metrics,
+        realizations: draws.realizations,
+        powersynth_sd: Metrics::reduce(&draws_metrics, sd_of),
         running_corr: correlation(&simulated.running, &aligned.engine.running),
         running_mae: mean_abs_error(&simulated.running, &aligned.engine.running),
         simulated,
@@ -85,7 +121,7 @@ pub fn validate_with_model(
 pub fn leave_one_out(
     runs: &[MeasuredRun],
     opts: &LearnOptions,
-    seed: u64,
+    draws: Draws,
     mut on_done: impl FnMut(&RunValidation),
 ) -> Result<Vec<RunValidation>> {
     if runs.len() < 2 {
@@ -105,7 +141,7 @@ pub fn leave_one_out(
             .filter(|(j, _)| *j != i)
             .map(|(_, r)| r.clone())
             .collect();
-        let v = validate_run(&train, target, opts, seed)?;
+        let v = validate_run(&train, target, opts, draws)?;
         on_done(&v);
         out.push(v);
     }

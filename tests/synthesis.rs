@@ -11,7 +11,7 @@ use powersynth::learn::{learn, LearnOptions};
 use powersynth::metrics::median_of;
 use powersynth::sources::measured::{load_run, MeasuredRun};
 use powersynth::synth::synthesize;
-use powersynth::validate::leave_one_out;
+use powersynth::validate::{leave_one_out, validate_with_model, Draws};
 use powersynth::workload::Workload;
 
 const A100_SHAREGPT: [&str; 3] = [
@@ -42,7 +42,7 @@ fn leave_one_out_on_the_a100_sharegpt_runs_beats_the_baselines() {
         return;
     };
     let runs = load(&root, &A100_SHAREGPT);
-    let res = leave_one_out(&runs, &LearnOptions::default(), 1, |_| {}).unwrap();
+    let res = leave_one_out(&runs, &LearnOptions::default(), Draws::one(1), |_| {}).unwrap();
     for v in &res {
         let m = &v.metrics[0];
         // Figures measured when this was written: |ΔE| ≤ 1.2 %, KS ≤ 0.125, ACF R² ≥ 0.95,
@@ -73,7 +73,7 @@ fn leave_one_out_over_all_a100_development_runs() {
     let mut groups = A100_SHAREGPT.to_vec();
     groups.push(A100_TRACE_REPLAY);
     let runs = load(&root, &groups);
-    let res = leave_one_out(&runs, &LearnOptions::default(), 1, |_| {}).unwrap();
+    let res = leave_one_out(&runs, &LearnOptions::default(), Draws::one(1), |_| {}).unwrap();
     let med = |k: usize, f: fn(&powersynth::metrics::Metrics) -> f64| {
         median_of(res.iter().map(|v| f(&v.metrics[k])))
     };
@@ -122,6 +122,58 @@ fn same_seed_same_series_other_seed_other_series() {
         .0;
     assert_eq!(coarse.power_w.len(), 120);
     assert!((coarse.power_w[7] - a[28..32].iter().sum::<f64>() / 4.0).abs() < 1e-9);
+}
+
+#[test]
+fn several_realizations_report_the_median_and_spread_of_single_draws() {
+    let Some(root) = common::shared("measured") else {
+        return;
+    };
+    let runs = load(&root, &A100_SHAREGPT[..2]);
+    let model = learn(&runs, &LearnOptions::default()).unwrap();
+    let target = load_run(&run_dir(&root, A100_SHAREGPT[2])).unwrap();
+    let opts = LearnOptions::default();
+    let draws = Draws {
+        seed: 5,
+        realizations: 3,
+    };
+    let v = validate_with_model(model.clone(), &target, &opts, draws).unwrap();
+    let singles: Vec<_> = (5..8)
+        .map(|s| {
+            validate_with_model(model.clone(), &target, &opts, Draws::one(s))
+                .unwrap()
+                .metrics[0]
+        })
+        .collect();
+    let ks: Vec<f64> = singles.iter().map(|m| m.ks).collect();
+    let acf: Vec<f64> = singles.iter().map(|m| m.acf_r2).collect();
+    assert_eq!(v.metrics[0].ks, median_of(ks.iter().copied()));
+    assert_eq!(v.metrics[0].acf_r2, median_of(acf.iter().copied()));
+    let mean = acf.iter().sum::<f64>() / 3.0;
+    let sd = (acf.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    assert!((v.powersynth_sd.acf_r2 - sd).abs() < 1e-12);
+    // The written series is realization 0 (seed 5); baselines do not depend on the draws.
+    assert_eq!(v.metrics[1], singles_baseline(&model, &target, &opts));
+    assert!(validate_with_model(
+        model,
+        &target,
+        &opts,
+        Draws {
+            seed: 5,
+            realizations: 0
+        }
+    )
+    .is_err());
+}
+
+fn singles_baseline(
+    model: &powersynth::learn::LearnedModel,
+    target: &MeasuredRun,
+    opts: &LearnOptions,
+) -> powersynth::metrics::Metrics {
+    validate_with_model(model.clone(), target, opts, Draws::one(99))
+        .unwrap()
+        .metrics[1]
 }
 
 fn synthesize_cmd(root: &Path, tmp: &Path, serving: &str, out: &str) -> std::process::Output {

@@ -9,7 +9,7 @@ use clap::Parser;
 use powersynth::learn::LearnOptions;
 use powersynth::report::write_validation;
 use powersynth::sources::measured::{discover_runs, load_run};
-use powersynth::validate::{leave_one_out, validate_run};
+use powersynth::validate::{leave_one_out, validate_run, Draws};
 
 /// Validate synthesized power against measured runs (SPEC §8).
 ///
@@ -34,9 +34,14 @@ struct Args {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
-    /// Seed of the power draws.
+    /// Seed of the power draws (realization r uses seed + r).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Synthesized realizations per target: the powersynth metrics are their medians, with their
+    /// standard deviation in a `powersynth_sd` row (one realization is one random draw; its ACF
+    /// R² and tail percentiles vary from seed to seed). The series written are realization 0.
+    #[arg(long, default_value_t = 1)]
+    realizations: usize,
     /// Grid step (s) of learning and comparison.
     #[arg(long, default_value_t = 0.25)]
     dt_s: f64,
@@ -48,6 +53,10 @@ fn main() -> Result<()> {
         dt_s: args.dt_s,
         ..LearnOptions::default()
     };
+    let draws = Draws {
+        seed: args.seed,
+        realizations: args.realizations,
+    };
     let load = |d: &PathBuf| load_run(d).with_context(|| format!("loading run {}", d.display()));
     let results = if let Some(dir) = &args.leave_one_out {
         let dirs = discover_runs(dir)?;
@@ -56,7 +65,7 @@ fn main() -> Result<()> {
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
                 .expect("static template"),
         );
-        let out = leave_one_out(&runs, &opts, args.seed, |v| {
+        let out = leave_one_out(&runs, &opts, draws, |v| {
             bar.set_message(v.run_id.clone());
             bar.inc(1);
         })?;
@@ -70,7 +79,7 @@ fn main() -> Result<()> {
             bail!("--target needs --train RUN_DIR...");
         }
         let train = args.train.iter().map(load).collect::<Result<Vec<_>>>()?;
-        vec![validate_run(&train, &load(target)?, &opts, args.seed)?]
+        vec![validate_run(&train, &load(target)?, &opts, draws)?]
     };
     let table = write_validation(&args.out, &results)?;
     print!("{table}");
