@@ -117,6 +117,33 @@ pub fn validate_with_model(
     })
 }
 
+/// Split in time, for a configuration measured once: learn on the first `train_fraction` of
+/// the run's span (power and engine counters both present), validate on the rest. The target
+/// part is synthesized from the request log alone, as in [`validate_run`]; its run id gets the
+/// suffix `@split<fraction>`.
+pub fn time_split(
+    run: &MeasuredRun,
+    train_fraction: f64,
+    opts: &LearnOptions,
+    draws: Draws,
+) -> Result<RunValidation> {
+    if !(train_fraction > 0.0 && train_fraction < 1.0) {
+        return Err(Error::config(
+            "train_fraction",
+            format!("{train_fraction} (need 0 < fraction < 1)"),
+        ));
+    }
+    let (p, e) = (&run.power.t_s, &run.engine.t_s);
+    let t0 = p[0].max(e[0]);
+    let t1 = p[p.len() - 1].min(e[e.len() - 1]);
+    let cut = t0 + train_fraction * (t1 - t0);
+    let train = run.time_window(f64::NEG_INFINITY, cut)?;
+    let target = run.time_window(cut, f64::INFINITY)?;
+    let mut v = validate_run(&[train], &target, opts, draws)?;
+    v.run_id = format!("{}@split{train_fraction}", v.run_id);
+    Ok(v)
+}
+
 /// Leave-one-run-out: each run is the target once, the others of its configuration train.
 pub fn leave_one_out(
     runs: &[MeasuredRun],

@@ -9,14 +9,15 @@ use clap::Parser;
 use powersynth::learn::LearnOptions;
 use powersynth::report::write_validation;
 use powersynth::sources::measured::{discover_runs, load_run};
-use powersynth::validate::{leave_one_out, validate_run, Draws};
+use powersynth::validate::{leave_one_out, time_split, validate_run, Draws};
 
 /// Validate synthesized power against measured runs (SPEC §8).
 ///
 /// With --target: learn from --train, synthesize for the target's request log and serving
 /// settings (nothing else of the target is used), compare with its measured power, next to
 /// the TDP, mean and two-level prefill/decode baselines. With --leave-one-out DIR: every run
-/// below DIR is the target once, the others train. Writes DIR/metrics.parquet (per run and
+/// below DIR is the target once, the others train. With --time-split RUN...: each run learns on
+/// its first part and is validated on the rest. Writes DIR/metrics.parquet (per run and
 /// median), power_<run>.parquet (measured, synthesized and baseline series) and report.html
 /// (power over time, CDFs, ACFs, running requests); prints the table.
 #[derive(Parser, Debug)]
@@ -31,6 +32,13 @@ struct Args {
     /// A folder of runs of one configuration: leave-one-run-out over all of them.
     #[arg(long, conflicts_with_all = ["train", "target"])]
     leave_one_out: Option<PathBuf>,
+    /// Measured runs each validated on itself split in time: learn on the first
+    /// --train-fraction of the run, validate on the rest (for configurations measured once).
+    #[arg(long, num_args = 1.., conflicts_with_all = ["train", "target", "leave_one_out"])]
+    time_split: Vec<PathBuf>,
+    /// Share of each --time-split run used for learning.
+    #[arg(long, default_value_t = 0.5)]
+    train_fraction: f64,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -71,9 +79,14 @@ fn main() -> Result<()> {
         })?;
         bar.finish_and_clear();
         out
+    } else if !args.time_split.is_empty() {
+        args.time_split
+            .iter()
+            .map(|d| Ok(time_split(&load(d)?, args.train_fraction, &opts, draws)?))
+            .collect::<Result<Vec<_>>>()?
     } else {
         let Some(target) = &args.target else {
-            bail!("give --target RUN_DIR with --train RUN_DIR..., or --leave-one-out DIR");
+            bail!("give --target RUN_DIR with --train RUN_DIR..., --leave-one-out DIR or --time-split RUN_DIR...");
         };
         if args.train.is_empty() {
             bail!("--target needs --train RUN_DIR...");

@@ -108,6 +108,52 @@ pub struct MeasuredRun {
 }
 
 impl MeasuredRun {
+    /// The run restricted to [from_s, to_s) (unix s): power samples and engine counter rows in
+    /// the window. The request log is kept whole: requests that arrived earlier still occupy
+    /// the engine at the window's start, and simulations stop at the window's end.
+    pub fn time_window(&self, from_s: f64, to_s: f64) -> Result<Self> {
+        let keep = |t: &f64| (from_s..to_s).contains(t);
+        let idx_p: Vec<usize> = (0..self.power.t_s.len())
+            .filter(|&i| keep(&self.power.t_s[i]))
+            .collect();
+        let idx_e: Vec<usize> = (0..self.engine.t_s.len())
+            .filter(|&i| keep(&self.engine.t_s[i]))
+            .collect();
+        if idx_p.len() < 5 || idx_e.len() < 2 {
+            return Err(Error::content(
+                &self.dir,
+                format!(
+                    "window [{from_s}, {to_s}) s holds {} power samples and {} engine rows (need ≥ 5 and ≥ 2)",
+                    idx_p.len(),
+                    idx_e.len()
+                ),
+            ));
+        }
+        let pick = |v: &[f64], idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| v[i]).collect() };
+        let e = &self.engine;
+        Ok(MeasuredRun {
+            dir: self.dir.clone(),
+            manifest: self.manifest.clone(),
+            power: PowerSeries {
+                t_s: pick(&self.power.t_s, &idx_p),
+                power_w: pick(&self.power.power_w, &idx_p),
+                gpus: self.power.gpus,
+            },
+            requests: self.requests.clone(),
+            engine: EngineCounters {
+                t_s: pick(&e.t_s, &idx_e),
+                num_requests_running: pick(&e.num_requests_running, &idx_e),
+                num_requests_waiting: pick(&e.num_requests_waiting, &idx_e),
+                prompt_tokens_total: pick(&e.prompt_tokens_total, &idx_e),
+                generation_tokens_total: pick(&e.generation_tokens_total, &idx_e),
+                gpu_cache_usage_perc: pick(&e.gpu_cache_usage_perc, &idx_e),
+                iteration_tokens_total_count: pick(&e.iteration_tokens_total_count, &idx_e),
+                iteration_tokens_total_sum: pick(&e.iteration_tokens_total_sum, &idx_e),
+            },
+            clock_skew_s: self.clock_skew_s,
+        })
+    }
+
     /// The run's ITL samples (s) after the chunked-prefill rule, if its log has them.
     pub fn itl_samples(&self) -> Option<Vec<f64>> {
         let itls = self.requests.itls.as_ref()?;
