@@ -89,14 +89,19 @@ fn leave_one_out_over_all_a100_development_runs() {
     }
 }
 
+/// A model learned on the first two ShareGPT runs, and the third run as the target.
+fn learn_two_score_third(root: &Path) -> (powersynth::learn::LearnedModel, MeasuredRun) {
+    let runs = load(root, &A100_SHAREGPT[..2]);
+    let model = learn(&runs, &LearnOptions::default()).unwrap();
+    (model, load_run(&run_dir(root, A100_SHAREGPT[2])).unwrap())
+}
+
 #[test]
 fn same_seed_same_series_other_seed_other_series() {
     let Some(root) = common::shared("measured") else {
         return;
     };
-    let runs = load(&root, &A100_SHAREGPT[..2]);
-    let model = learn(&runs, &LearnOptions::default()).unwrap();
-    let target = load_run(&run_dir(&root, A100_SHAREGPT[2])).unwrap();
+    let (model, target) = learn_two_score_third(&root);
     let serving = ServingConfig::from_manifest(&target.manifest);
     let w = Workload::from_request_log(&target.requests.path).unwrap();
     let t0 = w.requests[0].arrival_s - 5.0;
@@ -129,9 +134,7 @@ fn several_realizations_report_the_median_and_spread_of_single_draws() {
     let Some(root) = common::shared("measured") else {
         return;
     };
-    let runs = load(&root, &A100_SHAREGPT[..2]);
-    let model = learn(&runs, &LearnOptions::default()).unwrap();
-    let target = load_run(&run_dir(&root, A100_SHAREGPT[2])).unwrap();
+    let (model, target) = learn_two_score_third(&root);
     let opts = LearnOptions::default();
     let draws = Draws {
         seed: 5,

@@ -23,6 +23,20 @@ pub struct RecordedCommand {
     pub command: Command,
 }
 
+/// Appends a tick's commands (stamped with its tick and time) and events.
+fn record_commands_and_events(
+    tick: &TickOutput<'_>,
+    commands: &mut Vec<RecordedCommand>,
+    events: &mut Vec<SimEvent>,
+) {
+    commands.extend(tick.commands.iter().map(|c| RecordedCommand {
+        tick: tick.tick,
+        t_s: tick.t_s,
+        command: c.clone(),
+    }));
+    events.extend(tick.events.iter().cloned());
+}
+
 /// A whole run in memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunLog {
@@ -48,13 +62,7 @@ impl RunSink for RunLog {
                 }
             }
         }
-        self.commands
-            .extend(tick.commands.iter().map(|c| RecordedCommand {
-                tick: tick.tick,
-                t_s: tick.t_s,
-                command: c.clone(),
-            }));
-        self.events.extend(tick.events.iter().cloned());
+        record_commands_and_events(tick, &mut self.commands, &mut self.events);
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {
@@ -339,14 +347,7 @@ impl RunSink for ParquetRunWriter {
                 }
             }
         }
-        for c in tick.commands {
-            self.commands.push(RecordedCommand {
-                tick: tick.tick,
-                t_s: tick.t_s,
-                command: c.clone(),
-            });
-        }
-        self.events.extend(tick.events.iter().cloned());
+        record_commands_and_events(tick, &mut self.commands, &mut self.events);
         Ok(())
     }
 
