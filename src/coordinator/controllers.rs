@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Command, Controller, DatacenterCommand, EventSource, Events, Seconds, SimView, SimulationClock,
+    Command, Component, Controller, DatacenterCommand, EventSource, Events, Seconds, SimView,
+    SimulationClock,
 };
 use crate::error::{Error, Result};
 
@@ -14,17 +15,20 @@ pub struct NoopController {
     pub dt_s: Seconds,
 }
 
+impl Component for NoopController {
+    fn dt_s(&self) -> Seconds {
+        self.dt_s
+    }
+    fn reset(&mut self) {}
+}
+
 impl Controller for NoopController {
     fn name(&self) -> &str {
         "noop"
     }
-    fn dt_s(&self) -> Seconds {
-        self.dt_s
-    }
     fn check(&self, _: &SimView<'_>) -> Result<()> {
         Ok(())
     }
-    fn reset(&mut self) {}
     fn step(
         &mut self,
         _: &SimulationClock,
@@ -119,12 +123,20 @@ impl BatchSizeScheduleController {
     }
 }
 
+impl Component for BatchSizeScheduleController {
+    fn dt_s(&self) -> Seconds {
+        self.dt_s
+    }
+    fn reset(&mut self) {
+        for v in self.next.values_mut() {
+            *v = 0;
+        }
+    }
+}
+
 impl Controller for BatchSizeScheduleController {
     fn name(&self) -> &str {
         "batch-schedule"
-    }
-    fn dt_s(&self) -> Seconds {
-        self.dt_s
     }
     fn check(&self, view: &SimView<'_>) -> Result<()> {
         let dc = view.datacenter(&self.datacenter).ok_or_else(|| {
@@ -145,11 +157,6 @@ impl Controller for BatchSizeScheduleController {
             }
         }
         Ok(())
-    }
-    fn reset(&mut self) {
-        for v in self.next.values_mut() {
-            *v = 0;
-        }
     }
     fn step(
         &mut self,

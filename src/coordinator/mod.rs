@@ -138,10 +138,20 @@ impl Events {
     }
 }
 
-/// A datacenter backend.
-pub trait Datacenter: Send {
-    fn name(&self) -> &str;
+/// What every component shares: its period and its lifecycle (reset → start → steps → stop).
+pub trait Component: Send {
     fn dt_s(&self) -> Seconds;
+    /// Back to the initial state, RNGs re-seeded: a second run is bit-identical.
+    fn reset(&mut self);
+    fn start(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn stop(&mut self) {}
+}
+
+/// A datacenter backend.
+pub trait Datacenter: Component {
+    fn name(&self) -> &str;
     /// Model labels, in the order of [`DcState::models`].
     fn model_labels(&self) -> &[String];
     /// (racks, racks per row) of [`DcState::rack_power_w`] and [`DcState::row_power_w`];
@@ -149,12 +159,6 @@ pub trait Datacenter: Send {
     fn rack_layout(&self) -> (usize, usize) {
         (0, 0)
     }
-    /// Back to the initial state, RNGs re-seeded: a second run is bit-identical.
-    fn reset(&mut self);
-    fn start(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn stop(&mut self) {}
     /// One step at `clock.time_s()`; the new state is then [`Datacenter::state`].
     fn step(&mut self, clock: &SimulationClock, events: &mut Events) -> Result<()>;
     /// The last state; `None` before the first step.
@@ -170,13 +174,7 @@ pub struct GridState {
 }
 
 /// A grid backend (power-flow models arrive with a later issue; the coordinator runs without).
-pub trait Grid: Send {
-    fn dt_s(&self) -> Seconds;
-    fn reset(&mut self);
-    fn start(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn stop(&mut self) {}
+pub trait Grid: Component {
     /// `samples[i]`: datacenter i's power samples since the grid's previous step.
     fn step(
         &mut self,
@@ -205,15 +203,9 @@ impl SimView<'_> {
 /// A controller. Voltage-based controllers (rule-based, OFO, load shift, storage droop) will
 /// implement the same trait once a grid backend exists; `check` is where a controller rejects
 /// a setup it cannot drive (the peer's `TypeError` at construction).
-pub trait Controller: Send {
+pub trait Controller: Component {
     fn name(&self) -> &str;
-    fn dt_s(&self) -> Seconds;
     fn check(&self, view: &SimView<'_>) -> Result<()>;
-    fn reset(&mut self);
-    fn start(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn stop(&mut self) {}
     fn step(
         &mut self,
         clock: &SimulationClock,

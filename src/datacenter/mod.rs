@@ -30,7 +30,7 @@ use rand_pcg::{Pcg64, Pcg64Mcg};
 use rayon::prelude::*;
 
 use crate::coordinator::{
-    Datacenter, DatacenterCommand, DcState, EventSource, Events, ModelState, Seconds,
+    Component, Datacenter, DatacenterCommand, DcState, EventSource, Events, ModelState, Seconds,
     SimulationClock, ThreePhase,
 };
 use crate::error::{Error, Result};
@@ -477,18 +477,9 @@ impl OfflineDatacenter {
     }
 }
 
-impl Datacenter for OfflineDatacenter {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl Component for OfflineDatacenter {
     fn dt_s(&self) -> Seconds {
         self.dt_s
-    }
-    fn model_labels(&self) -> &[String] {
-        &self.labels
-    }
-    fn rack_layout(&self) -> (usize, usize) {
-        (self.racks, self.racks_per_row)
     }
 
     fn reset(&mut self) {
@@ -508,6 +499,18 @@ impl Datacenter for OfflineDatacenter {
             rack_power_w: vec![0.0; self.racks],
             ..DcState::default()
         };
+    }
+}
+
+impl Datacenter for OfflineDatacenter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn model_labels(&self) -> &[String] {
+        &self.labels
+    }
+    fn rack_layout(&self) -> (usize, usize) {
+        (self.racks, self.racks_per_row)
     }
 
     fn step(&mut self, clock: &SimulationClock, _events: &mut Events) -> Result<()> {
