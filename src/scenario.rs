@@ -226,7 +226,7 @@ pub struct ChangeSection {
     pub ramp_up_rate: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSection {
     /// Template length (s); default: the simulated duration (the peer's 600 s default makes
@@ -234,6 +234,25 @@ pub struct TemplateSection {
     pub duration_s: Option<f64>,
     #[serde(default)]
     pub steady_skip_s: f64,
+    /// Keep one period of each template when the trace span is a whole number of steps (same
+    /// values, far less memory; no seam where a full-length template would wrap). Default true;
+    /// false gives the peer's full-length templates.
+    #[serde(default = "yes")]
+    pub periodic: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for TemplateSection {
+    fn default() -> Self {
+        TemplateSection {
+            duration_s: None,
+            steady_skip_s: 0.0,
+            periodic: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -339,7 +358,8 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
                 .ramp_to(r.target, r.t_start_s, r.t_end_s)
                 .map_err(|e| Error::config(format!("{field}.ramps"), e.to_string()))?;
         }
-        let (templates, store_itl) = templates_for(m, base_dir, &topts, seed)?;
+        let (templates, store_itl) =
+            templates_for(m, base_dir, &topts, sc.templates.periodic, seed)?;
         let itl_fits = match &m.itl {
             None => None,
             Some(ItlSource::SpecStore) => Some(store_itl.ok_or_else(|| {
@@ -444,10 +464,42 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
 
 type Templates = BTreeMap<u32, Arc<[f64]>>;
 
+/// A trace's template. With `periodic`, when the trace's span is a whole number M of steps
+/// shorter than the template, only one period (M samples) is kept: the same values (the
+/// template is the trace repeated with that period), indexed modulo M, so a day-long run holds
+/// 600 samples per 60 s trace instead of 864 001 and reads them from cache. Otherwise (and
+/// always for the peer's exact layout) the full ceil(duration / dt) + 1 samples.
+fn template(trace: &InferenceTrace, topts: &TemplateOptions, periodic: bool) -> Result<Vec<f64>> {
+    if periodic {
+        let mut start = 0;
+        if topts.steady_skip_s > 0.0 {
+            let cut = trace.t_s[0] + topts.steady_skip_s;
+            let i0 = trace.t_s.partition_point(|&t| t < cut);
+            if i0 + 5 < trace.t_s.len() {
+                start = i0;
+            }
+        }
+        let steps = (trace.t_s[trace.t_s.len() - 1] - trace.t_s[start]) / topts.dt_s;
+        let m = steps.round();
+        if m >= 2.0 && (steps - m).abs() < 1e-6 && (m as usize) < topts.len() {
+            // ceil((m − 1)·dt / dt) + 1 = m samples: the first period of the full template.
+            let one_period = TemplateOptions {
+                duration_s: (m - 1.0) * topts.dt_s,
+                ..*topts
+            };
+            let mut t = build_template(trace, &one_period)?;
+            t.truncate(m as usize);
+            return Ok(t);
+        }
+    }
+    build_template(trace, topts)
+}
+
 fn templates_for(
     m: &ModelSection,
     base_dir: &Path,
     topts: &TemplateOptions,
+    periodic: bool,
     seed: u64,
 ) -> Result<(Templates, Option<BTreeMap<u32, ItlMixture>>)> {
     let field = format!("models.{}.power", m.label);
@@ -496,7 +548,7 @@ fn templates_for(
                     .collect();
                 let total = per_gpu.iter().map(|p| p * g as f64).collect();
                 let trace = InferenceTrace::new(t.clone(), total, g)?;
-                out.insert(b, Arc::from(build_template(&trace, topts)?));
+                out.insert(b, Arc::from(template(&trace, topts, periodic)?));
             }
             Ok((out, None))
         }
@@ -515,7 +567,7 @@ fn templates_for(
             }
             let mut out = BTreeMap::new();
             for (b, tr) in &art.traces {
-                out.insert(*b, Arc::from(build_template(tr, topts)?));
+                out.insert(*b, Arc::from(template(tr, topts, periodic)?));
             }
             Ok((out, Some(art.itl)))
         }
@@ -604,6 +656,33 @@ fn rng_seed(seed: u64, b: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_template_is_the_first_period_of_the_full_one() {
+        let t: Vec<f64> = (0..=600).map(|i| i as f64 * 0.1).collect();
+        let p: Vec<f64> = t
+            .iter()
+            .map(|x| 2.0 * (300.0 + 40.0 * (x * 0.7).sin()))
+            .collect();
+        let trace = InferenceTrace::new(t, p, 2).unwrap();
+        let topts = TemplateOptions {
+            duration_s: 3600.0,
+            dt_s: 0.1,
+            steady_skip_s: 0.0,
+        };
+        let full = template(&trace, &topts, false).unwrap();
+        let one = template(&trace, &topts, true).unwrap();
+        assert_eq!(full.len(), 36_001);
+        assert_eq!(one.len(), 600);
+        for (i, v) in one.iter().enumerate() {
+            assert!((v - full[i]).abs() < 1e-9, "{i}");
+            // The full template repeats with that period.
+            assert!((full[i + 600 * 7] - v).abs() < 1e-6, "{i}");
+        }
+        // A span that is not a whole number of steps keeps the full template.
+        let short = TemplateOptions { dt_s: 0.7, ..topts };
+        assert_eq!(template(&trace, &short, true).unwrap().len(), short.len());
+    }
 
     #[test]
     fn parses_periods_and_rejects_unknown_fields() {
