@@ -113,6 +113,8 @@ struct BlockSums {
 
 struct ModelRuntime {
     d: ModelDeployment,
+    /// This step's template index before the server's stagger: k mod template length.
+    base: usize,
     batch: u32,
     offset: i64,
     replicas: u64,
@@ -333,6 +335,7 @@ impl OfflineDatacenter {
             .map(|d| {
                 let template = d.templates[&d.initial_batch_size].clone();
                 ModelRuntime {
+                    base: 0,
                     batch: d.initial_batch_size,
                     offset: 0,
                     replicas: 0,
@@ -430,19 +433,19 @@ impl OfflineDatacenter {
         let k = self.k;
         let nu = self.cfg.noise_fraction;
         let noise_seed = splitmix(self.seed.wrapping_add(12_345)) ^ splitmix(k);
-        let bases: Vec<(u64, &[f64])> = self
-            .models
-            .iter()
-            .map(|m| ((k % m.template.len() as u64), &m.template[..]))
-            .collect();
+        for m in &mut self.models {
+            m.base = (k % m.template.len() as u64) as usize;
+        }
+        let models = &self.models;
         let work =
             |(bi, ((chunk, sums), outs)): (usize, ((&[Slot], &mut BlockSums), &mut [f64]))| {
                 sums.phase = [0.0; 3];
                 sums.model.iter_mut().for_each(|v| *v = 0.0);
                 let mut rng = Pcg64Mcg::seed_from_u64(noise_seed ^ splitmix(bi as u64));
                 for (sl, out) in chunk.iter().zip(outs.iter_mut()) {
-                    let (base, tpl) = bases[sl.model as usize];
-                    let mut idx = base as usize + sl.stagger as usize;
+                    let m = &models[sl.model as usize];
+                    let tpl = &m.template;
+                    let mut idx = m.base + sl.stagger as usize;
                     if idx >= tpl.len() {
                         idx -= tpl.len();
                     }
