@@ -235,7 +235,7 @@ pub trait RunSink {
 }
 
 /// Counts of a finished run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RunCounts {
     pub ticks: u64,
     pub dc_steps: u64,
@@ -340,14 +340,7 @@ impl Coordinator {
             grid_stepped: false,
             commands: Vec::new(),
             events: Events::default(),
-            counts: RunCounts {
-                ticks: 0,
-                dc_steps: 0,
-                grid_steps: 0,
-                controller_steps: 0,
-                commands: 0,
-                events: 0,
-            },
+            counts: RunCounts::default(),
         })
     }
 
@@ -383,14 +376,7 @@ impl Coordinator {
         for b in &mut self.grid_buffers {
             b.clear();
         }
-        self.counts = RunCounts {
-            ticks: 0,
-            dc_steps: 0,
-            grid_steps: 0,
-            controller_steps: 0,
-            commands: 0,
-            events: 0,
-        };
+        self.counts = RunCounts::default();
         self.started = false;
     }
 
