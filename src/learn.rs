@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{simulate, BinGrid, EngineTrace, ServingConfig, StepTiming};
 use crate::error::{Error, Result};
-use crate::fits::{least_squares, nelder_mead, quantile_sorted};
+use crate::fits::{least_squares, nelder_mead};
 use crate::sources::board_limit_w;
 use crate::sources::measured::MeasuredRun;
 use crate::traces::interp;
@@ -31,18 +31,18 @@ use statrs::distribution::{ContinuousCDF, Normal};
 /// Schema tag of the learned-model JSON.
 pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v1";
 
-/// Number of features of the power model: [1, busy, ln(1+running), prefill kt/s, decode kt/s,
-/// context ktokens].
+/// Number of engine features of a bin: [1, busy, ln(1+running), prefill busy fraction,
+/// decode kt/s, context ktokens].
 pub const N_FEATURES: usize = 6;
 
-/// Names of the power model's features, in coefficient order.
+/// Names of the engine features, in order.
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
-    "intercept_w",
-    "busy_w",
-    "ln1p_running_w",
-    "prefill_ktok_per_s_w",
-    "decode_ktok_per_s_w",
-    "context_ktok_w",
+    "one",
+    "busy_fraction",
+    "ln1p_running",
+    "prefill_busy_fraction",
+    "decode_ktok_per_s",
+    "context_ktok",
 ];
 
 /// A measured run on a regular grid.
@@ -159,8 +159,10 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
     })
 }
 
-/// Per-bin engine features of the power model, before smoothing.
-pub fn raw_features(trace: &EngineTrace) -> Vec<[f64; N_FEATURES]> {
+/// Per-bin engine features of the power model, before smoothing. The prefill busy fraction is
+/// the share of the bin the engine spends on prompt tokens (prefill tokens × the timing's
+/// seconds per prompt token / dt, at most 1): a hardware-independent measure of prefill work.
+pub fn raw_features(trace: &EngineTrace, timing: &StepTiming) -> Vec<[f64; N_FEATURES]> {
     let dt = trace.grid.dt_s;
     (0..trace.grid.bins)
         .map(|i| {
@@ -169,7 +171,7 @@ pub fn raw_features(trace: &EngineTrace) -> Vec<[f64; N_FEATURES]> {
                 1.0,
                 r.min(1.0),
                 r.ln_1p(),
-                trace.prefill_tokens[i] / dt * 1e-3,
+                (trace.prefill_tokens[i] * timing.per_prefill_token_s / dt).min(1.0),
                 trace.decode_tokens[i] / dt * 1e-3,
                 trace.context_tokens[i] * 1e-3,
             ]
@@ -202,16 +204,21 @@ pub fn smooth_features(raw: &[[f64; N_FEATURES]], window: usize) -> Vec<[f64; N_
 pub const RUNNING_BUCKETS: usize = 7;
 /// Context buckets (thousands of tokens held by running requests): < 1, < 4, < 16, < 64, ≥ 64.
 pub const CONTEXT_BUCKETS: usize = 5;
-/// Cells of the engine-state table: running × context × prefill-heavy.
-pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * 2;
+/// Prefill levels of a busy bin, by prefill busy fraction: < 0.02 (none), < 0.15, < 0.4,
+/// < 0.7, ≥ 0.7.
+pub const PREFILL_LEVELS: usize = 3;
+const PREFILL_LO: f64 = 0.02;
+const PREFILL_HI: f64 = 0.2;
+/// Cells of the engine-state table: running × context × prefill level.
+pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * PREFILL_LEVELS;
 
-/// The engine state of a bin, discretised: (running bucket, context bucket, prefill-heavy).
+/// The engine state of a bin, discretised: (running bucket, context bucket, prefill level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EngineState {
     pub running_bucket: u8,
     pub context_bucket: u8,
-    /// More prompt tokens than output tokens processed over the meter window.
-    pub prefill_heavy: bool,
+    /// Share of the meter window spent on prompt tokens, bucketed (0: none … 4: ≥ 0.7).
+    pub prefill_level: u8,
 }
 
 impl EngineState {
@@ -222,7 +229,7 @@ impl EngineState {
             return Self {
                 running_bucket: 0,
                 context_bucket: 0,
-                prefill_heavy: false,
+                prefill_level: 0,
             };
         }
         let running_bucket = match running {
@@ -240,10 +247,15 @@ impl EngineState {
             c if c < 64.0 => 3,
             _ => 4,
         };
+        let prefill_level = match f[3] {
+            p if p < PREFILL_LO => 0,
+            p if p < PREFILL_HI => 1,
+            _ => 2,
+        };
         Self {
             running_bucket,
             context_bucket,
-            prefill_heavy: f[3] > f[4],
+            prefill_level,
         }
     }
 
@@ -253,8 +265,9 @@ impl EngineState {
 
     /// Index into the dense cell table.
     pub fn index(&self) -> usize {
-        (self.running_bucket as usize * CONTEXT_BUCKETS + self.context_bucket as usize) * 2
-            + self.prefill_heavy as usize
+        (self.running_bucket as usize * CONTEXT_BUCKETS + self.context_bucket as usize)
+            * PREFILL_LEVELS
+            + self.prefill_level as usize
     }
 }
 
@@ -287,7 +300,10 @@ impl PowerCell {
             bins: power_w.len(),
             mean_w: mean(&power_w),
             quantiles_w: (0..m)
-                .map(|k| quantile_sorted(&power_w, k as f64 / (m - 1) as f64))
+                .map(|k| {
+                    let rank = (k as f64 / (m - 1) as f64 * (power_w.len() - 1) as f64).round();
+                    power_w[rank as usize]
+                })
                 .collect(),
             phi: None,
         }
@@ -297,8 +313,7 @@ impl PowerCell {
     pub fn power_at(&self, u: f64) -> f64 {
         let q = &self.quantiles_w;
         let x = u.clamp(0.0, 1.0) * (q.len() - 1) as f64;
-        let k = (x.floor() as usize).min(q.len() - 2);
-        q[k] + (q[k + 1] - q[k]) * (x - k as f64)
+        q[x.round() as usize]
     }
 }
 
@@ -537,50 +552,110 @@ pub fn calibrate_timing(runs: &[AlignedRun], iters: u64) -> StepTiming {
 }
 
 /// The pooling levels of a state, most specific first: (label, predicate on states).
-fn pools(s: &EngineState) -> Vec<(String, Box<dyn Fn(&EngineState) -> bool>)> {
-    let s = *s;
+/// Distance between two busy states for pooling: a prefill level counts 4, a context bucket
+/// 2, an occupancy bucket 1 (prefill work sets power the most, then the context held).
+fn state_distance(a: &EngineState, b: &EngineState) -> u32 {
+    let d = |x: u8, y: u8| x.abs_diff(y) as u32;
+    4 * d(a.prefill_level, b.prefill_level)
+        + 2 * d(a.context_bucket, b.context_bucket)
+        + d(a.running_bucket, b.running_bucket)
+}
+
+fn state_label(s: &EngineState) -> String {
     if s.is_idle() {
-        return vec![("idle".into(), Box::new(|x: &EngineState| x.is_idle()))];
+        "idle".into()
+    } else {
+        format!(
+            "running {} · context {} · prefill {}",
+            s.running_bucket, s.context_bucket, s.prefill_level
+        )
     }
-    let pre = if s.prefill_heavy { "prefill" } else { "decode" };
-    vec![
-        (
-            format!(
-                "running {} · context {} · {pre}",
-                s.running_bucket, s.context_bucket
-            ),
-            Box::new(move |x: &EngineState| *x == s),
-        ),
-        (
-            format!(
-                "running {} · context {}",
-                s.running_bucket, s.context_bucket
-            ),
-            Box::new(move |x: &EngineState| {
-                x.running_bucket == s.running_bucket && x.context_bucket == s.context_bucket
-            }),
-        ),
-        (
-            format!("context {}", s.context_bucket),
-            Box::new(move |x: &EngineState| !x.is_idle() && x.context_bucket == s.context_bucket),
-        ),
-        (
-            format!("running {}", s.running_bucket),
-            Box::new(move |x: &EngineState| x.running_bucket == s.running_bucket),
-        ),
-        ("busy".into(), Box::new(|x: &EngineState| !x.is_idle())),
-    ]
+}
+
+/// The power cells and, per state index, the cell serving it. A state with at least
+/// `min_bins` training bins is a cell of its own; a sparser busy state pools the nearest busy
+/// states with bins ([`state_distance`], all states at the last distance taken) until the pool
+/// holds `min_bins`. Idle never pools with busy states; a kind with no bins at all (never
+/// idle, never busy) takes every training bin.
+fn pool_cells(
+    power: &[f64],
+    states: &[EngineState],
+    min_bins: usize,
+    quantiles: usize,
+) -> (Vec<PowerCell>, Vec<usize>) {
+    let all = all_states();
+    let mut by_state: Vec<Vec<f64>> = vec![Vec::new(); N_CELLS];
+    for (p, s) in power.iter().zip(states) {
+        by_state[s.index()].push(*p);
+    }
+    let mut cells: Vec<PowerCell> = Vec::new();
+    let mut members_of: Vec<Vec<usize>> = Vec::new();
+    let mut lookup = Vec::with_capacity(N_CELLS);
+    for s in &all {
+        let members: Vec<usize> = if s.is_idle() {
+            vec![s.index()]
+        } else if by_state[s.index()].len() >= min_bins {
+            vec![s.index()]
+        } else {
+            let mut near: Vec<(u32, usize)> = all
+                .iter()
+                .filter(|t| !t.is_idle() && !by_state[t.index()].is_empty())
+                .map(|t| (state_distance(s, t), t.index()))
+                .collect();
+            near.sort_unstable();
+            let mut taken = Vec::new();
+            let (mut n, mut last) = (0, None);
+            for (d, k) in near {
+                if n >= min_bins && last != Some(d) {
+                    break;
+                }
+                taken.push(k);
+                n += by_state[k].len();
+                last = Some(d);
+            }
+            taken.sort_unstable();
+            taken
+        };
+        let members = if members.iter().all(|&k| by_state[k].is_empty()) {
+            Vec::new() // the pool of all bins
+        } else {
+            members
+        };
+        let k = match members_of.iter().position(|m| *m == members) {
+            Some(k) => k,
+            None => {
+                let (label, v) = if members.is_empty() {
+                    ("all".to_string(), power.to_vec())
+                } else if members == [s.index()] {
+                    (state_label(s), by_state[s.index()].clone())
+                } else {
+                    (
+                        format!("near {} ({} states)", state_label(s), members.len()),
+                        members
+                            .iter()
+                            .flat_map(|&k| by_state[k].iter().copied())
+                            .collect(),
+                    )
+                };
+                cells.push(PowerCell::from_samples(label, v, quantiles));
+                members_of.push(members);
+                cells.len() - 1
+            }
+        };
+        lookup.push(k);
+    }
+    (cells, lookup)
 }
 
 fn all_states() -> Vec<EngineState> {
     let mut v = Vec::with_capacity(N_CELLS);
     for r in 0..RUNNING_BUCKETS as u8 {
         for c in 0..CONTEXT_BUCKETS as u8 {
-            for p in [false, true] {
+            for p in 0..PREFILL_LEVELS as u8 {
                 v.push(EngineState {
                     running_bucket: r,
                     context_bucket: c,
-                    prefill_heavy: p,
+                    prefill_level: p,
                 });
             }
         }
@@ -616,9 +691,11 @@ fn between_state_r2(power: &[f64], states: &[EngineState]) -> f64 {
 pub fn fit_power(
     runs: &[AlignedRun],
     engines: &[EngineTrace],
+    timing: &StepTiming,
     opts: &LearnOptions,
 ) -> Result<PowerModel> {
-    let raw: Vec<Vec<[f64; N_FEATURES]>> = engines.iter().map(raw_features).collect();
+    let raw: Vec<Vec<[f64; N_FEATURES]>> =
+        engines.iter().map(|e| raw_features(e, timing)).collect();
     let power: Vec<f64> = runs
         .iter()
         .flat_map(|r| r.power_w.iter().copied())
@@ -629,16 +706,42 @@ pub fn fit_power(
             power.len()
         )));
     }
-    let states_for = |w: usize| -> Vec<EngineState> {
+    let states_of = |raw: &[Vec<[f64; N_FEATURES]>], w: usize| -> Vec<EngineState> {
         raw.iter()
             .flat_map(|f| smooth_features(f, w))
             .map(|f| EngineState::of(&f))
             .collect()
     };
+    // Bins where the features' engine and the measured counters disagree on idle vs busy teach
+    // the simulator's errors, not power: they are left out (none when the features are the
+    // measured counters).
+    let measured_raw: Vec<Vec<[f64; N_FEATURES]>> = runs
+        .iter()
+        .map(|r| raw_features(&r.engine, timing))
+        .collect();
+    let usable = |w: usize| -> (Vec<f64>, Vec<EngineState>, Vec<bool>) {
+        let states = states_of(&raw, w);
+        let keep: Vec<bool> = states
+            .iter()
+            .zip(states_of(&measured_raw, w))
+            .map(|(a, b)| a.is_idle() == b.is_idle())
+            .collect();
+        let (p, s) = power
+            .iter()
+            .zip(&states)
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|((p, s), _)| (*p, *s))
+            .unzip();
+        (p, s, keep)
+    };
     // The meter window: the trailing window whose states explain the most power variance
     // (ties go to the shorter window).
     let (window, r2) = (1..=8usize)
-        .map(|w| (w, between_state_r2(&power, &states_for(w))))
+        .map(|w| {
+            let (p, s, _) = usable(w);
+            (w, between_state_r2(&p, &s))
+        })
         .fold((1, f64::NEG_INFINITY), |best, c| {
             if c.1 > best.1 + 1e-3 {
                 c
@@ -646,43 +749,14 @@ pub fn fit_power(
                 best
             }
         });
-    let states = states_for(window);
-    let m = opts.quantiles.max(2);
-    let mut cells: Vec<PowerCell> = Vec::new();
-    let mut lookup = Vec::with_capacity(N_CELLS);
-    for s in all_states() {
-        let levels = pools(&s);
-        let mut chosen = None;
-        for (label, pred) in &levels {
-            if let Some(k) = cells.iter().position(|c| &c.label == label) {
-                chosen = Some(k);
-                break;
-            }
-            let v: Vec<f64> = power
-                .iter()
-                .zip(&states)
-                .filter(|(_, x)| pred(x))
-                .map(|(p, _)| *p)
-                .collect();
-            let last = label == "busy" || label == "idle";
-            if v.len() >= opts.min_cell_bins || (last && !v.is_empty()) {
-                cells.push(PowerCell::from_samples(label.clone(), v, m));
-                chosen = Some(cells.len() - 1);
-                break;
-            }
-        }
-        // No bin of this kind at all (e.g. never idle): the pool of all training bins.
-        let k = chosen.unwrap_or_else(|| {
-            cells
-                .iter()
-                .position(|c| c.label == "all")
-                .unwrap_or_else(|| {
-                    cells.push(PowerCell::from_samples("all".into(), power.clone(), m));
-                    cells.len() - 1
-                })
-        });
-        lookup.push(k);
-    }
+    let (kept_power, kept_states, keep) = usable(window);
+    let states = states_of(&raw, window);
+    let (cells, lookup) = pool_cells(
+        &kept_power,
+        &kept_states,
+        opts.min_cell_bins,
+        opts.quantiles.max(2),
+    );
     let mut model = PowerModel {
         meter_window_bins: window,
         cells,
@@ -710,6 +784,9 @@ pub fn fit_power(
             })
             .collect();
         for k in 1..n {
+            if !(keep[offset + k] && keep[offset + k - 1]) {
+                continue;
+            }
             num += z[k] * z[k - 1];
             den += z[k - 1] * z[k - 1];
             if cell_of[k] == cell_of[k - 1] {
@@ -786,10 +863,10 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         .map(|a| simulate_run(a, &timing))
         .collect::<Result<_>>()?;
     let power = match opts.features_from {
-        FeatureSource::Simulated => fit_power(&aligned, &simulated, opts)?,
+        FeatureSource::Simulated => fit_power(&aligned, &simulated, &timing, opts)?,
         FeatureSource::Measured => {
             let measured: Vec<EngineTrace> = aligned.iter().map(|a| a.engine.clone()).collect();
-            fit_power(&aligned, &measured, opts)?
+            fit_power(&aligned, &measured, &timing, opts)?
         }
     };
     let engine_checks = aligned
@@ -899,15 +976,15 @@ mod tests {
             EngineState::of(&[1.0, busy, running.ln_1p(), pre, dec, ctx])
         };
         assert!(f(0.0, 0.0, 0.0, 0.0, 0.0).is_idle());
-        let s = f(1.0, 5.0, 2.0, 0.5, 3.0);
+        let s = f(1.0, 5.0, 0.5, 0.5, 3.0);
         assert_eq!(
-            (s.running_bucket, s.context_bucket, s.prefill_heavy),
-            (3, 1, true)
+            (s.running_bucket, s.context_bucket, s.prefill_level),
+            (3, 1, 3)
         );
         let s = f(1.0, 40.0, 0.0, 0.5, 100.0);
         assert_eq!(
-            (s.running_bucket, s.context_bucket, s.prefill_heavy),
-            (6, 4, false)
+            (s.running_bucket, s.context_bucket, s.prefill_level),
+            (6, 4, 0)
         );
         assert!(s.index() < N_CELLS);
     }

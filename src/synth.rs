@@ -46,7 +46,7 @@ pub struct OutputWindow {
 /// Power for an engine trace on the model's grid.
 pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -> Vec<f64> {
     let pm = &model.power;
-    let feats = smooth_features(&raw_features(trace), pm.meter_window_bins);
+    let feats = smooth_features(&raw_features(trace, &model.timing), pm.meter_window_bins);
     let mut rng = Pcg64::seed_from_u64(seed);
     let normal = Normal::standard();
     let mut z: f64 = rng.sample(StandardNormal);
