@@ -592,9 +592,7 @@ fn pool_cells(
     let mut members_of: Vec<Vec<usize>> = Vec::new();
     let mut lookup = Vec::with_capacity(N_CELLS);
     for s in &all {
-        let members: Vec<usize> = if s.is_idle() {
-            vec![s.index()]
-        } else if by_state[s.index()].len() >= min_bins {
+        let members: Vec<usize> = if s.is_idle() || by_state[s.index()].len() >= min_bins {
             vec![s.index()]
         } else {
             let mut near: Vec<(u32, usize)> = all
