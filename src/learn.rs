@@ -8,14 +8,20 @@
 //!    means (decodes, prompt tokens per iteration), then refined so that the engine simulation
 //!    of the training request logs reproduces the measured running requests and decode tokens
 //!    per bin (Nelder–Mead over the four coefficients).
-//! 3. Power ([`PowerModel`]): engine features (busy fraction, ln(1 + running), prefill and
-//!    decode tokens/s, context) smoothed by the power meter's trailing window (1–8 bins, the one
-//!    whose states explain the most power variance), discretised into engine-state cells
-//!    (idle; occupancy × context × prefill-heavy, pooled when a cell is sparse); per cell the
-//!    measured power quantiles and an AR(1) coefficient of the normal scores (from consecutive
-//!    bins of the cell, ≥ 40 pairs; else the overall one), used as a Gaussian copula.
+//! 3. Power ([`PowerModel`]): engine features (busy fraction, ln(1 + running), prefill busy
+//!    fraction, decode tokens/s, context) smoothed by the power meter's trailing window (1–8
+//!    bins, the one whose states explain the most power variance), discretised into
+//!    engine-state cells (idle; occupancy × context × prefill level none / light / heavy); a
+//!    sparse state pools its nearest states ([`state_distance`]). Training bins where the
+//!    simulated engine and the measured counters disagree on idle vs busy are left out: they
+//!    would teach the simulator's errors. Per cell the measured power values (nearest-rank
+//!    quantiles, drawn as a step function so rare prefill peaks are not smeared into values
+//!    never measured) and an AR(1) coefficient of the normal scores (from consecutive bins of
+//!    the cell, ≥ 40 pairs; else the overall one), used as a Gaussian copula.
 //!
 //! Nothing here reads files: callers pass loaded [`MeasuredRun`]s.
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +34,8 @@ use crate::traces::interp;
 use crate::workload::Workload;
 use statrs::distribution::{ContinuousCDF, Normal};
 
-/// Schema tag of the learned-model JSON.
-pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v1";
+/// Schema tag of the learned-model JSON (v2: engine states by prefill busy level).
+pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v2";
 
 /// Number of engine features of a bin: [1, busy, ln(1+running), prefill busy fraction,
 /// decode kt/s, context ktokens].
@@ -204,8 +210,10 @@ pub fn smooth_features(raw: &[[f64; N_FEATURES]], window: usize) -> Vec<[f64; N_
 pub const RUNNING_BUCKETS: usize = 7;
 /// Context buckets (thousands of tokens held by running requests): < 1, < 4, < 16, < 64, ≥ 64.
 pub const CONTEXT_BUCKETS: usize = 5;
-/// Prefill levels of a busy bin, by prefill busy fraction: < 0.02 (none), < 0.15, < 0.4,
-/// < 0.7, ≥ 0.7.
+/// Prefill levels of a busy bin, by prefill busy fraction over the meter window: < 0.02
+/// (none), < 0.2 (light), ≥ 0.2 (heavy). On a point-sampling meter (A100 `power.draw`) a bin
+/// shows a prefill peak with about the probability that its sample falls in a prefill
+/// iteration, so the level orders bins by their chance of a peak.
 pub const PREFILL_LEVELS: usize = 3;
 const PREFILL_LO: f64 = 0.02;
 const PREFILL_HI: f64 = 0.2;
@@ -217,7 +225,8 @@ pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * PREFILL_LEVELS;
 pub struct EngineState {
     pub running_bucket: u8,
     pub context_bucket: u8,
-    /// Share of the meter window spent on prompt tokens, bucketed (0: none … 4: ≥ 0.7).
+    /// Share of the meter window spent on prompt tokens, bucketed (0: none, 1: light,
+    /// 2: heavy).
     pub prefill_level: u8,
 }
 
@@ -321,13 +330,13 @@ impl PowerCell {
 /// state's cell, with temporal structure from a Gaussian AR(1) copula: the normal score
 /// z_t = Φ⁻¹(u_t) follows z_t = φ_c·z_{t−1} + √(1−φ_c²)·ε_t (φ_c of the bin's cell c) and
 /// power_t = Q_c(u_t).
-/// States with too few training bins fall back to coarser pools: drop prefill-heavy, then
-/// occupancy (same context), then context (same occupancy), then all busy bins.
+/// A busy state with too few training bins pools its nearest busy states (see
+/// [`state_distance`]); idle is its own cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PowerModel {
     /// Trailing window of the power meter, in bins.
     pub meter_window_bins: usize,
-    /// Cells with enough training bins, at every pooling level.
+    /// Cells: states with enough training bins, and the pools serving sparser states.
     pub cells: Vec<PowerCell>,
     /// For each [`EngineState::index`], the index in `cells` that serves it.
     pub lookup: Vec<usize>,
@@ -387,6 +396,53 @@ pub struct LearnedModel {
     pub baselines: BaselineLevels,
     pub training_runs: Vec<String>,
     pub engine_checks: Vec<EngineCheck>,
+}
+
+impl LearnedModel {
+    /// Reads a learned model written by `synthesize --model-out`, checking its schema and that
+    /// its cell table covers every engine state.
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let model: Self = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        if model.schema != LEARNED_MODEL_SCHEMA {
+            return Err(Error::content(
+                path,
+                format!(
+                    "schema {:?}, expected {LEARNED_MODEL_SCHEMA:?} (learn the model again with \
+                     this version)",
+                    model.schema
+                ),
+            ));
+        }
+        let pm = &model.power;
+        if pm.lookup.len() != N_CELLS || pm.lookup.iter().any(|&k| k >= pm.cells.len()) {
+            return Err(Error::content(
+                path,
+                format!(
+                    "power.lookup must hold {N_CELLS} indices below the {} cells",
+                    pm.cells.len()
+                ),
+            ));
+        }
+        if let Some(c) = pm
+            .cells
+            .iter()
+            .find(|c| c.quantiles_w.len() < 2 || c.quantiles_w.windows(2).any(|w| w[1] < w[0]))
+        {
+            return Err(Error::content(
+                path,
+                format!(
+                    "cell {:?}: quantiles_w must be at least 2 non-decreasing values",
+                    c.label
+                ),
+            ));
+        }
+        model.timing.validate()?;
+        Ok(model)
+    }
 }
 
 /// Options of [`learn`].

@@ -273,6 +273,67 @@ fn synthesize_command_is_byte_deterministic_and_rejects_bad_input() {
 }
 
 #[test]
+fn a_saved_model_synthesizes_the_same_bytes_and_a_stale_one_is_refused() {
+    let Some(root) = common::shared("measured") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let target = run_dir(&root, A100_SHAREGPT[2]);
+    // SERVING.json from the target's manifest.
+    let m = load_run(&target).unwrap().manifest;
+    let serving_json = tmp.path().join("serving.json");
+    std::fs::write(
+        &serving_json,
+        serde_json::to_string(&ServingConfig::from_manifest(&m)).unwrap(),
+    )
+    .unwrap();
+    let run = |source: &[std::ffi::OsString], out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_synthesize"))
+            .args(source)
+            .arg("--serving")
+            .arg(&serving_json)
+            .arg("--requests")
+            .arg(target.join("requests_summary.json"))
+            .args(["--t0", "1784415440", "--duration-s", "30", "--seed", "5"])
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let model = tmp.path().join("model.json");
+    let mut train: Vec<std::ffi::OsString> = vec!["--train".into()];
+    train.extend(A100_SHAREGPT[..2].iter().map(|g| run_dir(&root, g).into()));
+    train.push("--model-out".into());
+    train.push(model.clone().into());
+    let o = run(&train, "learned.csv");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--model".into(), model.clone().into()], "loaded.csv");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(tmp.path().join("learned.csv")).unwrap(),
+        std::fs::read(tmp.path().join("loaded.csv")).unwrap()
+    );
+    // A model of an older schema: refused with the file and the schema named, nothing written.
+    let text = std::fs::read_to_string(&model).unwrap();
+    let stale = tmp.path().join("stale.json");
+    std::fs::write(
+        &stale,
+        text.replace(
+            powersynth::learn::LEARNED_MODEL_SCHEMA,
+            "powersynth.learned_model.v1",
+        ),
+    )
+    .unwrap();
+    let o = run(&["--model".into(), stale.into()], "stale.csv");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("stale.json") && err.contains("schema"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("stale.csv").exists());
+}
+
+#[test]
 fn site_is_the_sum_of_its_replicas_plus_non_gpu_power_times_pue() {
     use powersynth::site::{facility_metrics_multi, synthesize_site, SiteLayout};
     let Some(root) = common::shared("measured") else {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use powersynth::engine::ServingConfig;
-use powersynth::learn::{learn, LearnOptions};
+use powersynth::learn::{learn, LearnOptions, LearnedModel};
 use powersynth::report::write_power_series;
 use powersynth::sources::measured::load_run;
 use powersynth::store::write_json;
@@ -24,8 +24,11 @@ use powersynth::workload::Workload;
 struct Args {
     /// Measured run folders to learn from (each with manifest.json, power.csv, engine.csv and a
     /// request log), all of one model × GPU × TP.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "model", conflicts_with = "model")]
     train: Vec<PathBuf>,
+    /// A learned model written earlier by --model-out, used instead of learning from --train.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// SERVING.json: model, hardware, tp, max_num_seqs, max_num_batched_tokens,
     /// enable_chunked_prefill, enable_prefix_caching.
     #[arg(long)]
@@ -55,14 +58,21 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runs = args
-        .train
-        .iter()
-        .map(|d| load_run(d).with_context(|| format!("loading training run {}", d.display())))
-        .collect::<Result<Vec<_>>>()?;
     let serving = ServingConfig::from_file(&args.serving)?;
     let workload = Workload::from_request_log(&args.requests)?;
-    let model = learn(&runs, &LearnOptions::default())?;
+    let model = match &args.model {
+        Some(p) => LearnedModel::read_json(p)?,
+        None => {
+            let runs = args
+                .train
+                .iter()
+                .map(|d| {
+                    load_run(d).with_context(|| format!("loading training run {}", d.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            learn(&runs, &LearnOptions::default())?
+        }
+    };
     let (series, _) = synthesize(
         &model,
         &serving,
