@@ -1013,15 +1013,14 @@ mod tests {
         };
         assert_eq!(cell.power_at(0.0), 0.0);
         assert_eq!(cell.power_at(1.0), 8.0);
-        // u = 0.625 → x = 2.5 → halfway between 2 and 4.
-        assert!((cell.power_at(0.625) - 3.0).abs() < 1e-12);
-        for u in [0.1, 0.3, 0.625, 0.9] {
-            let v = cell.power_at(u);
-            assert!(
-                (empirical_cdf(&cell.quantiles_w, v) - u).abs() < 1e-12,
-                "u {u}"
-            );
+        // A step function: u = 0.6 → x = 2.4 → the nearest stored quantile, 2.
+        assert_eq!(cell.power_at(0.6), 2.0);
+        assert_eq!(cell.power_at(0.7), 4.0);
+        // Stored values map back to their rank; values between them interpolate.
+        for (k, &v) in cell.quantiles_w.iter().enumerate() {
+            assert!((empirical_cdf(&cell.quantiles_w, v) - k as f64 / 4.0).abs() < 1e-12);
         }
+        assert!((empirical_cdf(&cell.quantiles_w, 3.0) - 0.625).abs() < 1e-12);
     }
 
     #[test]
@@ -1033,7 +1032,7 @@ mod tests {
         let s = f(1.0, 5.0, 0.5, 0.5, 3.0);
         assert_eq!(
             (s.running_bucket, s.context_bucket, s.prefill_level),
-            (3, 1, 3)
+            (3, 1, 2)
         );
         let s = f(1.0, 40.0, 0.0, 0.5, 100.0);
         assert_eq!(
@@ -1041,6 +1040,108 @@ mod tests {
             (6, 4, 0)
         );
         assert!(s.index() < N_CELLS);
+    }
+
+    fn busy(running_bucket: u8, context_bucket: u8, prefill_level: u8) -> EngineState {
+        EngineState {
+            running_bucket,
+            context_bucket,
+            prefill_level,
+        }
+    }
+
+    #[test]
+    fn sparse_states_pool_their_nearest_states() {
+        // 40 bins at (3, 1, none) = 300 W, 10 at (3, 1, heavy) = 500 W, 30 at (3, 4, heavy)
+        // = 450 W, 5 idle at 80 W.
+        let mut states = Vec::new();
+        let mut power = Vec::new();
+        for (s, w, n) in [
+            (busy(3, 1, 0), 300.0, 40),
+            (busy(3, 1, 2), 500.0, 10),
+            (busy(3, 4, 2), 450.0, 30),
+            (EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 80.0, 5),
+        ] {
+            states.extend(std::iter::repeat_n(s, n));
+            power.extend(std::iter::repeat_n(w, n));
+        }
+        let (cells, lookup) = pool_cells(&power, &states, 30, 11);
+        let cell = |s: EngineState| &cells[lookup[s.index()]];
+        // Enough bins: its own cell.
+        assert_eq!(cell(busy(3, 1, 0)).bins, 40);
+        assert_eq!(cell(busy(3, 1, 0)).mean_w, 300.0);
+        // (3, 1, heavy) has 10: the nearest state with bins is (3, 4, heavy), 3 context buckets
+        // = 6, before (3, 1, none), 2 prefill levels = 8; it brings the pool to 40 ≥ 30.
+        let c = cell(busy(3, 1, 2));
+        assert_eq!(
+            (c.bins, c.mean_w),
+            (40, (10.0 * 500.0 + 30.0 * 450.0) / 40.0)
+        );
+        // A never-seen heavy state next to (3, 4, heavy) takes that state alone (distance 1).
+        assert_eq!(cell(busy(4, 4, 2)).mean_w, 450.0);
+        // A never-seen light state: (3, 1, none) and (3, 1, heavy) tie at distance 4; both.
+        let c = cell(busy(3, 1, 1));
+        assert_eq!(
+            (c.bins, c.mean_w),
+            (50, (10.0 * 500.0 + 40.0 * 300.0) / 50.0)
+        );
+        // Idle never pools with busy states.
+        let idle = EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!((cell(idle).bins, cell(idle).mean_w), (5, 80.0));
+        // Values drawn are measured values: a step function over nearest-rank quantiles.
+        let c = cell(busy(3, 1, 1));
+        assert!(c.quantiles_w.iter().all(|&q| q == 300.0 || q == 500.0));
+        assert_eq!((c.power_at(0.1), c.power_at(0.99)), (300.0, 500.0));
+    }
+
+    #[test]
+    fn bins_where_simulation_and_counters_disagree_on_idle_are_left_out() {
+        // Two runs' worth of one run: the simulated engine says idle in bins 0..20 but the
+        // measured counters say busy in 10..20 (power 300 W there): those bins must not reach
+        // the idle cell.
+        let n = 60;
+        let grid = BinGrid::new(0.0, n as f64 * 0.25, 0.25).unwrap();
+        let trace = |running: Vec<f64>| EngineTrace {
+            grid,
+            running,
+            waiting: vec![0.0; n],
+            prefill_tokens: vec![0.0; n],
+            decode_tokens: vec![0.0; n],
+            context_tokens: vec![0.0; n],
+        };
+        let sim = trace((0..n).map(|i| if i < 20 { 0.0 } else { 4.0 }).collect());
+        let measured = trace((0..n).map(|i| if i < 10 { 0.0 } else { 4.0 }).collect());
+        let power_w: Vec<f64> = (0..n).map(|i| if i < 10 { 80.0 } else { 300.0 }).collect();
+        let run = AlignedRun {
+            run_id: "r".into(),
+            serving: ServingConfig {
+                model: "m".into(),
+                hardware: "A100".into(),
+                tp: 1,
+                max_num_seqs: 8,
+                max_num_batched_tokens: 2048,
+                enable_chunked_prefill: true,
+                enable_prefix_caching: false,
+            },
+            power_w,
+            engine: measured,
+            workload: Workload { requests: vec![] },
+            step_samples: vec![],
+        };
+        let timing = StepTiming {
+            base_s: 0.01,
+            per_decode_seq_s: 1e-4,
+            per_prefill_token_s: 5e-5,
+            per_context_ktoken_s: 1e-4,
+        };
+        let opts = LearnOptions {
+            min_cell_bins: 5,
+            ..LearnOptions::default()
+        };
+        let pm = fit_power(&[run], &[sim], &timing, &opts).unwrap();
+        let idle = pm.cell(&EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]));
+        assert_eq!(idle.label, "idle");
+        assert_eq!(idle.mean_w, 80.0, "{idle:?}");
     }
 
     #[test]

@@ -45,8 +45,8 @@ fn leave_one_out_on_the_a100_sharegpt_runs_beats_the_baselines() {
     let res = leave_one_out(&runs, &LearnOptions::default(), Draws::one(1), |_| {}).unwrap();
     for v in &res {
         let m = &v.metrics[0];
-        // Figures measured when this was written: |ΔE| ≤ 1.2 %, KS ≤ 0.125, ACF R² ≥ 0.95,
-        // P99 ≤ 3.1 %; the bounds leave room for model changes, not for regressions.
+        // Figures measured when this was written: |ΔE| ≤ 1.2 %, KS ≤ 0.125, ACF R² ≥ 0.93,
+        // P99 ≤ 4.6 %; the bounds are the targets.
         assert!(m.energy_error_pct < 3.0, "{}: {m:?}", v.run_id);
         assert!(m.ks < 0.15, "{}: {m:?}", v.run_id);
         assert!(m.acf_r2 > 0.9, "{}: {m:?}", v.run_id);
@@ -77,14 +77,18 @@ fn leave_one_out_over_all_a100_development_runs() {
     let med = |k: usize, f: fn(&powersynth::metrics::Metrics) -> f64| {
         median_of(res.iter().map(|v| f(&v.metrics[k])))
     };
-    // Measured: median |ΔE| 2.9 %, KS 0.107, P99 4.8 %. The trace-replay run (12k-token
-    // prompts, unlike any training run) is the outlier.
-    assert!(med(0, |m| m.energy_error_pct) < 3.5);
+    // Measured (one draw, seed 1): median |ΔE| 2.1 %, KS 0.121, ACF R² 0.96, NRMSE 0.122,
+    // P99 2.1 %. The trace-replay run (12k-token prompts, unlike any training run) is the
+    // outlier. Bounds: the targets.
+    assert!(med(0, |m| m.energy_error_pct) < 3.0);
     assert!(med(0, |m| m.ks) < 0.15);
-    assert!(med(0, |m| m.p99_error_pct) < 6.0);
+    assert!(med(0, |m| m.acf_r2) > 0.9);
+    assert!(med(0, |m| m.p99_error_pct) < 5.0);
     for b in 1..=3 {
         assert!(med(0, |m| m.energy_error_pct) < med(b, |m| m.energy_error_pct));
         assert!(med(0, |m| m.ks) < med(b, |m| m.ks));
+        assert!(med(0, |m| m.acf_r2) > med(b, |m| m.acf_r2));
+        assert!(med(0, |m| m.nrmse) < med(b, |m| m.nrmse));
         assert!(med(0, |m| m.p99_error_pct) < med(b, |m| m.p99_error_pct));
     }
 }
