@@ -773,27 +773,27 @@ pub fn fit_power(
         .iter()
         .map(|r| raw_features(&r.engine, timing))
         .collect();
-    let usable = |w: usize| -> (Vec<f64>, Vec<EngineState>, Vec<bool>) {
+    let usable = |w: usize| -> (Vec<EngineState>, Vec<bool>) {
         let states = states_of(&raw, w);
-        let keep: Vec<bool> = states
+        let keep = states
             .iter()
             .zip(states_of(&measured_raw, w))
             .map(|(a, b)| a.is_idle() == b.is_idle())
             .collect();
-        let (p, s) = power
-            .iter()
-            .zip(&states)
-            .zip(&keep)
-            .filter(|(_, &k)| k)
-            .map(|((p, s), _)| (*p, *s))
-            .unzip();
-        (p, s, keep)
+        (states, keep)
+    };
+    let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
+        (0..power.len())
+            .filter(|&i| keep[i])
+            .map(|i| (power[i], states[i]))
+            .unzip()
     };
     // The meter window: the trailing window whose states explain the most power variance
     // (ties go to the shorter window).
     let (window, r2) = (1..=8usize)
         .map(|w| {
-            let (p, s, _) = usable(w);
+            let (states, keep) = usable(w);
+            let (p, s) = kept(&states, &keep);
             (w, between_state_r2(&p, &s))
         })
         .fold((1, f64::NEG_INFINITY), |best, c| {
@@ -803,8 +803,8 @@ pub fn fit_power(
                 best
             }
         });
-    let (kept_power, kept_states, keep) = usable(window);
-    let states = states_of(&raw, window);
+    let (states, keep) = usable(window);
+    let (kept_power, kept_states) = kept(&states, &keep);
     let (cells, lookup) = pool_cells(
         &kept_power,
         &kept_states,
