@@ -402,11 +402,7 @@ impl LearnedModel {
     /// Reads a learned model written by `synthesize --model-out`, checking its schema and that
     /// its cell table covers every engine state.
     pub fn read_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let model: Self = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let model: Self = crate::sources::measured::read_json(path)?;
         if model.schema != LEARNED_MODEL_SCHEMA {
             return Err(Error::content(
                 path,
