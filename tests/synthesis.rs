@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -209,11 +210,25 @@ fn singles_baseline(
         .metrics[1]
 }
 
-fn synthesize_cmd(root: &Path, tmp: &Path, serving: &str, out: &str) -> std::process::Output {
+/// `--train` with the first two ShareGPT runs.
+fn train_on_two(root: &Path) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec!["--train".into()];
+    v.extend(A100_SHAREGPT[..2].iter().map(|g| run_dir(root, g).into()));
+    v
+}
+
+/// `synthesize` for the third ShareGPT run's request log, the model from `source` (`--train …`
+/// or `--model FILE`, plus any further flags).
+fn synthesize_cmd(
+    root: &Path,
+    tmp: &Path,
+    source: &[OsString],
+    serving: &str,
+    out: &str,
+) -> std::process::Output {
     let target = run_dir(root, A100_SHAREGPT[2]);
     Command::new(env!("CARGO_BIN_EXE_synthesize"))
-        .arg("--train")
-        .args(A100_SHAREGPT[..2].iter().map(|g| run_dir(root, g)))
+        .args(source)
         .args(["--serving", serving])
         .arg("--requests")
         .arg(target.join("requests_summary.json"))
@@ -240,7 +255,7 @@ fn synthesize_command_is_byte_deterministic_and_rejects_bad_input() {
     .unwrap();
     let s = serving.to_str().unwrap();
     for out in ["a.csv", "b.csv"] {
-        let o = synthesize_cmd(&root, tmp.path(), s, out);
+        let o = synthesize_cmd(&root, tmp.path(), &train_on_two(&root), s, out);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let a = std::fs::read(tmp.path().join("a.csv")).unwrap();
@@ -255,7 +270,7 @@ fn synthesize_command_is_byte_deterministic_and_rejects_bad_input() {
     assert_eq!(text.lines().count(), 1 + 240);
 
     // A bad output name and a bad serving file: clear errors, nothing written.
-    let o = synthesize_cmd(&root, tmp.path(), s, "c.txt");
+    let o = synthesize_cmd(&root, tmp.path(), &train_on_two(&root), s, "c.txt");
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains(".csv or .parquet"));
     assert!(!tmp.path().join("c.txt").exists());
@@ -267,7 +282,13 @@ fn synthesize_command_is_byte_deterministic_and_rejects_bad_input() {
             "enable_prefix_caching": false}"#,
     )
     .unwrap();
-    let o = synthesize_cmd(&root, tmp.path(), bad.to_str().unwrap(), "d.csv");
+    let o = synthesize_cmd(
+        &root,
+        tmp.path(),
+        &train_on_two(&root),
+        bad.to_str().unwrap(),
+        "d.csv",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("bad.json") && err.contains("tp"),
@@ -291,22 +312,11 @@ fn a_saved_model_synthesizes_the_same_bytes_and_a_stale_one_is_refused() {
         serde_json::to_string(&ServingConfig::from_manifest(&m)).unwrap(),
     )
     .unwrap();
-    let run = |source: &[std::ffi::OsString], out: &str| {
-        Command::new(env!("CARGO_BIN_EXE_synthesize"))
-            .args(source)
-            .arg("--serving")
-            .arg(&serving_json)
-            .arg("--requests")
-            .arg(target.join("requests_summary.json"))
-            .args(["--t0", "1784415440", "--duration-s", "30", "--seed", "5"])
-            .arg("--out")
-            .arg(tmp.path().join(out))
-            .output()
-            .unwrap()
-    };
+    let serving = serving_json.to_str().unwrap();
+    let run =
+        |source: &[OsString], out: &str| synthesize_cmd(&root, tmp.path(), source, serving, out);
     let model = tmp.path().join("model.json");
-    let mut train: Vec<std::ffi::OsString> = vec!["--train".into()];
-    train.extend(A100_SHAREGPT[..2].iter().map(|g| run_dir(&root, g).into()));
+    let mut train = train_on_two(&root);
     train.push("--model-out".into());
     train.push(model.clone().into());
     let o = run(&train, "learned.csv");
