@@ -1038,6 +1038,10 @@ mod tests {
         assert!(s.index() < N_CELLS);
     }
 
+    fn idle() -> EngineState {
+        EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    }
+
     fn busy(running_bucket: u8, context_bucket: u8, prefill_level: u8) -> EngineState {
         EngineState {
             running_bucket,
@@ -1056,7 +1060,7 @@ mod tests {
             (busy(3, 1, 0), 300.0, 40),
             (busy(3, 1, 2), 500.0, 10),
             (busy(3, 4, 2), 450.0, 30),
-            (EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 80.0, 5),
+            (idle(), 80.0, 5),
         ] {
             states.extend(std::iter::repeat_n(s, n));
             power.extend(std::iter::repeat_n(w, n));
@@ -1082,8 +1086,7 @@ mod tests {
             (50, (10.0 * 500.0 + 40.0 * 300.0) / 50.0)
         );
         // Idle never pools with busy states.
-        let idle = EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert_eq!((cell(idle).bins, cell(idle).mean_w), (5, 80.0));
+        assert_eq!((cell(idle()).bins, cell(idle()).mean_w), (5, 80.0));
         // Values drawn are measured values: a step function over nearest-rank quantiles.
         let c = cell(busy(3, 1, 1));
         assert!(c.quantiles_w.iter().all(|&q| q == 300.0 || q == 500.0));
@@ -1135,9 +1138,9 @@ mod tests {
             ..LearnOptions::default()
         };
         let pm = fit_power(&[run], &[sim], &timing, &opts).unwrap();
-        let idle = pm.cell(&EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]));
-        assert_eq!(idle.label, "idle");
-        assert_eq!(idle.mean_w, 80.0, "{idle:?}");
+        let cell = pm.cell(&idle());
+        assert_eq!(cell.label, "idle");
+        assert_eq!(cell.mean_w, 80.0, "{cell:?}");
     }
 
     #[test]
