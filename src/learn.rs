@@ -318,7 +318,8 @@ impl PowerCell {
         }
     }
 
-    /// The power at probability `u` in [0, 1] (linear between stored quantiles).
+    /// The power at probability `u` in [0, 1]: the nearest stored quantile (a step function:
+    /// every value drawn is a measured value).
     pub fn power_at(&self, u: f64) -> f64 {
         let q = &self.quantiles_w;
         let x = u.clamp(0.0, 1.0) * (q.len() - 1) as f64;

@@ -78,6 +78,13 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
                 );
             }
         }
+        push(
+            &v.run_id,
+            "measured_noise",
+            &v.measured_noise,
+            f64::NAN,
+            f64::NAN,
+        );
     }
     for (k, m) in METHODS.iter().enumerate() {
         let per_run: Vec<Metrics> = results.iter().map(|v| v.metrics[k]).collect();
@@ -90,6 +97,14 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
             median_of(results.iter().map(|v| v.running_mae)),
         );
     }
+    let noise: Vec<Metrics> = results.iter().map(|v| v.measured_noise).collect();
+    push(
+        "median",
+        "measured_noise",
+        &Metrics::reduce(&noise, |v| median_of(v.iter().copied())),
+        f64::NAN,
+        f64::NAN,
+    );
     let names = [
         "energy_error_pct",
         "energy_error_signed_pct",
@@ -116,7 +131,7 @@ pub fn format_table(t: &Table) -> String {
     let n = t.num_rows();
     let _ = writeln!(
         out,
-        "{:<34} {:<10} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6}",
+        "{:<34} {:<14} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6}",
         "run",
         "method",
         "|ΔE| %",
@@ -142,7 +157,7 @@ pub fn format_table(t: &Table) -> String {
         let run = if run.len() > 34 { &run[..34] } else { &run };
         let _ = writeln!(
             out,
-            "{:<34} {:<10} {:>8.2} {:>8.2} {:>6.3} {:>7.3} {:>6.3} {:>7.2} {:>7.2} {:>7.3} {:>6.2}",
+            "{:<34} {:<14} {:>8.2} {:>8.2} {:>6.3} {:>7.3} {:>6.3} {:>7.2} {:>7.2} {:>7.3} {:>6.2}",
             run,
             s(1),
             f(2),

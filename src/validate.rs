@@ -5,9 +5,10 @@
 use crate::engine::EngineTrace;
 use crate::error::{Error, Result};
 use crate::learn::{
-    align, correlation, learn, mean_abs_error, simulate_run, LearnOptions, LearnedModel,
+    align, correlation, learn, mean_abs_error, simulate_run, two_level_class, LearnOptions,
+    LearnedModel,
 };
-use crate::metrics::{compare, median_of, sd_of, Metrics};
+use crate::metrics::{compare, median_of, resampling_noise, sd_of, Metrics, NOISE_RESAMPLES};
 use crate::sources::measured::MeasuredRun;
 use crate::synth::{baselines, power_from_engine};
 
@@ -51,6 +52,10 @@ pub struct RunValidation {
     /// across them (zeros for one).
     pub realizations: usize,
     pub powersynth_sd: Metrics,
+    /// The measured series' own sampling noise ([`resampling_noise`] within the two-level
+    /// classes idle / prefill / decode of the measured counters, seeded with the draws' seed):
+    /// errors below it on ΔE, KS, P95 and P99 cannot be told apart on this run.
+    pub measured_noise: Metrics,
     /// Simulated engine on the target's request log, and the target's measured counters.
     pub simulated: EngineTrace,
     pub measured_engine: EngineTrace,
@@ -109,6 +114,16 @@ pub fn validate_with_model(
         metrics,
         realizations: draws.realizations,
         powersynth_sd: Metrics::reduce(&draws_metrics, sd_of),
+        measured_noise: resampling_noise(
+            &aligned.power_w,
+            &(0..aligned.grid().bins)
+                .map(|i| {
+                    two_level_class(aligned.engine.running[i], aligned.engine.prefill_tokens[i])
+                })
+                .collect::<Vec<u8>>(),
+            NOISE_RESAMPLES,
+            draws.seed,
+        ),
         running_corr: correlation(&simulated.running, &aligned.engine.running),
         running_mae: mean_abs_error(&simulated.running, &aligned.engine.running),
         simulated,
