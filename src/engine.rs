@@ -193,7 +193,8 @@ pub struct EngineTrace {
 }
 
 impl EngineTrace {
-    fn zeros(grid: BinGrid) -> Self {
+    /// An engine that does nothing over `grid` (every bin idle).
+    pub fn zeros(grid: BinGrid) -> Self {
         let z = vec![0.0; grid.bins];
         Self {
             grid,

@@ -234,20 +234,11 @@ mod tests {
 
     #[test]
     fn one_realization_follows_the_cell_distribution_and_the_copula_order() {
-        let grid = BinGrid {
+        let trace = EngineTrace::zeros(BinGrid {
             t0_s: 0.0,
             dt_s: 0.25,
             bins: 200,
-        };
-        let z = vec![0.0; 200];
-        let trace = EngineTrace {
-            grid,
-            running: z.clone(),
-            waiting: z.clone(),
-            prefill_tokens: z.clone(),
-            decode_tokens: z.clone(),
-            context_tokens: z,
-        };
+        });
         for seed in 0..5 {
             let p = power_from_engine(&one_cell_model(0.9), &trace, seed);
             // Latin hypercube: the r-th smallest of 200 values is drawn at u in
