@@ -957,15 +957,23 @@ pub fn two_level_class(running: f64, prefill_tokens: f64) -> u8 {
     }
 }
 
+/// [`two_level_class`] of every bin of an engine trace.
+pub fn two_level_classes(trace: &EngineTrace) -> impl Iterator<Item = u8> + '_ {
+    trace
+        .running
+        .iter()
+        .zip(&trace.prefill_tokens)
+        .map(|(&running, &prefill)| two_level_class(running, prefill))
+}
+
 fn baseline_levels(runs: &[AlignedRun]) -> BaselineLevels {
     let mut sums = [(0.0, 0usize); 3];
     let mut all = Vec::new();
     for r in runs {
-        for i in 0..r.power_w.len() {
-            let c = two_level_class(r.engine.running[i], r.engine.prefill_tokens[i]) as usize;
-            sums[c].0 += r.power_w[i];
-            sums[c].1 += 1;
-            all.push(r.power_w[i]);
+        for (&p, c) in r.power_w.iter().zip(two_level_classes(&r.engine)) {
+            sums[c as usize].0 += p;
+            sums[c as usize].1 += 1;
+            all.push(p);
         }
     }
     let mean_w = mean(&all);

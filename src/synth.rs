@@ -13,7 +13,7 @@ use rand_pcg::Pcg64;
 
 use crate::engine::{simulate, BinGrid, EngineTrace, ServingConfig};
 use crate::error::{Error, Result};
-use crate::learn::{raw_features, smooth_features, two_level_class, EngineState, LearnedModel};
+use crate::learn::{raw_features, smooth_features, two_level_classes, EngineState, LearnedModel};
 use crate::workload::Workload;
 use rand_distr::StandardNormal;
 
@@ -173,14 +173,12 @@ pub fn baselines(model: &LearnedModel, trace: &EngineTrace) -> Baselines {
     Baselines {
         tdp_w: vec![b.tdp_w; n],
         mean_w: vec![b.mean_w; n],
-        two_level_w: (0..n)
-            .map(
-                |i| match two_level_class(trace.running[i], trace.prefill_tokens[i]) {
-                    0 => b.idle_w,
-                    1 => b.prefill_w,
-                    _ => b.decode_w,
-                },
-            )
+        two_level_w: two_level_classes(trace)
+            .map(|c| match c {
+                0 => b.idle_w,
+                1 => b.prefill_w,
+                _ => b.decode_w,
+            })
             .collect(),
     }
 }

@@ -5,7 +5,7 @@
 use crate::engine::EngineTrace;
 use crate::error::{Error, Result};
 use crate::learn::{
-    align, correlation, learn, mean_abs_error, simulate_run, two_level_class, LearnOptions,
+    align, correlation, learn, mean_abs_error, simulate_run, two_level_classes, LearnOptions,
     LearnedModel,
 };
 use crate::metrics::{compare, median_of, resampling_noise, sd_of, Metrics, NOISE_RESAMPLES};
@@ -116,11 +116,7 @@ pub fn validate_with_model(
         powersynth_sd: Metrics::reduce(&draws_metrics, sd_of),
         measured_noise: resampling_noise(
             &aligned.power_w,
-            &(0..aligned.grid().bins)
-                .map(|i| {
-                    two_level_class(aligned.engine.running[i], aligned.engine.prefill_tokens[i])
-                })
-                .collect::<Vec<u8>>(),
+            &two_level_classes(&aligned.engine).collect::<Vec<u8>>(),
             NOISE_RESAMPLES,
             draws.seed,
         ),
