@@ -12,8 +12,11 @@
 //! steps. A step lasts [`StepTiming::step_s`] of what it scheduled. Requests that arrive while
 //! the engine is full wait in the queue: unlike the paper's queue-free shortcut (completion =
 //! arrival + in/λ_prefill + out/λ_decode), overload shows as waiting requests and late
-//! completions. Not modelled: KV-cache exhaustion and preemption, prefix-cache hits (a
-//! prompt is always fully prefilled), speculative decoding.
+//! completions. With `enable_prefix_caching`, a request's leading prompt blocks that an
+//! earlier turn of its session left resident are served from the cache
+//! ([`crate::prefix_cache`]): only the rest is prefilled, while the cached tokens still count
+//! in the context its decode steps read. Not modelled: KV-cache exhaustion and preemption,
+//! speculative decoding.
 //!
 //! The output is binned on a regular grid: time-averaged running and waiting requests, and the
 //! prefill and decode tokens of the steps whose midpoint falls in each bin.
@@ -25,6 +28,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::prefix_cache::{KvCacheConfig, PrefixCache};
 use crate::sources::measured::RunManifest;
 use crate::workload::Workload;
 
@@ -190,6 +194,8 @@ pub struct EngineTrace {
     pub decode_tokens: Vec<f64>,
     /// Time-averaged context (prompt + generated tokens) held by the running requests.
     pub context_tokens: Vec<f64>,
+    /// Prompt tokens served from the prefix cache by requests admitted in the bin.
+    pub cached_tokens: Vec<f64>,
 }
 
 impl EngineTrace {
@@ -202,7 +208,8 @@ impl EngineTrace {
             waiting: z.clone(),
             prefill_tokens: z.clone(),
             decode_tokens: z.clone(),
-            context_tokens: z,
+            context_tokens: z.clone(),
+            cached_tokens: z,
         }
     }
 }
@@ -214,6 +221,8 @@ pub struct RequestOutcome {
     pub admitted_s: f64,
     pub first_token_s: f64,
     pub finished_s: f64,
+    /// Prompt tokens served from the prefix cache (0 when not admitted).
+    pub cached_tokens: u32,
 }
 
 /// Engine trace plus per-request outcomes.
@@ -259,13 +268,15 @@ struct Prefilling {
     done_tokens: u32,
 }
 
-/// Simulates `workload` on one replica served with `serving` and step times `timing`, binned
-/// on `grid`. Requests arriving before the grid are simulated too (their tail shows in the
-/// first bins); the simulation stops at the grid's end.
+/// Simulates `workload` on one replica served with `serving`, step times `timing` and a KV
+/// cache `kv` (its prefix cache on when `serving.enable_prefix_caching`), binned on `grid`.
+/// Requests arriving before the grid are simulated too (their tail shows in the first bins);
+/// the simulation stops at the grid's end.
 pub fn simulate(
     workload: &Workload,
     serving: &ServingConfig,
     timing: &StepTiming,
+    kv: &KvCacheConfig,
     grid: BinGrid,
 ) -> Result<Simulation> {
     serving.validate()?;
@@ -294,9 +305,11 @@ pub fn simulate(
             admitted_s: nan,
             first_token_s: nan,
             finished_s: nan,
+            cached_tokens: 0,
         };
         reqs.len()
     ];
+    let mut cache = PrefixCache::new(serving.enable_prefix_caching, *kv);
     let end_s = grid.end_s();
     let budget = serving.max_num_batched_tokens;
     let max_seqs = serving.max_num_seqs as usize;
@@ -348,10 +361,15 @@ pub fn simulate(
             waiting.pop_front();
             outcomes[idx].admitted_s = t;
             add_interval(&mut trace.waiting, &grid, reqs[idx].arrival_s, t);
+            let hit = cache.admit(&reqs[idx], t);
+            outcomes[idx].cached_tokens = hit;
+            add_at(&mut trace.cached_tokens, &grid, t, hit as f64);
+            context_tokens += hit as u64;
+            let need = need - hit;
             let chunk = need.min(left);
             prefilling.push(Prefilling {
                 idx,
-                done_tokens: 0,
+                done_tokens: hit,
             });
             chunks.push((prefilling.len() - 1, chunk));
             left -= chunk;
@@ -381,6 +399,7 @@ pub fn simulate(
                 }
                 decoding.pop();
                 outcomes[idx].finished_s = t_end;
+                cache.finished(&reqs[idx], t_end);
                 add_interval(&mut trace.running, &grid, outcomes[idx].admitted_s, t_end);
                 context_tokens -= (reqs[idx].input_tokens + reqs[idx].output_tokens) as u64;
             }
@@ -400,9 +419,11 @@ pub fn simulate(
             produced += 1;
             context_tokens += 1;
             outcomes[idx].first_token_s = t_end;
+            cache.prefilled(&reqs[idx], t_end);
             let out = reqs[idx].output_tokens;
             if out <= 1 {
                 outcomes[idx].finished_s = t_end;
+                cache.finished(&reqs[idx], t_end);
                 add_interval(&mut trace.running, &grid, outcomes[idx].admitted_s, t_end);
                 context_tokens -= (reqs[idx].input_tokens + out) as u64;
             } else {
@@ -410,6 +431,7 @@ pub fn simulate(
             }
         }
         add_at(&mut trace.decode_tokens, &grid, mid, produced as f64);
+        cache.evict_to_fit(context_tokens);
         t = t_end;
     }
     // Requests still in the system at the end of the window.
@@ -453,11 +475,11 @@ mod tests {
     };
 
     fn req(t: f64, i: u32, o: u32) -> Request {
-        Request {
-            arrival_s: t,
-            input_tokens: i,
-            output_tokens: o,
-        }
+        Request::new(t, i, o)
+    }
+
+    fn run(w: &Workload, s: &ServingConfig, grid: BinGrid) -> Result<Simulation> {
+        simulate(w, s, &TIMING, &KvCacheConfig::default(), grid)
     }
 
     #[test]
@@ -465,10 +487,11 @@ mod tests {
         // Prefill 1000 tokens: 10 + 10 = 20 ms, first token at 1.020. Then 4 decode steps of
         // 11 ms each: finished at 1.064.
         let w = Workload {
+            session_names: vec![],
             requests: vec![req(1.0, 1000, 5)],
         };
         let grid = BinGrid::new(0.0, 2.0, 0.25).unwrap();
-        let sim = simulate(&w, &serving(8, 2048), &TIMING, grid).unwrap();
+        let sim = run(&w, &serving(8, 2048), grid).unwrap();
         let o = sim.outcomes[0];
         assert!((o.admitted_s - 1.0).abs() < 1e-12);
         assert!((o.first_token_s - 1.020).abs() < 1e-12, "{o:?}");
@@ -485,10 +508,11 @@ mod tests {
     fn two_overlapping_requests_share_steps() {
         // A at 0 (100 tokens in, 3 out), B at 0.012 (joins at A's second step).
         let w = Workload {
+            session_names: vec![],
             requests: vec![req(0.0, 100, 3), req(0.012, 200, 2)],
         };
         let grid = BinGrid::new(0.0, 1.0, 0.25).unwrap();
-        let sim = simulate(&w, &serving(8, 2048), &TIMING, grid).unwrap();
+        let sim = run(&w, &serving(8, 2048), grid).unwrap();
         // Step 1 [0, 0.011): A prefill (100 tok) → first token at 0.011.
         // Step 2 [0.011, 0.022): A decode; B not yet arrived at 0.011 → 11 ms.
         // Step 3 [0.022, 0.035): A decode (finishes, 3rd token) + B prefill 200 tok: 10+1+2.
@@ -508,10 +532,11 @@ mod tests {
     fn overload_queues_beyond_max_num_seqs() {
         // Two seats, five simultaneous long requests: three must wait for seats.
         let w = Workload {
+            session_names: vec![],
             requests: (0..5).map(|_| req(0.0, 10, 100)).collect(),
         };
         let grid = BinGrid::new(0.0, 10.0, 0.25).unwrap();
-        let sim = simulate(&w, &serving(2, 2048), &TIMING, grid).unwrap();
+        let sim = run(&w, &serving(2, 2048), grid).unwrap();
         let adm: Vec<f64> = sim.outcomes.iter().map(|o| o.admitted_s).collect();
         assert_eq!(adm[0], 0.0);
         assert_eq!(adm[1], 0.0);
@@ -529,16 +554,17 @@ mod tests {
     #[test]
     fn chunked_prefill_splits_long_prompts() {
         let w = Workload {
+            session_names: vec![],
             requests: vec![req(0.0, 5000, 2)],
         };
         let grid = BinGrid::new(0.0, 1.0, 0.25).unwrap();
-        let sim = simulate(&w, &serving(8, 2048), &TIMING, grid).unwrap();
+        let sim = run(&w, &serving(8, 2048), grid).unwrap();
         // Chunks 2048 + 2048 + 904: three steps before the first token.
         let expected = 3.0 * 0.010 + 5000.0 * 0.000_01;
         assert!((sim.outcomes[0].first_token_s - expected).abs() < 1e-12);
         let mut no_chunk = serving(8, 2048);
         no_chunk.enable_chunked_prefill = false;
-        let err = simulate(&w, &no_chunk, &TIMING, grid).unwrap_err();
+        let err = run(&w, &no_chunk, grid).unwrap_err();
         assert!(err.to_string().contains("request 0 has 5000 prompt tokens"));
     }
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{simulate, BinGrid, EngineTrace, ServingConfig, StepTiming};
 use crate::error::{Error, Result};
 use crate::fits::{least_squares, nelder_mead};
+use crate::prefix_cache::KvCacheConfig;
 use crate::sources::board_limit_w;
 use crate::sources::measured::MeasuredRun;
 use crate::traces::interp;
@@ -62,6 +63,9 @@ pub struct AlignedRun {
     pub engine: EngineTrace,
     /// The request log (arrivals and token counts only).
     pub workload: Workload,
+    /// Measured share of the KV cache in use per bin (`gpu_cache_usage_perc`, a fraction; NaN
+    /// where the counter is absent).
+    pub kv_usage: Vec<f64>,
     /// Per counter interval with engine iterations: (seconds per iteration, decodes per
     /// iteration, prompt tokens per iteration).
     pub step_samples: Vec<(f64, f64, f64)>,
@@ -133,6 +137,12 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
         decode_tokens: per_bin(&e.generation_tokens_total),
         // The counters do not hold the context; only simulations fill it.
         context_tokens: vec![0.0; n],
+        cached_tokens: per_bin(&e.prefix_cache_hits_total),
+    };
+    let kv_usage = if e.gpu_cache_usage_perc.iter().any(|x| x.is_nan()) {
+        vec![f64::NAN; n]
+    } else {
+        at_centres(&e.gpu_cache_usage_perc)
     };
     let mut step_samples = Vec::new();
     for k in 1..e.t_s.len() {
@@ -148,19 +158,14 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
             ));
         }
     }
-    let r = &run.requests;
-    let workload = Workload::from_columns(
-        &r.path,
-        &r.request_timestamps,
-        &r.input_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-        &r.output_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-    )?;
+    let workload = Workload::from_log(&run.requests)?;
     Ok(AlignedRun {
         run_id: run.manifest.run_id.clone(),
         serving: ServingConfig::from_manifest(&run.manifest),
         power_w,
         engine,
         workload,
+        kv_usage,
         step_samples,
     })
 }
@@ -393,6 +398,10 @@ pub struct LearnedModel {
     pub tp: u32,
     pub dt_s: f64,
     pub timing: StepTiming,
+    /// The replica's KV cache as the prefix cache sees it (capacity learned from the usage
+    /// counters; absent in models written before it, which then never evict).
+    #[serde(default)]
+    pub kv_cache: KvCacheConfig,
     pub power: PowerModel,
     pub baselines: BaselineLevels,
     pub training_runs: Vec<String>,
@@ -540,15 +549,39 @@ pub fn regress_timing(runs: &[AlignedRun]) -> StepTiming {
     }
 }
 
-/// Simulates a run's request log on its grid.
-pub fn simulate_run(run: &AlignedRun, timing: &StepTiming) -> Result<EngineTrace> {
-    Ok(simulate(&run.workload, &run.serving, timing, run.grid())?.trace)
+/// Simulates a run's request log on its grid with the run's serving settings.
+pub fn simulate_run(
+    run: &AlignedRun,
+    timing: &StepTiming,
+    kv: &KvCacheConfig,
+) -> Result<EngineTrace> {
+    Ok(simulate(&run.workload, &run.serving, timing, kv, run.grid())?.trace)
+}
+
+/// KV-cache capacity (tokens) from the measured `gpu_cache_usage_perc`: the median over busy
+/// bins (usage ≥ 1 %) of the simulated context held ÷ the measured share in use. `None` when
+/// no run has the counter. vLLM counts cached blocks no request uses as free, so the share
+/// measures the running requests' context, which is what the simulation holds.
+pub fn kv_capacity_tokens(runs: &[AlignedRun], simulated: &[EngineTrace]) -> Option<u64> {
+    let mut ratios: Vec<f64> = Vec::new();
+    for (r, sim) in runs.iter().zip(simulated) {
+        for (&u, &ctx) in r.kv_usage.iter().zip(&sim.context_tokens) {
+            if u >= 0.01 && ctx > 0.0 {
+                ratios.push(ctx / u);
+            }
+        }
+    }
+    if ratios.len() < 10 {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some(ratios[ratios.len() / 2].round() as u64)
 }
 
 fn timing_cost(runs: &[AlignedRun], timing: &StepTiming) -> f64 {
     let mut cost = 0.0;
     for r in runs {
-        let Ok(sim) = simulate_run(r, timing) else {
+        let Ok(sim) = simulate_run(r, timing, &KvCacheConfig::default()) else {
             return f64::INFINITY;
         };
         let vr = variance(&r.engine.running).max(1e-9);
@@ -908,10 +941,19 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         }
     }
     let timing = calibrate_timing(&aligned, opts.timing_iters);
-    // One simulation per training run serves both the features and the engine check.
+    // The KV capacity from the usage counters (a first simulation, nothing evicted), then one
+    // simulation per training run serves both the features and the engine check.
+    let unbounded: Vec<EngineTrace> = aligned
+        .iter()
+        .map(|a| simulate_run(a, &timing, &KvCacheConfig::default()))
+        .collect::<Result<_>>()?;
+    let kv_cache = KvCacheConfig {
+        capacity_tokens: kv_capacity_tokens(&aligned, &unbounded),
+        ..KvCacheConfig::default()
+    };
     let simulated: Vec<EngineTrace> = aligned
         .iter()
-        .map(|a| simulate_run(a, &timing))
+        .map(|a| simulate_run(a, &timing, &kv_cache))
         .collect::<Result<_>>()?;
     let power = match opts.features_from {
         FeatureSource::Simulated => fit_power(&aligned, &simulated, &timing, opts)?,
@@ -939,6 +981,7 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         tp: first.tp,
         dt_s: opts.dt_s,
         timing,
+        kv_cache,
         power,
         baselines,
         training_runs: aligned.iter().map(|a| a.run_id.clone()).collect(),
@@ -1116,6 +1159,7 @@ mod tests {
             prefill_tokens: vec![0.0; n],
             decode_tokens: vec![0.0; n],
             context_tokens: vec![0.0; n],
+            cached_tokens: vec![0.0; n],
         };
         let sim = trace((0..n).map(|i| if i < 20 { 0.0 } else { 4.0 }).collect());
         let measured = trace((0..n).map(|i| if i < 10 { 0.0 } else { 4.0 }).collect());
@@ -1133,7 +1177,8 @@ mod tests {
             },
             power_w,
             engine: measured,
-            workload: Workload { requests: vec![] },
+            workload: Workload::default(),
+            kv_usage: vec![f64::NAN; n],
             step_samples: vec![],
         };
         let timing = StepTiming {

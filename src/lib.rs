@@ -28,6 +28,7 @@ pub mod fits;
 pub mod learn;
 pub mod metrics;
 pub mod pipeline;
+pub mod prefix_cache;
 pub mod progress;
 pub mod report;
 pub mod scenario;

@@ -597,17 +597,9 @@ fn templates_for(
                     ),
                 ));
             }
-            let mut all = crate::workload::Workload {
-                requests: Vec::new(),
-            };
+            let mut all = crate::workload::Workload::default();
             for r in &runs {
-                let q = &r.requests;
-                let w = crate::workload::Workload::from_columns(
-                    &q.path,
-                    &q.request_timestamps,
-                    &q.input_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-                    &q.output_lens.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-                )?;
+                let w = crate::workload::Workload::from_log(&r.requests)?;
                 all.requests.extend(w.requests);
             }
             let tokens = crate::workload::EmpiricalTokens::from_workload(&all)?;

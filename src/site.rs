@@ -1,7 +1,8 @@
 //! Aggregation GPU → server → rack → row → site (SPEC §6) and facility metrics.
 //!
-//! A site-level workload is routed round-robin over all replicas (each replica: `tp` GPUs; a
-//! server holds `replicas_per_server`). Each replica is simulated and synthesized with its own
+//! A site-level workload is routed round-robin over all replicas, except that every turn of
+//! a session goes to one replica (session affinity, so its prefix cache can serve the next
+//! turn) (each replica: `tp` GPUs; a server holds `replicas_per_server`). Each replica is simulated and synthesized with its own
 //! seed (site seed ⊕ replica index), in parallel over racks; a server adds its non-GPU power;
 //! the site total is multiplied by the PUE. Only per-rack series are held, never per-GPU.
 
@@ -70,8 +71,17 @@ pub struct SitePower {
     pub site_w: Vec<f64>,
 }
 
+/// The replica serving request `index`: its session's (session mod R) when it has one, else
+/// round-robin (index mod R).
+fn replica_of(index: usize, request: &crate::workload::Request, replicas: usize) -> usize {
+    match request.session {
+        Some(s) => s as usize % replicas,
+        None => index % replicas,
+    }
+}
+
 /// Synthesizes a whole site. `workload` is the site's traffic; replica k gets requests k,
-/// k + R, k + 2R, … (R replicas).
+/// k + R, k + 2R, … (R replicas), and a session's turns all go to one replica.
 pub fn synthesize_site(
     model: &LearnedModel,
     serving: &ServingConfig,
@@ -99,10 +109,11 @@ pub fn synthesize_site(
                     requests: workload
                         .requests
                         .iter()
-                        .skip(r)
-                        .step_by(replicas)
-                        .copied()
+                        .enumerate()
+                        .filter(|(i, q)| replica_of(*i, q, replicas) == r)
+                        .map(|(_, q)| *q)
                         .collect(),
+                    session_names: workload.session_names.clone(),
                 };
                 let replica_seed = seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let (p, _) = synthesize(model, serving, &w, t0_s, duration_s, dt_s, replica_seed)?;

@@ -127,7 +127,7 @@ pub fn synthesize(
         dt_s: model.dt_s,
         bins: out.bins * k,
     };
-    let sim = simulate(workload, serving, &model.timing, grid)?;
+    let sim = simulate(workload, serving, &model.timing, &model.kv_cache, grid)?;
     let fine = power_from_engine(model, &sim.trace, seed);
     Ok((
         PowerSeries {
@@ -198,6 +198,7 @@ mod tests {
             hardware: "A100".into(),
             tp: 1,
             dt_s: 0.25,
+            kv_cache: Default::default(),
             timing: StepTiming {
                 base_s: 0.01,
                 per_decode_seq_s: 1e-4,

@@ -89,7 +89,7 @@ pub fn validate_with_model(
     let aligned = align(target, opts.dt_s)?;
     crate::synth::check_serving(&model, &aligned.serving)?;
     // The synthesized side sees only arrivals, token counts and serving settings.
-    let simulated = simulate_run(&aligned, &model.timing)?;
+    let simulated = simulate_run(&aligned, &model.timing, &model.kv_cache)?;
     let synthesized = power_from_engine(&model, &simulated, draws.seed);
     let draws_metrics: Vec<Metrics> = std::iter::once(compare(&aligned.power_w, &synthesized))
         .chain((1..draws.realizations as u64).map(|r| {

@@ -3,14 +3,15 @@
 //! at a rate, Gamma-renewal arrivals with a burstiness factor (vLLM's convention: 1 = Poisson,
 //! < 1 burstier, > 1 smoother), with token counts drawn from an empirical distribution.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rand::Rng;
 use rand_distr::{Distribution, Gamma};
 use rand_pcg::Pcg64;
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::sources::measured::{read_request_log, RequestLog};
 
 /// One request as the client sends it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,39 +22,70 @@ pub struct Request {
     pub input_tokens: u32,
     /// Generated tokens (1 from the prefill step, the rest one per decode step).
     pub output_tokens: u32,
+    /// The agent or chat session the request belongs to (an index into
+    /// [`Workload::session_names`]), if the log says.
+    pub session: Option<u32>,
+    /// Leading prompt tokens the load generator declares as repeated context (0 = not
+    /// declared; a later turn of a session then reuses the session's previous prompt).
+    pub prefix_tokens: u32,
+}
+
+impl Request {
+    /// A request with no session and no declared prefix.
+    pub fn new(arrival_s: f64, input_tokens: u32, output_tokens: u32) -> Self {
+        Self {
+            arrival_s,
+            input_tokens,
+            output_tokens,
+            session: None,
+            prefix_tokens: 0,
+        }
+    }
 }
 
 /// Requests in arrival order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Workload {
     pub requests: Vec<Request>,
-}
-
-/// The only fields of a vLLM benchmark log a workload may use: nothing measured about the
-/// run (TTFTs, ITLs, power) enters synthesis.
-#[derive(Debug, Deserialize)]
-struct RequestLogFields {
-    request_timestamps: Vec<f64>,
-    input_lens: Vec<i64>,
-    output_lens: Vec<i64>,
+    /// Names of the sessions [`Request::session`] indexes (empty when no request has one).
+    pub session_names: Vec<String>,
 }
 
 impl Workload {
-    /// Reads `request_timestamps`, `input_lens`, `output_lens` of a vLLM benchmark log
-    /// (`requests.json` or `requests_summary.json`); every other field is ignored.
+    /// Reads a vLLM benchmark log (`requests.json` or `requests_summary.json`, either order,
+    /// either `itls` form) and keeps what a workload may use ([`Workload::from_log`]).
     pub fn from_request_log(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let fields: RequestLogFields =
-            serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Self::from_columns(
+        Self::from_log(&read_request_log(path)?)
+    }
+
+    /// The workload of a request log: arrivals, token counts, sessions and declared prefixes.
+    /// Nothing measured about the run (TTFTs, ITLs, cache hits, power) enters synthesis.
+    pub fn from_log(log: &RequestLog) -> Result<Self> {
+        let path = &log.path;
+        let to_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        let mut w = Self::from_columns(
             path,
-            &fields.request_timestamps,
-            &fields.input_lens,
-            &fields.output_lens,
-        )
+            &log.request_timestamps,
+            &to_i64(&log.input_lens),
+            &to_i64(&log.output_lens),
+        )?;
+        if let Some(ids) = &log.session_ids {
+            let mut index: HashMap<&str, u32> = HashMap::new();
+            for (r, id) in w.requests.iter_mut().zip(ids) {
+                let next = index.len() as u32;
+                let k = *index.entry(id.as_str()).or_insert(next);
+                if k == next {
+                    w.session_names.push(id.clone());
+                }
+                r.session = Some(k);
+            }
+        }
+        if let Some(prefix) = &log.prefix_tokens {
+            for (r, &p) in w.requests.iter_mut().zip(prefix) {
+                r.prefix_tokens = p;
+            }
+        }
+        Ok(w)
     }
 
     /// Builds a workload from the three request-log columns, checking them.
@@ -99,13 +131,16 @@ impl Workload {
                     Ok(v as u32)
                 }
             };
-            requests.push(Request {
-                arrival_s: t,
-                input_tokens: tokens(inp, "input_lens", 1)?,
-                output_tokens: tokens(out, "output_lens", 1)?,
-            });
+            requests.push(Request::new(
+                t,
+                tokens(inp, "input_lens", 1)?,
+                tokens(out, "output_lens", 1)?,
+            ));
         }
-        Ok(Self { requests })
+        Ok(Self {
+            requests,
+            session_names: Vec::new(),
+        })
     }
 
     /// Arrivals of a Gamma-renewal process from `t0_s` to `t0_s + duration_s`: inter-arrival
@@ -140,13 +175,12 @@ impl Workload {
                 break;
             }
             let (input_tokens, output_tokens) = tokens.sample(rng);
-            requests.push(Request {
-                arrival_s: t,
-                input_tokens,
-                output_tokens,
-            });
+            requests.push(Request::new(t, input_tokens, output_tokens));
         }
-        Ok(Self { requests })
+        Ok(Self {
+            requests,
+            session_names: Vec::new(),
+        })
     }
 
     /// Poisson arrivals at `rate_per_s` (Gamma-renewal with burstiness 1).
@@ -171,6 +205,7 @@ impl Workload {
                     ..*r
                 })
                 .collect(),
+            session_names: self.session_names.clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use powersynth::fits::itl_mixture::{self, ItlFitMode, ItlFitOptions};
-use powersynth::sources::measured::{discover_runs, load_run};
+use powersynth::sources::measured::{discover_runs, load_run, Itls};
 
 #[test]
 fn every_measured_run_loads_with_aligned_clocks() {
@@ -63,13 +63,14 @@ fn itl_fits_on_real_samples_report_both_modes() {
     let Some(root) = common::shared("measured") else {
         return;
     };
-    let dir = discover_runs(&root)
+    // The run with per-token ITL lists (the agentic run's `requests.json` has one mean per
+    // request, which are not samples).
+    let x = discover_runs(&root)
         .unwrap()
         .into_iter()
-        .find(|d| d.join("requests.json").is_file())
+        .filter(|d| d.join("requests.json").is_file())
+        .find_map(|d| load_run(&d).unwrap().itl_samples())
         .unwrap();
-    let r = load_run(&dir).unwrap();
-    let x = r.itl_samples().unwrap();
     let mean = x.iter().sum::<f64>() / x.len() as f64;
     // README: 42,472 samples, mean 8.0 ms.
     assert!(x.len() >= 42_000, "{}", x.len());
@@ -184,4 +185,107 @@ fn bad_measured_input_names_file_and_line() {
         let e = load_run(dir.path()).unwrap_err().to_string();
         assert!(e.contains(file) && e.contains(needle), "{file}: {e}");
     }
+}
+
+/// The agentic run's `requests.json`: `itls` as one mean per request, requests listed session
+/// by session. It loads in arrival order, every column permuted alike (checked against
+/// `requests_summary.json`, which is in arrival order), and its cache hits add up to the
+/// counters' increase (README: 1,081,456 of 1,182,555 prompt tokens).
+#[test]
+fn agentic_run_loads_in_arrival_order_with_per_request_itls() {
+    let Some(root) = common::shared("measured") else {
+        return;
+    };
+    let dir = discover_runs(&root)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.to_string_lossy().contains("agentic"))
+        .expect("the agentic run");
+    let r = load_run(&dir).unwrap();
+    let q = &r.requests;
+    assert!(q.path.ends_with("requests.json"));
+    assert!(q.request_timestamps.windows(2).all(|w| w[0] <= w[1]));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("requests_summary.json")).unwrap())
+            .unwrap();
+    let col = |k: &str| -> Vec<u64> {
+        summary[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    let as64 = |v: &[u32]| v.iter().map(|&x| x as u64).collect::<Vec<_>>();
+    assert_eq!(as64(&q.input_lens), col("input_lens"));
+    assert_eq!(as64(&q.output_lens), col("output_lens"));
+    assert_eq!(as64(q.turn_idx.as_ref().unwrap()), col("turn_idx"));
+    let cached = q.cached_prompt_tokens.as_ref().unwrap();
+    assert_eq!(as64(cached), col("cached_prompt_tokens"));
+    assert_eq!(cached.iter().map(|&c| c as u64).sum::<u64>(), 1_081_456);
+    assert_eq!(
+        q.input_lens.iter().map(|&c| c as u64).sum::<u64>(),
+        1_182_555
+    );
+    match &q.itls {
+        Some(Itls::MeanPerRequest(m)) => {
+            assert_eq!(m.len(), q.input_lens.len());
+            assert!(m.iter().all(|&x| x > 0.001 && x < 1.0));
+        }
+        other => panic!("expected one ITL mean per request, got {other:?}"),
+    }
+    assert!(r.itl_samples().is_none());
+    // Counters: the hits' increase matches the per-request column.
+    let hits = &r.engine.prefix_cache_hits_total;
+    assert_eq!(hits[hits.len() - 1] - hits[0], 1_081_456.0);
+}
+
+/// Inconsistent session fields are refused with the file, the row and what is wrong.
+#[test]
+fn inconsistent_session_fields_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("requests.json");
+    let base = |extra: &str| {
+        format!(
+            r#"{{"request_timestamps": [1.0, 2.0, 3.0], "input_lens": [100, 200, 300],
+            "output_lens": [5, 5, 5], "session_ids": ["a", "a", "b"]{extra}}}"#
+        )
+    };
+    let cases = [
+        (
+            r#", "turn_idx": [1, 0, 0]"#,
+            "turn_idx 0 arrives after turn 1",
+        ),
+        (
+            r#", "prefix_tokens": [0, 250, 0]"#,
+            "prefix_tokens[1] = 250 is longer than the prompt",
+        ),
+        (
+            r#", "prefix_tokens": [0, 100, 0], "new_input_tokens": [100, 101, 300]"#,
+            "prefix_tokens 100 + new_input_tokens 101 is more than input_lens 200",
+        ),
+        (r#", "turn_idx": [0, 1]"#, "\"turn_idx\" has 2 entries"),
+        (r#", "itls": [[0.01], 0.02, [0.01]]"#, "mixes"),
+    ];
+    for (extra, needle) in cases {
+        std::fs::write(&path, base(extra)).unwrap();
+        let e = powersynth::sources::measured::read_request_log(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("requests.json") && e.contains(needle),
+            "{extra}: {e}"
+        );
+    }
+    // Listed out of arrival order is fine: the log comes back sorted, turns in order.
+    std::fs::write(
+        &path,
+        r#"{"request_timestamps": [2.0, 1.0], "input_lens": [200, 100], "output_lens": [5, 6],
+        "session_ids": ["a", "a"], "turn_idx": [1, 0]}"#,
+    )
+    .unwrap();
+    let log = powersynth::sources::measured::read_request_log(&path).unwrap();
+    assert_eq!(log.input_lens, vec![100, 200]);
+    assert_eq!(log.output_lens, vec![6, 5]);
+    assert_eq!(log.turn_idx, Some(vec![0, 1]));
 }

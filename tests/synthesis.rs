@@ -403,6 +403,7 @@ fn site_is_the_sum_of_its_replicas_plus_non_gpu_power_times_pue() {
     for r in 0..6 {
         let part = Workload {
             requests: w.requests.iter().skip(r).step_by(6).copied().collect(),
+            ..Default::default()
         };
         let seed = 5 ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let p = synthesize(&model, &serving, &part, t0, 60.0, 1.0, seed)

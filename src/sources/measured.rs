@@ -65,7 +65,7 @@ pub struct PowerSeries {
     pub gpus: u32,
 }
 
-/// A vLLM benchmark request log.
+/// A vLLM benchmark request log, in arrival order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestLog {
     /// Arrival (send) times, unix seconds.
@@ -75,7 +75,17 @@ pub struct RequestLog {
     /// Measured time to first token (s), when logged.
     pub ttfts: Option<Vec<f64>>,
     /// Per-request inter-token latencies (s), only in a full `requests.json`.
-    pub itls: Option<Vec<Vec<f64>>>,
+    pub itls: Option<Itls>,
+    /// Per request, the agent or chat session it belongs to (trace replays).
+    pub session_ids: Option<Vec<String>>,
+    /// Per request, its turn within its session (0 first).
+    pub turn_idx: Option<Vec<u32>>,
+    /// Per request, leading prompt tokens that repeat the session's earlier context (declared
+    /// by the load generator; 0 where the log does not know).
+    pub prefix_tokens: Option<Vec<u32>>,
+    /// Per request, prompt tokens the server served from its prefix cache (measured; used
+    /// only to score a simulation, never to drive one).
+    pub cached_prompt_tokens: Option<Vec<u32>>,
     /// The file it was read from.
     pub path: PathBuf,
 }
@@ -93,6 +103,9 @@ pub struct EngineCounters {
     /// Cumulative engine iterations and tokens scheduled over them (NaN where absent).
     pub iteration_tokens_total_count: Vec<f64>,
     pub iteration_tokens_total_sum: Vec<f64>,
+    /// Cumulative prompt tokens looked up in / served from the prefix cache (NaN where absent).
+    pub prefix_cache_queries_total: Vec<f64>,
+    pub prefix_cache_hits_total: Vec<f64>,
 }
 
 /// One measured run, loaded and aligned.
@@ -149,6 +162,8 @@ impl MeasuredRun {
                 gpu_cache_usage_perc: pick(&e.gpu_cache_usage_perc, &idx_e),
                 iteration_tokens_total_count: pick(&e.iteration_tokens_total_count, &idx_e),
                 iteration_tokens_total_sum: pick(&e.iteration_tokens_total_sum, &idx_e),
+                prefix_cache_queries_total: pick(&e.prefix_cache_queries_total, &idx_e),
+                prefix_cache_hits_total: pick(&e.prefix_cache_hits_total, &idx_e),
             },
             clock_skew_s: self.clock_skew_s,
         })
@@ -156,7 +171,9 @@ impl MeasuredRun {
 
     /// The run's ITL samples (s) after the chunked-prefill rule, if its log has them.
     pub fn itl_samples(&self) -> Option<Vec<f64>> {
-        let itls = self.requests.itls.as_ref()?;
+        let Some(Itls::PerToken(itls)) = self.requests.itls.as_ref() else {
+            return None;
+        };
         let mut out = Vec::new();
         for req in itls {
             super::mlenergy::smooth_itl(req, &mut out);
@@ -391,6 +408,23 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
     })
 }
 
+/// Inter-token latencies of a request log, in either form vLLM benchmark tools write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Itls {
+    /// Per request, the list of its inter-token latencies (s): real ITL samples.
+    PerToken(Vec<Vec<f64>>),
+    /// Per request, one number: the mean of its inter-token latencies (s). Not samples of
+    /// the ITL distribution (the fits refuse them), but still a per-request latency.
+    MeanPerRequest(Vec<f64>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawItl {
+    List(Vec<f64>),
+    Mean(f64),
+}
+
 #[derive(Deserialize)]
 struct RawRequests {
     request_timestamps: Vec<f64>,
@@ -399,7 +433,17 @@ struct RawRequests {
     #[serde(default)]
     ttfts: Option<Vec<Option<f64>>>,
     #[serde(default)]
-    itls: Option<Vec<Vec<f64>>>,
+    itls: Option<Vec<Option<RawItl>>>,
+    #[serde(default)]
+    session_ids: Option<Vec<String>>,
+    #[serde(default)]
+    turn_idx: Option<Vec<f64>>,
+    #[serde(default)]
+    prefix_tokens: Option<Vec<f64>>,
+    #[serde(default)]
+    new_input_tokens: Option<Vec<f64>>,
+    #[serde(default)]
+    cached_prompt_tokens: Option<Vec<f64>>,
 }
 
 /// `requests.json` when present (it has per-token ITLs), else `requests_summary.json`.
@@ -410,15 +454,25 @@ pub fn load_requests(dir: &Path) -> Result<RequestLog> {
     } else {
         dir.join("requests_summary.json")
     };
-    let raw: RawRequests = read_json(&path)?;
+    read_request_log(&path)
+}
+
+/// Reads a vLLM benchmark request log (`requests.json` or `requests_summary.json` form) and
+/// puts its requests in arrival order: a log listed session by session is sorted by
+/// `request_timestamps` (stable, every column permuted alike). Checks that every column has
+/// one entry per request, token counts are non-negative integers, `prefix_tokens` and
+/// `cached_prompt_tokens` fit in the prompt, `prefix_tokens + new_input_tokens ≤ input_lens`,
+/// and `turn_idx` increases within each session in arrival order.
+pub fn read_request_log(path: &Path) -> Result<RequestLog> {
+    let raw: RawRequests = read_json(path)?;
     let n = raw.request_timestamps.len();
     if n == 0 {
-        return Err(Error::content(&path, "\"request_timestamps\" is empty"));
+        return Err(Error::content(path, "\"request_timestamps\" is empty"));
     }
     let check_len = |name: &str, len: usize| {
         if len != n {
             Err(Error::content(
-                &path,
+                path,
                 format!("{name:?} has {len} entries, request_timestamps has {n}"),
             ))
         } else {
@@ -427,35 +481,55 @@ pub fn load_requests(dir: &Path) -> Result<RequestLog> {
     };
     check_len("input_lens", raw.input_lens.len())?;
     check_len("output_lens", raw.output_lens.len())?;
-    if let Some(t) = &raw.ttfts {
-        check_len("ttfts", t.len())?;
-    }
-    if let Some(t) = &raw.itls {
-        check_len("itls", t.len())?;
-    }
-    for (i, w) in raw.request_timestamps.windows(2).enumerate() {
-        if !w[1].is_finite() || w[1] < w[0] {
-            return Err(Error::row(
-                &path,
-                i + 1,
-                format!(
-                    "request_timestamps[{}] = {} is before the previous {}",
-                    i + 1,
-                    w[1],
-                    w[0]
-                ),
-            ));
+    let optional_lens = [
+        ("ttfts", raw.ttfts.as_ref().map(Vec::len)),
+        ("itls", raw.itls.as_ref().map(Vec::len)),
+        ("session_ids", raw.session_ids.as_ref().map(Vec::len)),
+        ("turn_idx", raw.turn_idx.as_ref().map(Vec::len)),
+        ("prefix_tokens", raw.prefix_tokens.as_ref().map(Vec::len)),
+        (
+            "new_input_tokens",
+            raw.new_input_tokens.as_ref().map(Vec::len),
+        ),
+        (
+            "cached_prompt_tokens",
+            raw.cached_prompt_tokens.as_ref().map(Vec::len),
+        ),
+    ];
+    for (name, len) in optional_lens {
+        if let Some(len) = len {
+            check_len(name, len)?;
         }
     }
+    if raw.turn_idx.is_some() && raw.session_ids.is_none() {
+        return Err(Error::content(
+            path,
+            "\"turn_idx\" is given without \"session_ids\" (a turn belongs to a session)",
+        ));
+    }
+    if let Some(i) = raw.request_timestamps.iter().position(|t| !t.is_finite()) {
+        return Err(Error::row(
+            path,
+            i,
+            format!(
+                "request_timestamps[{i}] = {} is not a time",
+                raw.request_timestamps[i]
+            ),
+        ));
+    }
+    // Arrival order (stable): logs listed session by session are reordered.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| raw.request_timestamps[a].total_cmp(&raw.request_timestamps[b]));
     let tokens = |name: &str, v: &[f64]| -> Result<Vec<u32>> {
-        v.iter()
-            .enumerate()
-            .map(|(i, &x)| {
+        order
+            .iter()
+            .map(|&i| {
+                let x = v[i];
                 if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64 {
                     Ok(x as u32)
                 } else {
                     Err(Error::row(
-                        &path,
+                        path,
                         i,
                         format!("{name}[{i}] = {x} is not a token count"),
                     ))
@@ -463,16 +537,144 @@ pub fn load_requests(dir: &Path) -> Result<RequestLog> {
             })
             .collect()
     };
-    Ok(RequestLog {
-        input_lens: tokens("input_lens", &raw.input_lens)?,
-        output_lens: tokens("output_lens", &raw.output_lens)?,
-        request_timestamps: raw.request_timestamps,
+    let opt_tokens = |name: &str, v: &Option<Vec<f64>>| -> Result<Option<Vec<u32>>> {
+        v.as_ref().map(|v| tokens(name, v)).transpose()
+    };
+    let input_lens = tokens("input_lens", &raw.input_lens)?;
+    let output_lens = tokens("output_lens", &raw.output_lens)?;
+    let turn_idx = opt_tokens("turn_idx", &raw.turn_idx)?;
+    let prefix_tokens = opt_tokens("prefix_tokens", &raw.prefix_tokens)?;
+    let new_input_tokens = opt_tokens("new_input_tokens", &raw.new_input_tokens)?;
+    let cached_prompt_tokens = opt_tokens("cached_prompt_tokens", &raw.cached_prompt_tokens)?;
+    let session_ids = raw
+        .session_ids
+        .map(|s| order.iter().map(|&i| s[i].clone()).collect::<Vec<_>>());
+    let log = RequestLog {
+        request_timestamps: order.iter().map(|&i| raw.request_timestamps[i]).collect(),
+        input_lens,
+        output_lens,
         ttfts: raw
             .ttfts
-            .map(|v| v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect()),
-        itls: raw.itls,
-        path,
-    })
+            .map(|v| order.iter().map(|&i| v[i].unwrap_or(f64::NAN)).collect()),
+        itls: raw
+            .itls
+            .map(|v| itls_in_order(path, v, &order))
+            .transpose()?,
+        session_ids,
+        turn_idx,
+        prefix_tokens,
+        cached_prompt_tokens,
+        path: path.to_path_buf(),
+    };
+    check_prompt_parts(&log, new_input_tokens.as_deref(), &order)?;
+    check_turn_order(&log, &order)?;
+    Ok(log)
+}
+
+/// The `itls` column in arrival order, in whichever form the file uses (one form per file).
+fn itls_in_order(path: &Path, raw: Vec<Option<RawItl>>, order: &[usize]) -> Result<Itls> {
+    let lists = raw
+        .iter()
+        .filter(|x| matches!(x, Some(RawItl::List(_))))
+        .count();
+    let means = raw
+        .iter()
+        .filter(|x| matches!(x, Some(RawItl::Mean(_))))
+        .count();
+    if lists > 0 && means > 0 {
+        return Err(Error::content(
+            path,
+            format!(
+                "\"itls\" mixes {lists} per-token lists with {means} per-request means; \
+                 use one form per file"
+            ),
+        ));
+    }
+    if means > 0 {
+        let v = order
+            .iter()
+            .map(|&i| match &raw[i] {
+                Some(RawItl::Mean(m)) if m.is_finite() && *m >= 0.0 => Ok(*m),
+                Some(RawItl::Mean(m)) => Err(Error::row(
+                    path,
+                    i,
+                    format!("itls[{i}] = {m} is not a latency"),
+                )),
+                _ => Ok(f64::NAN),
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        return Ok(Itls::MeanPerRequest(v));
+    }
+    let mut raw = raw;
+    Ok(Itls::PerToken(
+        order
+            .iter()
+            .map(|&i| match raw[i].take() {
+                Some(RawItl::List(l)) => l,
+                _ => Vec::new(),
+            })
+            .collect(),
+    ))
+}
+
+/// `prefix_tokens` and `cached_prompt_tokens` fit in the prompt; with `new_input_tokens`,
+/// prefix + new fit in it too (the rest is the chat template's tokens: the agentic run's
+/// prompts are 8 tokens longer than prefix + new).
+fn check_prompt_parts(log: &RequestLog, new_input: Option<&[u32]>, order: &[usize]) -> Result<()> {
+    let path = &log.path;
+    for (k, &input) in log.input_lens.iter().enumerate() {
+        let row = order[k];
+        for (name, col) in [
+            ("prefix_tokens", &log.prefix_tokens),
+            ("cached_prompt_tokens", &log.cached_prompt_tokens),
+        ] {
+            if let Some(v) = col.as_ref().map(|c| c[k]).filter(|&v| v > input) {
+                return Err(Error::row(
+                    path,
+                    row,
+                    format!("{name}[{row}] = {v} is longer than the prompt (input_lens = {input})"),
+                ));
+            }
+        }
+        if let (Some(prefix), Some(new)) = (&log.prefix_tokens, new_input) {
+            if prefix[k] as u64 + new[k] as u64 > input as u64 {
+                return Err(Error::row(
+                    path,
+                    row,
+                    format!(
+                        "prefix_tokens {} + new_input_tokens {} is more than input_lens {input}",
+                        prefix[k], new[k]
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Within a session, turns arrive in increasing `turn_idx`.
+fn check_turn_order(log: &RequestLog, order: &[usize]) -> Result<()> {
+    let (Some(ids), Some(turns)) = (&log.session_ids, &log.turn_idx) else {
+        return Ok(());
+    };
+    let mut last: HashMap<&str, u32> = HashMap::new();
+    for (k, (id, &turn)) in ids.iter().zip(turns).enumerate() {
+        if let Some(&prev) = last.get(id.as_str()) {
+            if turn <= prev {
+                let row = order[k];
+                return Err(Error::row(
+                    &log.path,
+                    row,
+                    format!(
+                        "session {id:?}: turn_idx {turn} arrives after turn {prev} \
+                         (turns of a session must arrive in increasing order)"
+                    ),
+                ));
+            }
+        }
+        last.insert(id.as_str(), turn);
+    }
+    Ok(())
 }
 
 fn load_engine(path: &Path) -> Result<EngineCounters> {
@@ -486,6 +688,8 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
     let c_kv = optional("gpu_cache_usage_perc");
     let c_iter_count = optional("iteration_tokens_total_count");
     let c_iter_sum = optional("iteration_tokens_total_sum");
+    let c_pc_queries = optional("prefix_cache_queries_total");
+    let c_pc_hits = optional("prefix_cache_hits_total");
     let mut e = EngineCounters {
         t_s: Vec::new(),
         num_requests_running: Vec::new(),
@@ -495,6 +699,8 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
         gpu_cache_usage_perc: Vec::new(),
         iteration_tokens_total_count: Vec::new(),
         iteration_tokens_total_sum: Vec::new(),
+        prefix_cache_queries_total: Vec::new(),
+        prefix_cache_hits_total: Vec::new(),
     };
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
@@ -535,6 +741,10 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
             .push(opt(c_iter_count, "iteration_tokens_total_count")?);
         e.iteration_tokens_total_sum
             .push(opt(c_iter_sum, "iteration_tokens_total_sum")?);
+        e.prefix_cache_queries_total
+            .push(opt(c_pc_queries, "prefix_cache_queries_total")?);
+        e.prefix_cache_hits_total
+            .push(opt(c_pc_hits, "prefix_cache_hits_total")?);
     }
     if e.t_s.is_empty() {
         return Err(Error::content(path, "no rows"));
