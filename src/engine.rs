@@ -111,17 +111,36 @@ pub struct StepTiming {
     pub per_prefill_token_s: f64,
     /// Per 1,000 tokens of context held by the scheduled requests (attention reads) (s).
     pub per_context_ktoken_s: f64,
+    /// Per prompt token prefilled, per 1,000 tokens of its request's context before it
+    /// (prefill attention grows with the prompt's position: a 12k-token prompt costs more
+    /// than twelve 1k ones) (s). Absent in models written before it: 0.
+    #[serde(default)]
+    pub per_prefill_attention_s: f64,
 }
 
 impl StepTiming {
-    /// Duration (s) of a step with `decode_seqs` decodes, `prefill_tokens` prompt tokens and
-    /// `context_tokens` of context over its requests.
+    /// Duration (s) of a step with `decode_seqs` decodes, `prefill_tokens` prompt tokens,
+    /// `context_tokens` of context over its requests and `prefill_attention_ktokens` = Σ over
+    /// its prefill chunks of chunk × (tokens before the chunk + chunk / 2) / 1000.
     #[inline]
-    pub fn step_s(&self, decode_seqs: u32, prefill_tokens: u32, context_tokens: u64) -> f64 {
+    pub fn step_s(
+        &self,
+        decode_seqs: u32,
+        prefill_tokens: u32,
+        context_tokens: u64,
+        prefill_attention_ktokens: f64,
+    ) -> f64 {
         self.base_s
             + self.per_decode_seq_s * decode_seqs as f64
-            + self.per_prefill_token_s * prefill_tokens as f64
+            + self.prefill_s(prefill_tokens, prefill_attention_ktokens)
             + self.per_context_ktoken_s * context_tokens as f64 * 1e-3
+    }
+
+    /// The part of a step's duration that its prompt tokens add (s).
+    #[inline]
+    pub fn prefill_s(&self, prefill_tokens: u32, prefill_attention_ktokens: f64) -> f64 {
+        self.per_prefill_token_s * prefill_tokens as f64
+            + self.per_prefill_attention_s * prefill_attention_ktokens
     }
 
     /// Rejects timings that would stall the simulation (non-positive step times).
@@ -131,6 +150,7 @@ impl StepTiming {
             self.per_decode_seq_s,
             self.per_prefill_token_s,
             self.per_context_ktoken_s,
+            self.per_prefill_attention_s,
         ];
         if !(self.base_s > 0.0) || all.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return Err(Error::config(
@@ -184,7 +204,11 @@ impl BinGrid {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineTrace {
     pub grid: BinGrid,
-    /// Time-averaged requests admitted and not finished (prefilling or decoding).
+    /// Time-averaged running requests as vLLM's `num_requests_running` gauge shows them: the
+    /// gauge is updated when a step completes, so a request counts from the end of its first
+    /// step (not from its admission) until the step that finishes it. On short bursts this
+    /// matters: ten 250-token prompts prefilled in one 0.1 s step are invisible to the gauge
+    /// during that step.
     pub running: Vec<f64>,
     /// Time-averaged requests arrived and not yet admitted.
     pub waiting: Vec<f64>,
@@ -196,6 +220,11 @@ pub struct EngineTrace {
     pub context_tokens: Vec<f64>,
     /// Prompt tokens served from the prefix cache by requests admitted in the bin.
     pub cached_tokens: Vec<f64>,
+    /// Share of the bin the engine spends stepping (0 idle … 1 busy throughout).
+    pub busy: Vec<f64>,
+    /// Share of the bin spent on prompt tokens ([`StepTiming::prefill_s`] of each step,
+    /// spread over the step).
+    pub prefill_busy: Vec<f64>,
 }
 
 impl EngineTrace {
@@ -209,7 +238,9 @@ impl EngineTrace {
             prefill_tokens: z.clone(),
             decode_tokens: z.clone(),
             context_tokens: z.clone(),
-            cached_tokens: z,
+            cached_tokens: z.clone(),
+            busy: z.clone(),
+            prefill_busy: z,
         }
     }
 }
@@ -219,6 +250,8 @@ impl EngineTrace {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RequestOutcome {
     pub admitted_s: f64,
+    /// End of its first step: when the running gauge starts counting it.
+    pub counted_s: f64,
     pub first_token_s: f64,
     pub finished_s: f64,
     /// Prompt tokens served from the prefix cache (0 when not admitted).
@@ -303,6 +336,7 @@ pub fn simulate(
     let mut outcomes = vec![
         RequestOutcome {
             admitted_s: nan,
+            counted_s: nan,
             first_token_s: nan,
             finished_s: nan,
             cached_tokens: 0,
@@ -342,6 +376,7 @@ pub fn simulate(
         let mut left = budget.saturating_sub(decode_seqs);
         let mut prefill_tokens = 0u32;
         let mut chunks: Vec<(usize, u32)> = Vec::new(); // (index into prefilling, tokens)
+        let mut admitted: Vec<usize> = Vec::new();
         for (k, p) in prefilling.iter().enumerate() {
             if left == 0 {
                 break;
@@ -360,6 +395,7 @@ pub fn simulate(
             }
             waiting.pop_front();
             outcomes[idx].admitted_s = t;
+            admitted.push(idx);
             add_interval(&mut trace.waiting, &grid, reqs[idx].arrival_s, t);
             let hit = cache.admit(&reqs[idx], t);
             outcomes[idx].cached_tokens = hit;
@@ -376,10 +412,17 @@ pub fn simulate(
             prefill_tokens += chunk;
         }
         let step_context = context_tokens + prefill_tokens as u64;
-        let dur = timing.step_s(decode_seqs, prefill_tokens, step_context);
+        let attention_ktokens: f64 = chunks
+            .iter()
+            .map(|&(k, c)| c as f64 * (prefilling[k].done_tokens as f64 + 0.5 * c as f64) * 1e-3)
+            .sum();
+        let dur = timing.step_s(decode_seqs, prefill_tokens, step_context, attention_ktokens);
         let t_end = t + dur;
         let mid = t + 0.5 * dur;
         add_at(&mut trace.prefill_tokens, &grid, mid, prefill_tokens as f64);
+        add_interval(&mut trace.busy, &grid, t, t_end);
+        let prefill_share = timing.prefill_s(prefill_tokens, attention_ktokens) / dur;
+        add_interval_weighted(&mut trace.prefill_busy, &grid, t, t_end, prefill_share);
         add_interval_weighted(
             &mut trace.context_tokens,
             &grid,
@@ -389,6 +432,9 @@ pub fn simulate(
         );
 
         // Apply the step.
+        for &idx in &admitted {
+            outcomes[idx].counted_s = t_end;
+        }
         let mut produced = decode_seqs as u64;
         context_tokens += decode_seqs as u64 + prefill_tokens as u64;
         if decode_seqs > 0 {
@@ -400,7 +446,7 @@ pub fn simulate(
                 decoding.pop();
                 outcomes[idx].finished_s = t_end;
                 cache.finished(&reqs[idx], t_end);
-                add_interval(&mut trace.running, &grid, outcomes[idx].admitted_s, t_end);
+                add_interval(&mut trace.running, &grid, outcomes[idx].counted_s, t_end);
                 context_tokens -= (reqs[idx].input_tokens + reqs[idx].output_tokens) as u64;
             }
         }
@@ -424,7 +470,7 @@ pub fn simulate(
             if out <= 1 {
                 outcomes[idx].finished_s = t_end;
                 cache.finished(&reqs[idx], t_end);
-                add_interval(&mut trace.running, &grid, outcomes[idx].admitted_s, t_end);
+                add_interval(&mut trace.running, &grid, outcomes[idx].counted_s, t_end);
                 context_tokens -= (reqs[idx].input_tokens + out) as u64;
             } else {
                 decoding.push(Reverse((decode_steps + (out - 1) as u64, idx)));
@@ -437,7 +483,7 @@ pub fn simulate(
     // Requests still in the system at the end of the window.
     for o in &outcomes {
         if o.admitted_s.is_finite() && o.finished_s.is_nan() {
-            add_interval(&mut trace.running, &grid, o.admitted_s, end_s);
+            add_interval(&mut trace.running, &grid, o.counted_s, end_s);
         }
     }
     for &idx in waiting.iter() {
@@ -447,6 +493,36 @@ pub fn simulate(
         add_interval(&mut trace.waiting, &grid, r.arrival_s, end_s);
     }
     Ok(Simulation { trace, outcomes })
+}
+
+/// vLLM's `num_requests_running` gauge at each of `times_s` (sorted ascending): the requests
+/// with `counted_s ≤ t < finished_s` (unfinished ones count to the end).
+pub fn running_gauge_at(outcomes: &[RequestOutcome], times_s: &[f64]) -> Vec<f64> {
+    let mut starts: Vec<f64> = outcomes
+        .iter()
+        .map(|o| o.counted_s)
+        .filter(|t| t.is_finite())
+        .collect();
+    let mut ends: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.counted_s.is_finite() && o.finished_s.is_finite())
+        .map(|o| o.finished_s)
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    ends.sort_by(f64::total_cmp);
+    let (mut i, mut j) = (0, 0);
+    times_s
+        .iter()
+        .map(|&t| {
+            while i < starts.len() && starts[i] <= t {
+                i += 1;
+            }
+            while j < ends.len() && ends[j] <= t {
+                j += 1;
+            }
+            (i - j) as f64
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -472,6 +548,7 @@ mod tests {
         per_decode_seq_s: 0.001,
         per_prefill_token_s: 0.000_01,
         per_context_ktoken_s: 0.0,
+        per_prefill_attention_s: 0.0,
     };
 
     fn req(t: f64, i: u32, o: u32) -> Request {
@@ -496,12 +573,28 @@ mod tests {
         assert!((o.admitted_s - 1.0).abs() < 1e-12);
         assert!((o.first_token_s - 1.020).abs() < 1e-12, "{o:?}");
         assert!((o.finished_s - 1.064).abs() < 1e-12, "{o:?}");
-        // Running for 64 ms inside bin 4 = [1.0, 1.25).
-        assert!((sim.trace.running[4] - 0.064 / 0.25).abs() < 1e-9);
+        // Counted by the running gauge from the end of its first step (1.020) to 1.064: 44 ms
+        // inside bin 4 = [1.0, 1.25); busy for all 64 ms, 20 of them on the prompt's tokens.
+        assert!((sim.trace.running[4] - 0.044 / 0.25).abs() < 1e-9);
+        assert!((sim.trace.busy[4] - 0.064 / 0.25).abs() < 1e-9);
+        assert!((sim.trace.prefill_busy[4] - 0.010 / 0.25).abs() < 1e-9);
         assert_eq!(sim.trace.running.iter().filter(|v| **v > 0.0).count(), 1);
         assert_eq!(sim.trace.prefill_tokens.iter().sum::<f64>(), 1000.0);
         assert_eq!(sim.trace.decode_tokens.iter().sum::<f64>(), 5.0);
         assert_eq!(sim.trace.waiting.iter().sum::<f64>(), 0.0);
+    }
+
+    #[test]
+    fn gauge_counts_from_the_end_of_the_first_step() {
+        let w = Workload {
+            session_names: vec![],
+            requests: vec![req(1.0, 1000, 5)],
+        };
+        let grid = BinGrid::new(0.0, 2.0, 0.25).unwrap();
+        let sim = run(&w, &serving(8, 2048), grid).unwrap();
+        // First step 1.000–1.020, finished at 1.064.
+        let g = running_gauge_at(&sim.outcomes, &[1.01, 1.02, 1.05, 1.064, 1.5]);
+        assert_eq!(g, vec![0.0, 1.0, 1.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -25,7 +25,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{simulate, BinGrid, EngineTrace, ServingConfig, StepTiming};
+use crate::engine::{
+    running_gauge_at, simulate, BinGrid, EngineTrace, RequestOutcome, ServingConfig, Simulation,
+    StepTiming,
+};
 use crate::error::{Error, Result};
 use crate::fits::{least_squares, nelder_mead};
 use crate::prefix_cache::KvCacheConfig;
@@ -63,6 +66,11 @@ pub struct AlignedRun {
     pub engine: EngineTrace,
     /// The request log (arrivals and token counts only).
     pub workload: Workload,
+    /// Measured time to first token per request of `workload` (s; NaN where not logged). Used
+    /// only to calibrate the step timing on training runs.
+    pub ttft_s: Vec<f64>,
+    /// Timestamps of the engine counters (unix s), where the measured gauges were read.
+    pub counter_t_s: Vec<f64>,
     /// Measured share of the KV cache in use per bin (`gpu_cache_usage_perc`, a fraction; NaN
     /// where the counter is absent).
     pub kv_usage: Vec<f64>,
@@ -138,6 +146,13 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
         // The counters do not hold the context; only simulations fill it.
         context_tokens: vec![0.0; n],
         cached_tokens: per_bin(&e.prefix_cache_hits_total),
+        // The counters do not time the steps: busy while a request runs, and the prompt
+        // tokens' share of the bin at the regression's cost would need the timing; 0.
+        busy: at_centres(&e.num_requests_running)
+            .iter()
+            .map(|r| r.clamp(0.0, 1.0))
+            .collect(),
+        prefill_busy: vec![0.0; n],
     };
     let kv_usage = if e.gpu_cache_usage_perc.iter().any(|x| x.is_nan()) {
         vec![f64::NAN; n]
@@ -148,7 +163,11 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
     for k in 1..e.t_s.len() {
         let d_iter = e.iteration_tokens_total_count[k] - e.iteration_tokens_total_count[k - 1];
         let d_gen = e.generation_tokens_total[k] - e.generation_tokens_total[k - 1];
-        let d_prompt = e.prompt_tokens_total[k] - e.prompt_tokens_total[k - 1];
+        // Prompt tokens computed: the counter counts cached ones too.
+        let d_hits = e.prefix_cache_hits_total[k] - e.prefix_cache_hits_total[k - 1];
+        let d_prompt = e.prompt_tokens_total[k]
+            - e.prompt_tokens_total[k - 1]
+            - if d_hits.is_finite() { d_hits } else { 0.0 };
         let busy = e.num_requests_running[k] > 0.0 && e.num_requests_running[k - 1] > 0.0;
         if busy && d_iter >= 1.0 && d_gen.is_finite() && d_prompt.is_finite() {
             step_samples.push((
@@ -164,7 +183,13 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
         serving: ServingConfig::from_manifest(&run.manifest),
         power_w,
         engine,
+        ttft_s: run
+            .requests
+            .ttfts
+            .clone()
+            .unwrap_or_else(|| vec![f64::NAN; workload.requests.len()]),
         workload,
+        counter_t_s: e.t_s.clone(),
         kv_usage,
         step_samples,
     })
@@ -546,6 +571,7 @@ pub fn regress_timing(runs: &[AlignedRun]) -> StepTiming {
         per_decode_seq_s: b[1].max(0.0),
         per_prefill_token_s: b[2].max(1e-7),
         per_context_ktoken_s: 0.0,
+        per_prefill_attention_s: 0.0,
     }
 }
 
@@ -554,8 +580,20 @@ pub fn simulate_run(
     run: &AlignedRun,
     timing: &StepTiming,
     kv: &KvCacheConfig,
-) -> Result<EngineTrace> {
-    Ok(simulate(&run.workload, &run.serving, timing, kv, run.grid())?.trace)
+) -> Result<Simulation> {
+    simulate(&run.workload, &run.serving, timing, kv, run.grid())
+}
+
+/// The simulated running gauge read the way the run's counters were: at the counters' own
+/// timestamps, then interpolated at the bin centres as [`align`] does with the measured ones.
+/// Compared bin by bin with `run.engine.running`, it sets point samples against point samples
+/// (a time average would be smoother than any 4 Hz reading of sub-bin bursts).
+pub fn running_as_counted(run: &AlignedRun, outcomes: &[RequestOutcome]) -> Vec<f64> {
+    let at_counters = running_gauge_at(outcomes, &run.counter_t_s);
+    let grid = run.grid();
+    (0..grid.bins)
+        .map(|i| interp(&run.counter_t_s, &at_counters, grid.t_s(i) + 0.5 * grid.dt_s))
+        .collect()
 }
 
 /// KV-cache capacity (tokens) from the measured `gpu_cache_usage_perc`: the median over busy
@@ -578,30 +616,69 @@ pub fn kv_capacity_tokens(runs: &[AlignedRun], simulated: &[EngineTrace]) -> Opt
     Some(ratios[ratios.len() / 2].round() as u64)
 }
 
+/// How far a timing's simulation of the training runs is from their measurements: per run,
+/// the normalised squared error of the running requests and of the decode tokens per bin, plus
+/// the mean squared log error of the requests' time to first token (where logged). The TTFT
+/// term is what pins the prefill coefficients on long prompts: running requests alone barely
+/// see a prefill that lasts a fraction of a bin.
 fn timing_cost(runs: &[AlignedRun], timing: &StepTiming) -> f64 {
     let mut cost = 0.0;
     for r in runs {
-        let Ok(sim) = simulate_run(r, timing, &KvCacheConfig::default()) else {
+        let kv = KvCacheConfig::default();
+        let Ok(sim) = simulate(&r.workload, &r.serving, timing, &kv, r.grid()) else {
             return f64::INFINITY;
         };
-        let vr = variance(&r.engine.running).max(1e-9);
-        let vd = variance(&r.engine.decode_tokens).max(1e-9);
-        let n = r.grid().bins as f64;
-        let er: f64 = sim
-            .running
-            .iter()
-            .zip(&r.engine.running)
-            .map(|(a, b)| (a - b).powi(2))
-            .sum();
-        let ed: f64 = sim
-            .decode_tokens
-            .iter()
-            .zip(&r.engine.decode_tokens)
-            .map(|(a, b)| (a - b).powi(2))
-            .sum();
-        cost += er / n / vr + ed / n / vd;
+        let nmse = |a: &[f64], b: &[f64]| -> f64 {
+            let v = variance(b).max(1e-9);
+            a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / b.len() as f64 / v
+        };
+        cost += nmse(&running_as_counted(r, &sim.outcomes), &r.engine.running)
+            + nmse(&sim.trace.decode_tokens, &r.engine.decode_tokens);
+        cost += ttft_error(r, &sim.outcomes);
     }
     cost
+}
+
+/// Mean squared log error of the simulated times to first token against the measured ones,
+/// after the client's and front end's share (HTTP, tokenisation: c0 + c1 · prompt tokens,
+/// fitted by least squares, never negative), which the engine does not see. 0 without TTFTs.
+fn ttft_error(r: &AlignedRun, outcomes: &[crate::engine::RequestOutcome]) -> f64 {
+    let pairs: Vec<(f64, f64, f64)> = outcomes
+        .iter()
+        .zip(r.ttft_s.iter().zip(&r.workload.requests))
+        .filter_map(|(o, (&measured, q))| {
+            let simulated = o.first_token_s - q.arrival_s;
+            (measured > 0.0 && simulated > 0.0 && simulated.is_finite()).then_some((
+                simulated,
+                measured,
+                q.input_tokens as f64,
+            ))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return 0.0;
+    }
+    let n = pairs.len() as f64;
+    let (mx, my) = pairs
+        .iter()
+        .fold((0.0, 0.0), |(a, b), &(s, m, x)| (a + x / n, b + (m - s) / n));
+    let (sxy, sxx) = pairs.iter().fold((0.0, 0.0), |(a, b), &(s, m, x)| {
+        (a + (x - mx) * (m - s - my), b + (x - mx) * (x - mx))
+    });
+    let mut c1 = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
+    let mut c0 = my - c1 * mx;
+    if c0 < 0.0 {
+        c0 = 0.0;
+        let (num, den) = pairs.iter().fold((0.0, 0.0), |(a, b), &(s, m, x)| {
+            (a + x * (m - s), b + x * x)
+        });
+        c1 = if den > 0.0 { (num / den).max(0.0) } else { 0.0 };
+    }
+    pairs
+        .iter()
+        .map(|&(s, m, x)| ((s + c0 + c1 * x).ln() - m.ln()).powi(2))
+        .sum::<f64>()
+        / n
 }
 
 /// Step timing: regression, then calibration by simulation (see the module docs).
@@ -610,18 +687,22 @@ pub fn calibrate_timing(runs: &[AlignedRun], iters: u64) -> StepTiming {
     if iters == 0 {
         return start;
     }
-    // Search in log space around the regression; the context term starts small.
+    // Search in log space around the regression; the context terms start small.
     let to_timing = |p: &[f64]| StepTiming {
         base_s: p[0].exp(),
         per_decode_seq_s: p[1].exp(),
         per_prefill_token_s: p[2].exp(),
         per_context_ktoken_s: p[3].exp(),
+        per_prefill_attention_s: p[4].exp(),
     };
     let p0 = [
         start.base_s.ln(),
         start.per_decode_seq_s.max(1e-5).ln(),
         start.per_prefill_token_s.max(1e-7).ln(),
-        (1e-5f64).ln(),
+        // Physical starts for the context terms (A100, 8B model: ~0.1 ms per 1k tokens of
+        // KV read per step; prefill attention a few µs per token per 1k tokens before it).
+        (5e-5f64).ln(),
+        (3e-6f64).ln(),
     ];
     let cost = |p: &[f64]| {
         if p.iter().any(|v| !(v.abs() < 40.0)) {
@@ -629,7 +710,7 @@ pub fn calibrate_timing(runs: &[AlignedRun], iters: u64) -> StepTiming {
         }
         timing_cost(runs, &to_timing(p))
     };
-    let (best, best_cost) = nelder_mead(cost, &p0, &[0.3, 1.0, 0.5, 2.0], iters);
+    let (best, best_cost) = nelder_mead(cost, &p0, &[0.3, 1.0, 0.5, 1.0, 1.0], iters);
     if best_cost < timing_cost(runs, &start) {
         to_timing(&best)
     } else {
@@ -945,16 +1026,22 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
     // simulation per training run serves both the features and the engine check.
     let unbounded: Vec<EngineTrace> = aligned
         .iter()
-        .map(|a| simulate_run(a, &timing, &KvCacheConfig::default()))
+        .map(|a| Ok(simulate_run(a, &timing, &KvCacheConfig::default())?.trace))
         .collect::<Result<_>>()?;
     let kv_cache = KvCacheConfig {
         capacity_tokens: kv_capacity_tokens(&aligned, &unbounded),
         ..KvCacheConfig::default()
     };
-    let simulated: Vec<EngineTrace> = aligned
+    let simulations: Vec<Simulation> = aligned
         .iter()
         .map(|a| simulate_run(a, &timing, &kv_cache))
         .collect::<Result<_>>()?;
+    let counted: Vec<Vec<f64>> = aligned
+        .iter()
+        .zip(&simulations)
+        .map(|(a, s)| running_as_counted(a, &s.outcomes))
+        .collect();
+    let simulated: Vec<EngineTrace> = simulations.into_iter().map(|s| s.trace).collect();
     let power = match opts.features_from {
         FeatureSource::Simulated => fit_power(&aligned, &simulated, &timing, opts)?,
         FeatureSource::Measured => {
@@ -964,11 +1051,11 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
     };
     let engine_checks = aligned
         .iter()
-        .zip(&simulated)
-        .map(|(a, sim)| EngineCheck {
+        .zip(simulated.iter().zip(&counted))
+        .map(|(a, (sim, running))| EngineCheck {
             run_id: a.run_id.clone(),
-            running_corr: correlation(&sim.running, &a.engine.running),
-            running_mae: mean_abs_error(&sim.running, &a.engine.running),
+            running_corr: correlation(running, &a.engine.running),
+            running_mae: mean_abs_error(running, &a.engine.running),
             decode_tokens_corr: correlation(&sim.decode_tokens, &a.engine.decode_tokens),
         })
         .collect();
@@ -1154,6 +1241,8 @@ mod tests {
         let grid = BinGrid::new(0.0, n as f64 * 0.25, 0.25).unwrap();
         let trace = |running: Vec<f64>| EngineTrace {
             grid,
+            busy: running.iter().map(|r| r.min(1.0)).collect(),
+            prefill_busy: vec![0.0; n],
             running,
             waiting: vec![0.0; n],
             prefill_tokens: vec![0.0; n],
@@ -1179,6 +1268,8 @@ mod tests {
             engine: measured,
             workload: Workload::default(),
             kv_usage: vec![f64::NAN; n],
+            counter_t_s: vec![],
+            ttft_s: vec![],
             step_samples: vec![],
         };
         let timing = StepTiming {
@@ -1186,6 +1277,7 @@ mod tests {
             per_decode_seq_s: 1e-4,
             per_prefill_token_s: 5e-5,
             per_context_ktoken_s: 1e-4,
+            per_prefill_attention_s: 0.0,
         };
         let opts = LearnOptions {
             min_cell_bins: 5,

@@ -301,7 +301,7 @@ pub fn html_report(results: &[RunValidation], table: &Table) -> String {
             &t,
             &[
                 ("measured", &v.measured_engine.running),
-                ("simulated", &v.simulated.running),
+                ("simulated", &v.simulated_running),
             ],
         ));
     }
@@ -338,7 +338,7 @@ pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String>
             )
             .with(
                 "running_simulated",
-                Column::F64(v.simulated.running.clone()),
+                Column::F64(v.simulated_running.clone()),
             );
         let name = format!("power_{}.parquet", crate::store::sanitize(&v.run_id));
         write_parquet(&dir.join(name), &tab)?;

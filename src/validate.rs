@@ -5,7 +5,8 @@
 use crate::engine::EngineTrace;
 use crate::error::{Error, Result};
 use crate::learn::{
-    align, correlation, learn, mean_abs_error, simulate_run, two_level_classes, LearnOptions,
+    align, correlation, learn, mean_abs_error, running_as_counted, simulate_run,
+    two_level_classes, LearnOptions,
     LearnedModel,
 };
 use crate::metrics::{compare, median_of, resampling_noise, sd_of, Metrics, NOISE_RESAMPLES};
@@ -58,6 +59,9 @@ pub struct RunValidation {
     pub measured_noise: Metrics,
     /// Simulated engine on the target's request log, and the target's measured counters.
     pub simulated: EngineTrace,
+    /// The simulated running gauge read at the target's counter timestamps and put on the
+    /// grid as the measured one is ([`running_as_counted`]): what `running_corr` compares.
+    pub simulated_running: Vec<f64>,
     pub measured_engine: EngineTrace,
     pub running_corr: f64,
     pub running_mae: f64,
@@ -89,7 +93,9 @@ pub fn validate_with_model(
     let aligned = align(target, opts.dt_s)?;
     crate::synth::check_serving(&model, &aligned.serving)?;
     // The synthesized side sees only arrivals, token counts and serving settings.
-    let simulated = simulate_run(&aligned, &model.timing, &model.kv_cache)?;
+    let simulation = simulate_run(&aligned, &model.timing, &model.kv_cache)?;
+    let simulated_running = running_as_counted(&aligned, &simulation.outcomes);
+    let simulated = simulation.trace;
     let synthesized = power_from_engine(&model, &simulated, draws.seed);
     let draws_metrics: Vec<Metrics> = std::iter::once(compare(&aligned.power_w, &synthesized))
         .chain((1..draws.realizations as u64).map(|r| {
@@ -120,8 +126,9 @@ pub fn validate_with_model(
             NOISE_RESAMPLES,
             draws.seed,
         ),
-        running_corr: correlation(&simulated.running, &aligned.engine.running),
-        running_mae: mean_abs_error(&simulated.running, &aligned.engine.running),
+        running_corr: correlation(&simulated_running, &aligned.engine.running),
+        running_mae: mean_abs_error(&simulated_running, &aligned.engine.running),
+        simulated_running,
         simulated,
         measured_engine: aligned.engine,
         model,
