@@ -38,21 +38,29 @@ use crate::traces::interp;
 use crate::workload::Workload;
 use statrs::distribution::{ContinuousCDF, Normal};
 
-/// Schema tag of the learned-model JSON (v2: engine states by prefill busy level).
-pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v2";
+/// Schema tag of the learned-model JSON (v3: engine states of the active time, a bin's
+/// activity from the engine's busy share).
+pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v3";
 
-/// Number of engine features of a bin: [1, busy, ln(1+running), prefill busy fraction,
-/// decode kt/s, context ktokens].
-pub const N_FEATURES: usize = 6;
+/// Number of engine features of a bin, each a time average over the bin (so that the meter
+/// window averages them): [1, busy share, running requests, prefill busy share, decode kt/s,
+/// context ktokens, busy share over the last [`WARM_IDLE_S`]].
+pub const N_FEATURES: usize = 7;
+
+/// An idle GPU busy within this span is still warm: its clocks and voltage have not settled,
+/// and it draws several watts more than after a long idle (A100, Qwen3-8B: ~88–91 W in the
+/// gaps of a bursty replay, ~82–83 W after seconds of idle).
+pub const WARM_IDLE_S: f64 = 1.0;
 
 /// Names of the engine features, in order.
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "one",
     "busy_fraction",
-    "ln1p_running",
+    "running",
     "prefill_busy_fraction",
     "decode_ktok_per_s",
     "context_ktok",
+    "recent_busy_fraction",
 ];
 
 /// A measured run on a regular grid.
@@ -146,13 +154,13 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
         // The counters do not hold the context; only simulations fill it.
         context_tokens: vec![0.0; n],
         cached_tokens: per_bin(&e.prefix_cache_hits_total),
-        // The counters do not time the steps: busy while a request runs, and the prompt
-        // tokens' share of the bin at the regression's cost would need the timing; 0.
+        // The counters do not time the steps: busy while a request runs; the prompt tokens'
+        // share of the bin needs a timing (NaN: [`raw_features`] prices them).
         busy: at_centres(&e.num_requests_running)
             .iter()
             .map(|r| r.clamp(0.0, 1.0))
             .collect(),
-        prefill_busy: vec![0.0; n],
+        prefill_busy: vec![f64::NAN; n],
     };
     let kv_usage = if e.gpu_cache_usage_perc.iter().any(|x| x.is_nan()) {
         vec![f64::NAN; n]
@@ -195,21 +203,36 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
     })
 }
 
-/// Per-bin engine features of the power model, before smoothing. The prefill busy fraction is
-/// the share of the bin the engine spends on prompt tokens (prefill tokens × the timing's
-/// seconds per prompt token / dt, at most 1): a hardware-independent measure of prefill work.
+/// Per-bin engine features of the power model, before smoothing: time averages over the bin.
+/// The busy share is the part of the bin the engine spends stepping; the prefill busy share
+/// the part spent on prompt tokens ([`StepTiming::prefill_s`] of each step), a
+/// hardware-independent measure of prefill work. A trace built from measured counters has no
+/// step times (its `prefill_busy` is NaN): there prompt tokens × the timing's seconds per
+/// prompt token stand in.
 pub fn raw_features(trace: &EngineTrace, timing: &StepTiming) -> Vec<[f64; N_FEATURES]> {
     let dt = trace.grid.dt_s;
+    let warm_bins = ((WARM_IDLE_S / dt).round() as usize).max(1);
+    let mut recent = 0.0;
     (0..trace.grid.bins)
         .map(|i| {
-            let r = trace.running[i].max(0.0);
+            recent += trace.busy[i].clamp(0.0, 1.0);
+            if i >= warm_bins {
+                recent -= trace.busy[i - warm_bins].clamp(0.0, 1.0);
+            }
+            let busy = trace.busy[i].clamp(0.0, 1.0);
+            let prefill = if trace.prefill_busy[i].is_nan() {
+                trace.prefill_tokens[i] * timing.per_prefill_token_s / dt
+            } else {
+                trace.prefill_busy[i]
+            };
             [
                 1.0,
-                r.min(1.0),
-                r.ln_1p(),
-                (trace.prefill_tokens[i] * timing.per_prefill_token_s / dt).min(1.0),
+                busy,
+                trace.running[i].max(0.0),
+                prefill.clamp(0.0, busy),
                 trace.decode_tokens[i] / dt * 1e-3,
                 trace.context_tokens[i] * 1e-3,
+                (recent / warm_bins as f64).max(0.0),
             ]
         })
         .collect()
@@ -235,9 +258,16 @@ pub fn smooth_features(raw: &[[f64; N_FEATURES]], window: usize) -> Vec<[f64; N_
     out
 }
 
-/// Occupancy buckets of a busy bin (time-averaged running requests): < 2, < 4, < 8, < 16,
-/// < 32, ≥ 32. Bucket 0 is idle (busy fraction < 0.05 over the meter window).
+/// Occupancy buckets of a busy bin (running requests per unit of busy time): < 2, < 4, < 8,
+/// < 16, < 32, ≥ 32. Bucket 0 is idle (busy share < [`IDLE_BUSY`] over the meter window).
 pub const RUNNING_BUCKETS: usize = 7;
+/// Below this busy share over the meter window a bin is idle.
+pub const IDLE_BUSY: f64 = 0.05;
+/// From this busy share over the meter window a training bin is wholly active: its power
+/// teaches its active state. Bins in between are mixtures of idle and active readings and
+/// teach no cell; synthesis reproduces them by drawing each bin idle or active with its busy
+/// share.
+pub const ACTIVE_BUSY: f64 = 0.9;
 /// Context buckets (thousands of tokens held by running requests): < 1, < 4, < 16, < 64, ≥ 64.
 pub const CONTEXT_BUCKETS: usize = 5;
 /// Prefill levels of a busy bin, by prefill busy fraction over the meter window: < 0.02
@@ -261,16 +291,45 @@ pub struct EngineState {
 }
 
 impl EngineState {
-    /// The state of a bin from its smoothed features.
+    /// The state of a bin from its smoothed features: idle when the engine is busy for less
+    /// than 5 % of the meter window, else the state of its active time (running requests,
+    /// prefill share and context per unit of busy time).
     pub fn of(f: &[f64; N_FEATURES]) -> Self {
-        let running = f[2].exp_m1();
-        if f[1] < 0.05 {
-            return Self {
-                running_bucket: 0,
-                context_bucket: 0,
-                prefill_level: 0,
-            };
+        if f[1] < IDLE_BUSY {
+            return Self::idle(f);
         }
+        Self::active(f)
+    }
+
+    /// The idle state after a long idle.
+    pub const IDLE: Self = Self {
+        running_bucket: 0,
+        context_bucket: 0,
+        prefill_level: 0,
+    };
+
+    /// The idle state within [`WARM_IDLE_S`] of the engine's last step (warm idle).
+    pub const WARM_IDLE: Self = Self {
+        running_bucket: 0,
+        context_bucket: 1,
+        prefill_level: 0,
+    };
+
+    /// The idle state of a bin: warm if the engine stepped within [`WARM_IDLE_S`].
+    pub fn idle(f: &[f64; N_FEATURES]) -> Self {
+        if f[6] > 1e-6 {
+            Self::WARM_IDLE
+        } else {
+            Self::IDLE
+        }
+    }
+
+    /// The state of a bin's active time, whatever its busy share (a bin busy for 10 % of the
+    /// window is, when the meter catches it busy, in this state).
+    pub fn active(f: &[f64; N_FEATURES]) -> Self {
+        let busy = f[1].max(1e-9);
+        let running = f[2] / busy;
+        let (prefill, context) = (f[3] / busy, f[5] / busy);
         let running_bucket = match running {
             r if r < 2.0 => 1,
             r if r < 4.0 => 2,
@@ -279,14 +338,14 @@ impl EngineState {
             r if r < 32.0 => 5,
             _ => 6,
         };
-        let context_bucket = match f[5] {
+        let context_bucket = match context {
             c if c < 1.0 => 0,
             c if c < 4.0 => 1,
             c if c < 16.0 => 2,
             c if c < 64.0 => 3,
             _ => 4,
         };
-        let prefill_level = match f[3] {
+        let prefill_level = match prefill {
             p if p < PREFILL_LO => 0,
             p if p < PREFILL_HI => 1,
             _ => 2,
@@ -729,7 +788,9 @@ fn state_distance(a: &EngineState, b: &EngineState) -> u32 {
 }
 
 fn state_label(s: &EngineState) -> String {
-    if s.is_idle() {
+    if *s == EngineState::WARM_IDLE {
+        "idle (warm)".into()
+    } else if s.is_idle() {
         "idle".into()
     } else {
         format!(
@@ -759,8 +820,21 @@ fn pool_cells(
     let mut members_of: Vec<Vec<usize>> = Vec::new();
     let mut lookup = Vec::with_capacity(N_CELLS);
     for s in &all {
-        let members: Vec<usize> = if s.is_idle() || by_state[s.index()].len() >= min_bins {
+        // Idle power is narrow: an idle state is its own cell from a quarter of the bins a
+        // busy one needs.
+        let own = if s.is_idle() {
+            (min_bins / 4).max(5)
+        } else {
+            min_bins
+        };
+        let members: Vec<usize> = if by_state[s.index()].len() >= own {
             vec![s.index()]
+        } else if s.is_idle() {
+            // A sparse idle state pools the idle states (warm and long idle).
+            all.iter()
+                .filter(|t| t.is_idle() && !by_state[t.index()].is_empty())
+                .map(|t| t.index())
+                .collect()
         } else {
             let mut near: Vec<(u32, usize)> = all
                 .iter()
@@ -871,11 +945,11 @@ pub fn fit_power(
             power.len()
         )));
     }
+    let smoothed = |raw: &[Vec<[f64; N_FEATURES]>], w: usize| -> Vec<[f64; N_FEATURES]> {
+        raw.iter().flat_map(|f| smooth_features(f, w)).collect()
+    };
     let states_of = |raw: &[Vec<[f64; N_FEATURES]>], w: usize| -> Vec<EngineState> {
-        raw.iter()
-            .flat_map(|f| smooth_features(f, w))
-            .map(|f| EngineState::of(&f))
-            .collect()
+        smoothed(raw, w).iter().map(EngineState::of).collect()
     };
     // Bins where the features' engine and the measured counters disagree on idle vs busy teach
     // the simulator's errors, not power: they are left out (none when the features are the
@@ -884,12 +958,17 @@ pub fn fit_power(
         .iter()
         .map(|r| raw_features(&r.engine, timing))
         .collect();
+    // Only idle or wholly active bins teach a cell (see [`ACTIVE_BUSY`]).
     let usable = |w: usize| -> (Vec<EngineState>, Vec<bool>) {
-        let states = states_of(&raw, w);
-        let keep = states
+        let feats = smoothed(&raw, w);
+        let states: Vec<EngineState> = feats.iter().map(EngineState::of).collect();
+        let keep = feats
             .iter()
+            .zip(&states)
             .zip(states_of(&measured_raw, w))
-            .map(|(a, b)| a.is_idle() == b.is_idle())
+            .map(|((f, a), b)| {
+                a.is_idle() == b.is_idle() && (f[1] < IDLE_BUSY || f[1] >= ACTIVE_BUSY)
+            })
             .collect();
         (states, keep)
     };
@@ -1161,9 +1240,22 @@ mod tests {
     #[test]
     fn state_buckets() {
         let f = |busy: f64, running: f64, pre: f64, dec: f64, ctx: f64| {
-            EngineState::of(&[1.0, busy, running.ln_1p(), pre, dec, ctx])
+            EngineState::of(&[1.0, busy, running, pre, dec, ctx, busy])
         };
         assert!(f(0.0, 0.0, 0.0, 0.0, 0.0).is_idle());
+        assert_eq!(f(0.0, 0.0, 0.0, 0.0, 0.0), EngineState::IDLE);
+        // Idle now, busy within the last second: warm idle.
+        assert_eq!(
+            EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2]),
+            EngineState::WARM_IDLE
+        );
+        // Busy a fifth of the window with 1 request: its active time runs 5 per unit of busy
+        // time, a prefill share of 0.1 / 0.2 = 0.5 (heavy), 0.6 / 0.2 = 3k tokens of context.
+        let s = f(0.2, 1.0, 0.1, 0.1, 0.6);
+        assert_eq!(
+            (s.running_bucket, s.context_bucket, s.prefill_level),
+            (3, 1, 2)
+        );
         let s = f(1.0, 5.0, 0.5, 0.5, 3.0);
         assert_eq!(
             (s.running_bucket, s.context_bucket, s.prefill_level),
@@ -1178,7 +1270,7 @@ mod tests {
     }
 
     fn idle() -> EngineState {
-        EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        EngineState::of(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     }
 
     fn busy(running_bucket: u8, context_bucket: u8, prefill_level: u8) -> EngineState {

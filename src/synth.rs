@@ -13,7 +13,9 @@ use rand_pcg::Pcg64;
 
 use crate::engine::{simulate, BinGrid, EngineTrace, ServingConfig};
 use crate::error::{Error, Result};
-use crate::learn::{raw_features, smooth_features, two_level_classes, EngineState, LearnedModel};
+use crate::learn::{
+    raw_features, smooth_features, two_level_classes, EngineState, LearnedModel, N_FEATURES,
+};
 use crate::workload::Workload;
 use rand_distr::StandardNormal;
 
@@ -54,11 +56,20 @@ pub struct OutputWindow {
 pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -> Vec<f64> {
     let pm = &model.power;
     let feats = smooth_features(&raw_features(trace, &model.timing), pm.meter_window_bins);
+    let mut rng = Pcg64::seed_from_u64(seed);
+    let active = active_bins(&feats, rng.gen());
     let cell_of: Vec<usize> = feats
         .iter()
-        .map(|f| pm.lookup[EngineState::of(f).index()])
+        .zip(&active)
+        .map(|(f, &on)| {
+            let state = if on {
+                EngineState::active(f)
+            } else {
+                EngineState::idle(f)
+            };
+            pm.lookup[state.index()]
+        })
         .collect();
-    let mut rng = Pcg64::seed_from_u64(seed);
     let mut z: f64 = rng.sample(StandardNormal);
     let scores: Vec<f64> = cell_of
         .iter()
@@ -84,6 +95,26 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
         }
     }
     power_w
+}
+
+/// Which bins the meter catches the engine busy: each bin's busy share f over the meter
+/// window is its probability, realised by systematic sampling (bin t is active when
+/// ⌊C_t + v⌋ > ⌊C_{t−1} + v⌋, C_t = Σ_{s≤t} f_s, one offset v ∈ [0, 1) per series), so the
+/// active bins number Σ f to within one and a bin busy throughout is always active. Bins idle
+/// by [`EngineState::of`] (f < 5 %) are never active.
+pub fn active_bins(feats: &[[f64; N_FEATURES]], offset: f64) -> Vec<bool> {
+    let mut acc = offset.clamp(0.0, 1.0 - f64::EPSILON);
+    feats
+        .iter()
+        .map(|f| {
+            if EngineState::of(f).is_idle() {
+                return false;
+            }
+            let before = acc.floor();
+            acc += f[1].clamp(0.0, 1.0);
+            acc.floor() > before
+        })
+        .collect()
 }
 
 /// Mean-downsampling by an integer factor (a trailing partial block averages what it has).
