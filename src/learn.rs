@@ -270,13 +270,17 @@ pub const IDLE_BUSY: f64 = 0.05;
 pub const ACTIVE_BUSY: f64 = 0.9;
 /// Context buckets (thousands of tokens held by running requests): < 1, < 4, < 16, < 64, ≥ 64.
 pub const CONTEXT_BUCKETS: usize = 5;
-/// Prefill levels of a busy bin, by prefill busy fraction over the meter window: < 0.02
-/// (none), < 0.2 (light), ≥ 0.2 (heavy). On a point-sampling meter (A100 `power.draw`) a bin
-/// shows a prefill peak with about the probability that its sample falls in a prefill
-/// iteration, so the level orders bins by their chance of a peak.
+/// Prefill levels of an active bin, by the share of its active time spent on prompt tokens:
+/// < 0.02 a decode reading (0), ≥ 0.8 a prefill reading (2), in between mixed (1). A
+/// point-sampling meter (A100 `power.draw`) reads a mixed bin in a prefill or in a decode
+/// iteration, with about the prefill share as the chance of the first: as with idle and
+/// active, mixed bins teach no cell, and synthesis draws each active bin's reading as a
+/// prefill one with its prefill share ([`crate::synth::power_from_engine`]). Prefill power
+/// (compute-bound, near the board limit) is then learned where it is pure, and holds for a
+/// 12k-token prompt as for a burst of short ones.
 pub const PREFILL_LEVELS: usize = 3;
 const PREFILL_LO: f64 = 0.02;
-const PREFILL_HI: f64 = 0.2;
+const PREFILL_HI: f64 = 0.8;
 /// Cells of the engine-state table: running × context × prefill level.
 pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * PREFILL_LEVELS;
 
@@ -285,8 +289,8 @@ pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * PREFILL_LEVELS;
 pub struct EngineState {
     pub running_bucket: u8,
     pub context_bucket: u8,
-    /// Share of the meter window spent on prompt tokens, bucketed (0: none, 1: light,
-    /// 2: heavy).
+    /// Share of the active time spent on prompt tokens, bucketed (0: decode, 1: mixed,
+    /// 2: prefill; see [`PREFILL_LEVELS`]).
     pub prefill_level: u8,
 }
 
@@ -322,6 +326,14 @@ impl EngineState {
         } else {
             Self::IDLE
         }
+    }
+
+    /// The state of an active reading of a bin: its active time's state with the prefill
+    /// share set to 1 (a prefill reading) or 0 (a decode reading).
+    pub fn reading(f: &[f64; N_FEATURES], prefill: bool) -> Self {
+        let mut g = *f;
+        g[3] = if prefill { g[1] } else { 0.0 };
+        Self::active(&g)
     }
 
     /// The state of a bin's active time, whatever its busy share (a bin busy for 10 % of the
@@ -777,12 +789,13 @@ pub fn calibrate_timing(runs: &[AlignedRun], iters: u64) -> StepTiming {
     }
 }
 
-/// The pooling levels of a state, most specific first: (label, predicate on states).
-/// Distance between two busy states for pooling: a prefill level counts 4, a context bucket
-/// 2, an occupancy bucket 1 (prefill work sets power the most, then the context held).
+/// Distance between two busy states for pooling: a prefill level counts 16 (more than any
+/// context and occupancy difference together, so a prefill reading pools every prefill
+/// reading before it borrows a decode one), a context bucket 2, an occupancy bucket 1
+/// (prefill work sets power the most, then the context held).
 fn state_distance(a: &EngineState, b: &EngineState) -> u32 {
     let d = |x: u8, y: u8| x.abs_diff(y) as u32;
-    4 * d(a.prefill_level, b.prefill_level)
+    16 * d(a.prefill_level, b.prefill_level)
         + 2 * d(a.context_bucket, b.context_bucket)
         + d(a.running_bucket, b.running_bucket)
 }
@@ -958,11 +971,12 @@ pub fn fit_power(
         .iter()
         .map(|r| raw_features(&r.engine, timing))
         .collect();
-    // Only idle or wholly active bins teach a cell (see [`ACTIVE_BUSY`]).
+    // Only idle or wholly active bins teach a cell (see [`ACTIVE_BUSY`]); an active bin's
+    // reading is a decode or a prefill one ([`assign_readings`]).
     let usable = |w: usize| -> (Vec<EngineState>, Vec<bool>) {
         let feats = smoothed(&raw, w);
         let states: Vec<EngineState> = feats.iter().map(EngineState::of).collect();
-        let keep = feats
+        let keep: Vec<bool> = feats
             .iter()
             .zip(&states)
             .zip(states_of(&measured_raw, w))
@@ -970,7 +984,7 @@ pub fn fit_power(
                 a.is_idle() == b.is_idle() && (f[1] < IDLE_BUSY || f[1] >= ACTIVE_BUSY)
             })
             .collect();
-        (states, keep)
+        (assign_readings(&feats, &power, &keep), keep)
     };
     let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
         (0..power.len())
@@ -1053,6 +1067,30 @@ pub fn fit_power(
         }
     }
     Ok(model)
+}
+
+/// The state of each training bin's reading. Idle and decode-only bins (prefill share of the
+/// active time < 2 %) are what their features say. The others hold a prefill reading with
+/// about their prefill share p as probability, which their values alone cannot tell; but
+/// prefill readings are the high ones (compute-bound iterations near the board limit), so of
+/// all such bins the round(Σ p) highest readings are taken as prefill readings and the rest as
+/// decode readings, each in the state of its bin's active time. Synthesis draws the same
+/// number (≈ Σ p), so the mix of the two is learned where it is measured, whatever the
+/// engine's sub-bin timing errors.
+fn assign_readings(feats: &[[f64; N_FEATURES]], power: &[f64], keep: &[bool]) -> Vec<EngineState> {
+    let mut states: Vec<EngineState> = feats.iter().map(EngineState::of).collect();
+    let mut mixed: Vec<(usize, f64)> = Vec::new();
+    for (i, f) in feats.iter().enumerate() {
+        if keep[i] && !states[i].is_idle() && f[3] / f[1].max(1e-9) >= PREFILL_LO {
+            mixed.push((i, (f[3] / f[1].max(1e-9)).clamp(0.0, 1.0)));
+        }
+    }
+    let n_prefill = mixed.iter().map(|&(_, p)| p).sum::<f64>().round() as usize;
+    mixed.sort_by(|a, b| power[b.0].total_cmp(&power[a.0]).then(a.0.cmp(&b.0)));
+    for (rank, &(i, _)) in mixed.iter().enumerate() {
+        states[i] = EngineState::reading(&feats[i], rank < n_prefill);
+    }
+    states
 }
 
 /// The probability of `v` under a distribution given by equally spaced quantiles (the mid

@@ -58,12 +58,13 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
     let feats = smooth_features(&raw_features(trace, &model.timing), pm.meter_window_bins);
     let mut rng = Pcg64::seed_from_u64(seed);
     let active = active_bins(&feats, rng.gen());
+    let prefill = prefill_readings(&feats, &active, rng.gen());
     let cell_of: Vec<usize> = feats
         .iter()
-        .zip(&active)
-        .map(|(f, &on)| {
+        .zip(active.iter().zip(&prefill))
+        .map(|(f, (&on, &pf))| {
             let state = if on {
-                EngineState::active(f)
+                EngineState::reading(f, pf)
             } else {
                 EngineState::idle(f)
             };
@@ -112,6 +113,25 @@ pub fn active_bins(feats: &[[f64; N_FEATURES]], offset: f64) -> Vec<bool> {
             }
             let before = acc.floor();
             acc += f[1].clamp(0.0, 1.0);
+            acc.floor() > before
+        })
+        .collect()
+}
+
+/// Which active bins the meter reads in a prefill iteration: the share of a bin's active time
+/// spent on prompt tokens is its probability, realised by systematic sampling over the active
+/// bins as in [`active_bins`].
+pub fn prefill_readings(feats: &[[f64; N_FEATURES]], active: &[bool], offset: f64) -> Vec<bool> {
+    let mut acc = offset.clamp(0.0, 1.0 - f64::EPSILON);
+    feats
+        .iter()
+        .zip(active)
+        .map(|(f, &on)| {
+            if !on {
+                return false;
+            }
+            let before = acc.floor();
+            acc += (f[3] / f[1].max(1e-9)).clamp(0.0, 1.0);
             acc.floor() > before
         })
         .collect()
