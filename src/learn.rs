@@ -70,6 +70,8 @@ pub struct AlignedRun {
     pub serving: ServingConfig,
     /// Measured power per bin (W, sum over the run's active GPUs).
     pub power_w: Vec<f64>,
+    /// Measured GPU temperature per bin (°C, mean over the active GPUs; NaN if not logged).
+    pub temperature_c: Vec<f64>,
     /// The engine state per bin, from the measured counters.
     pub engine: EngineTrace,
     /// The request log (arrivals and token counts only).
@@ -123,15 +125,28 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
             }
         }
     }
-    let power_w: Vec<f64> = (0..n)
-        .map(|i| {
-            if cnt[i] > 0 {
-                sum[i] / cnt[i] as f64
-            } else {
-                interp(&p.t_s, &p.power_w, grid.t_s(i) + 0.5 * dt_s)
+    let bin_mean = |v: &[f64]| -> Vec<f64> {
+        let mut sum = vec![0.0; n];
+        for (&t, &x) in p.t_s.iter().zip(v) {
+            if t >= t0 {
+                let i = ((t - t0) / dt_s).floor() as usize;
+                if i < n {
+                    sum[i] += x;
+                }
             }
-        })
-        .collect();
+        }
+        (0..n)
+            .map(|i| {
+                if cnt[i] > 0 {
+                    sum[i] / cnt[i] as f64
+                } else {
+                    interp(&p.t_s, v, grid.t_s(i) + 0.5 * dt_s)
+                }
+            })
+            .collect()
+    };
+    let power_w = bin_mean(&p.power_w);
+    let temperature_c = bin_mean(&p.temperature_c);
     let at_centres = |v: &[f64]| -> Vec<f64> {
         (0..n)
             .map(|i| interp(&e.t_s, v, grid.t_s(i) + 0.5 * dt_s))
@@ -190,6 +205,7 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
         run_id: run.manifest.run_id.clone(),
         serving: ServingConfig::from_manifest(&run.manifest),
         power_w,
+        temperature_c,
         engine,
         ttft_s: run
             .requests
@@ -448,6 +464,119 @@ pub struct PowerModel {
     pub r2: f64,
     /// Minimum training bins for a cell of its own.
     pub min_cell_bins: usize,
+    /// How idle power rises with the heat of recent work (absent in older models: none).
+    #[serde(default)]
+    pub idle_heat: IdleHeat,
+}
+
+/// Idle power depends on how hot the GPU is: leakage grows with the die temperature, which
+/// follows the power drawn with a lag (A100 measured here: ~83 W idle at 33 °C, ~88 W at
+/// 40 °C, ~92 W at 49 °C; the gaps of a sustained bursty replay idle 5 W above a cold GPU).
+/// The temperature is not simulated as such: its driver is, the heat H_t = an exponential
+/// moving average (time constant `tau_s`) of the power above `cold_w` over the bins before
+/// t, and an idle reading is its cell's value (learned net of the heat) + `w_per_w` · H_t.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IdleHeat {
+    pub tau_s: f64,
+    /// Watts of idle power per watt of heat.
+    pub w_per_w: f64,
+    /// The cold idle level the heat is measured from (W).
+    pub cold_w: f64,
+}
+
+impl Default for IdleHeat {
+    fn default() -> Self {
+        Self {
+            tau_s: 1.0,
+            w_per_w: 0.0,
+            cold_w: 0.0,
+        }
+    }
+}
+
+impl IdleHeat {
+    /// The heat before each bin of `power_w` (0 at the start).
+    pub fn series(&self, power_w: &[f64], dt_s: f64) -> Vec<f64> {
+        let a = (-dt_s / self.tau_s.max(1e-9)).exp();
+        let mut h = 0.0;
+        power_w
+            .iter()
+            .map(|&p| {
+                let before = h;
+                h = a * h + (1.0 - a) * (p - self.cold_w).max(0.0);
+                before
+            })
+            .collect()
+    }
+
+    /// One step of the heat: the heat before the next bin, given this bin's power.
+    #[inline]
+    pub fn next(&self, heat: f64, power_w: f64, dt_s: f64) -> f64 {
+        let a = (-dt_s / self.tau_s.max(1e-9)).exp();
+        a * heat + (1.0 - a) * (power_w - self.cold_w).max(0.0)
+    }
+
+    /// Fits the heat from the training runs' measured GPU temperature (`idle[i]` marks the
+    /// idle readings over the runs' bins concatenated): a first-order thermal model
+    /// T_{t+1} = a·T_t + b·P_t + c_run (least squares within runs) gives the time constant
+    /// τ = −dt / ln a and the rise R = b / (1 − a) (°C per W); idle readings against the
+    /// temperature give the leakage slope k (W per °C); the heat's slope is k·R. Runs without
+    /// temperatures do not count; no usable fit (or a non-physical one) leaves idle power flat.
+    /// `cold_w` is the 5th percentile of the idle readings.
+    pub fn fit(runs: &[AlignedRun], idle: &[bool], dt_s: f64) -> Self {
+        let (mut sxx, mut sxy, mut syy, mut sxz, mut syz) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut idle_pts: Vec<(f64, f64)> = Vec::new();
+        let mut offset = 0;
+        for r in runs {
+            let (t, p) = (&r.temperature_c, &r.power_w);
+            let n = p.len();
+            for i in 0..n {
+                if idle[offset + i] && t[i].is_finite() {
+                    idle_pts.push((t[i], p[i]));
+                }
+            }
+            offset += n;
+            if n < 20 || t.iter().any(|x| !x.is_finite()) {
+                continue;
+            }
+            let m = (n - 1) as f64;
+            let mt = t[..n - 1].iter().sum::<f64>() / m;
+            let mp = p[..n - 1].iter().sum::<f64>() / m;
+            let mz = t[1..].iter().sum::<f64>() / m;
+            for i in 0..n - 1 {
+                let (x, y, z) = (t[i] - mt, p[i] - mp, t[i + 1] - mz);
+                sxx += x * x;
+                sxy += x * y;
+                syy += y * y;
+                sxz += x * z;
+                syz += y * z;
+            }
+        }
+        let det = sxx * syy - sxy * sxy;
+        let mut idle_w: Vec<f64> = idle_pts.iter().map(|p| p.1).collect();
+        if det <= 0.0 || idle_pts.len() < 10 {
+            return Self::default();
+        }
+        let a = (syy * sxz - sxy * syz) / det;
+        let b = (sxx * syz - sxy * sxz) / det;
+        let n = idle_pts.len() as f64;
+        let (mt, mp) = idle_pts
+            .iter()
+            .fold((0.0, 0.0), |acc, q| (acc.0 + q.0 / n, acc.1 + q.1 / n));
+        let (num, den) = idle_pts.iter().fold((0.0, 0.0), |acc, q| {
+            (acc.0 + (q.0 - mt) * (q.1 - mp), acc.1 + (q.0 - mt).powi(2))
+        });
+        let k = if den > 0.0 { num / den } else { 0.0 };
+        if !(a > 0.5 && a < 1.0 && b > 0.0 && k > 0.0) {
+            return Self::default();
+        }
+        idle_w.sort_by(f64::total_cmp);
+        Self {
+            tau_s: -dt_s / a.ln(),
+            w_per_w: k * b / (1.0 - a),
+            cold_w: idle_w[idle_w.len() / 20],
+        }
+    }
 }
 
 impl PowerModel {
@@ -559,6 +688,11 @@ pub struct LearnOptions {
     pub min_cell_bins: usize,
     /// Where the power model's training features come from.
     pub features_from: FeatureSource,
+    /// The power meter's trailing window in bins; `None` learns it (1–8 bins, the window
+    /// whose states explain the most power variance). Default 1: A100 `power.draw` is a point
+    /// reading (a 0.15 s burst shows in exactly one 0.25 s bin of the BurstGPT replay), and a
+    /// wider window puts synthesized peaks a bin late.
+    pub meter_window_bins: Option<usize>,
 }
 
 /// The engine features the power model is trained on.
@@ -579,6 +713,7 @@ impl Default for LearnOptions {
             quantiles: 101,
             min_cell_bins: 30,
             features_from: FeatureSource::Simulated,
+            meter_window_bins: Some(1),
         }
     }
 }
@@ -978,13 +1113,12 @@ pub fn fit_power(
         let states: Vec<EngineState> = feats.iter().map(EngineState::of).collect();
         let keep: Vec<bool> = feats
             .iter()
-            .zip(&states)
-            .zip(states_of(&measured_raw, w))
-            .map(|((f, a), b)| {
-                a.is_idle() == b.is_idle() && (f[1] < IDLE_BUSY || f[1] >= ACTIVE_BUSY)
-            })
+            .zip(states.iter().zip(states_of(&measured_raw, w)))
+            .map(|(_, (a, b))| a.is_idle() == b.is_idle())
             .collect();
-        (assign_readings(&feats, &power, &keep), keep)
+        let (states, dropped) = assign_readings(&feats, &power, &keep);
+        let keep = keep.iter().zip(dropped).map(|(&k, d)| k && !d).collect();
+        (states, keep)
     };
     let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
         (0..power.len())
@@ -992,9 +1126,13 @@ pub fn fit_power(
             .map(|i| (power[i], states[i]))
             .unzip()
     };
-    // The meter window: the trailing window whose states explain the most power variance
-    // (ties go to the shorter window).
-    let (window, r2) = (1..=8usize)
+    // The meter window: given, or the trailing window whose states explain the most power
+    // variance (ties go to the shorter window).
+    let windows = match opts.meter_window_bins {
+        Some(w) => w.max(1)..=w.max(1),
+        None => 1..=8usize,
+    };
+    let (window, r2) = windows
         .map(|w| {
             let (states, keep) = usable(w);
             let (p, s) = kept(&states, &keep);
@@ -1008,6 +1146,32 @@ pub fn fit_power(
             }
         });
     let (states, keep) = usable(window);
+    // Idle readings net of the heat of recent work ([`IdleHeat`]).
+    let idle_bins: Vec<bool> = states
+        .iter()
+        .zip(&keep)
+        .map(|(s, &k)| k && s.is_idle())
+        .collect();
+    let idle_heat = IdleHeat::fit(runs, &idle_bins, opts.dt_s);
+    let heat: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| idle_heat.series(&r.power_w, opts.dt_s))
+        .collect();
+    let power: Vec<f64> = (0..power.len())
+        .map(|i| {
+            if states[i].is_idle() {
+                power[i] - idle_heat.w_per_w * heat[i]
+            } else {
+                power[i]
+            }
+        })
+        .collect();
+    let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
+        (0..power.len())
+            .filter(|&i| keep[i])
+            .map(|i| (power[i], states[i]))
+            .unzip()
+    };
     let (kept_power, kept_states) = kept(&states, &keep);
     let (cells, lookup) = pool_cells(
         &kept_power,
@@ -1022,6 +1186,7 @@ pub fn fit_power(
         phi: 0.0,
         r2,
         min_cell_bins: opts.min_cell_bins,
+        idle_heat,
     };
     // φ of the normal scores within runs: overall, and per cell over consecutive bins that
     // are both in the cell.
@@ -1037,7 +1202,7 @@ pub fn fit_power(
         let z: Vec<f64> = (0..n)
             .map(|i| {
                 let cell = &model.cells[cell_of[i]];
-                let u = empirical_cdf(&cell.quantiles_w, r.power_w[i]);
+                let u = empirical_cdf(&cell.quantiles_w, power[offset + i]);
                 normal.inverse_cdf(u.clamp(0.01, 0.99))
             })
             .collect();
@@ -1069,28 +1234,49 @@ pub fn fit_power(
     Ok(model)
 }
 
-/// The state of each training bin's reading. Idle and decode-only bins (prefill share of the
-/// active time < 2 %) are what their features say. The others hold a prefill reading with
-/// about their prefill share p as probability, which their values alone cannot tell; but
-/// prefill readings are the high ones (compute-bound iterations near the board limit), so of
-/// all such bins the round(Σ p) highest readings are taken as prefill readings and the rest as
-/// decode readings, each in the state of its bin's active time. Synthesis draws the same
-/// number (≈ Σ p), so the mix of the two is learned where it is measured, whatever the
-/// engine's sub-bin timing errors.
-fn assign_readings(feats: &[[f64; N_FEATURES]], power: &[f64], keep: &[bool]) -> Vec<EngineState> {
+/// The state of each training bin's reading. A meter reading is idle or active, and an active
+/// one a decode or a prefill reading; a bin's features give only the chances (its busy share
+/// f, its active time's prefill share p), which its value alone cannot resolve. But the
+/// readings are ordered: active ones above idle ones, prefill ones (compute-bound iterations
+/// near the board limit) above decode ones. So of the partly busy bins (5 % ≤ f < 90 %) the
+/// round(Σ f) highest readings are taken as active and the rest left out (they mix idle
+/// readings with the meter's transitions, and would blur the narrow idle levels); then of the
+/// active readings with p ≥ 2 % the round(Σ p) highest are taken as prefill readings and the
+/// rest as decode readings, each in the state of its bin's active time. Synthesis draws the
+/// same numbers ([`crate::synth::active_bins`], [`crate::synth::prefill_readings`]), so the
+/// mix is learned where it is measured, whatever the engine's sub-bin timing errors.
+fn assign_readings(
+    feats: &[[f64; N_FEATURES]],
+    power: &[f64],
+    keep: &[bool],
+) -> (Vec<EngineState>, Vec<bool>) {
     let mut states: Vec<EngineState> = feats.iter().map(EngineState::of).collect();
-    let mut mixed: Vec<(usize, f64)> = Vec::new();
-    for (i, f) in feats.iter().enumerate() {
-        if keep[i] && !states[i].is_idle() && f[3] / f[1].max(1e-9) >= PREFILL_LO {
-            mixed.push((i, (f[3] / f[1].max(1e-9)).clamp(0.0, 1.0)));
+    let share = |i: usize| (feats[i][3] / feats[i][1].max(1e-9)).clamp(0.0, 1.0);
+    let by_power_desc = |v: &mut Vec<usize>| {
+        v.sort_by(|&a, &b| power[b].total_cmp(&power[a]).then(a.cmp(&b)));
+    };
+    let mut partly: Vec<usize> = (0..feats.len())
+        .filter(|&i| keep[i] && !states[i].is_idle() && feats[i][1] < ACTIVE_BUSY)
+        .collect();
+    let n_active = partly.iter().map(|&i| feats[i][1]).sum::<f64>().round() as usize;
+    by_power_desc(&mut partly);
+    let mut active: Vec<bool> = states.iter().map(|s| !s.is_idle()).collect();
+    let mut dropped = vec![false; feats.len()];
+    for (rank, &i) in partly.iter().enumerate() {
+        if rank >= n_active {
+            active[i] = false;
+            dropped[i] = true;
         }
     }
-    let n_prefill = mixed.iter().map(|&(_, p)| p).sum::<f64>().round() as usize;
-    mixed.sort_by(|a, b| power[b.0].total_cmp(&power[a.0]).then(a.0.cmp(&b.0)));
-    for (rank, &(i, _)) in mixed.iter().enumerate() {
+    let mut mixed: Vec<usize> = (0..feats.len())
+        .filter(|&i| keep[i] && active[i] && share(i) >= PREFILL_LO)
+        .collect();
+    let n_prefill = mixed.iter().map(|&i| share(i)).sum::<f64>().round() as usize;
+    by_power_desc(&mut mixed);
+    for (rank, &i) in mixed.iter().enumerate() {
         states[i] = EngineState::reading(&feats[i], rank < n_prefill);
     }
-    states
+    (states, dropped)
 }
 
 /// The probability of `v` under a distribution given by equally spaced quantiles (the mid
@@ -1384,6 +1570,7 @@ mod tests {
         let measured = trace((0..n).map(|i| if i < 10 { 0.0 } else { 4.0 }).collect());
         let power_w: Vec<f64> = (0..n).map(|i| if i < 10 { 80.0 } else { 300.0 }).collect();
         let run = AlignedRun {
+            temperature_c: vec![f64::NAN; n],
             run_id: "r".into(),
             serving: ServingConfig {
                 model: "m".into(),

@@ -95,6 +95,18 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
             power_w[t] = cell.power_at((rank as f64 + v) / n);
         }
     }
+    // Idle readings rise with the heat of the work before them (in time order: the heat
+    // before bin t depends on the power of the bins before it).
+    let heat_model = &pm.idle_heat;
+    if heat_model.w_per_w > 0.0 {
+        let mut heat = 0.0;
+        for (t, p) in power_w.iter_mut().enumerate() {
+            if !active[t] {
+                *p += heat_model.w_per_w * heat;
+            }
+            heat = heat_model.next(heat, *p, model.dt_s);
+        }
+    }
     power_w
 }
 
@@ -270,6 +282,7 @@ mod tests {
                 phi,
                 r2: 0.0,
                 min_cell_bins: 30,
+                idle_heat: Default::default(),
             },
             baselines: BaselineLevels {
                 tdp_w: 400.0,

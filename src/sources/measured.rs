@@ -61,6 +61,9 @@ pub struct PowerSeries {
     pub t_s: Vec<f64>,
     /// Sum of `power.draw` over the run's active GPUs (W).
     pub power_w: Vec<f64>,
+    /// Mean `temperature.gpu` over the active GPUs (°C; NaN where the column is absent or
+    /// not a number).
+    pub temperature_c: Vec<f64>,
     /// Number of GPUs summed.
     pub gpus: u32,
 }
@@ -150,6 +153,7 @@ impl MeasuredRun {
             power: PowerSeries {
                 t_s: pick(&self.power.t_s, &idx_p),
                 power_w: pick(&self.power.power_w, &idx_p),
+                temperature_c: pick(&self.power.temperature_c, &idx_p),
                 gpus: self.power.gpus,
             },
             requests: self.requests.clone(),
@@ -293,10 +297,11 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
     let c_idx = column(path, &headers, "index")?;
     let c_uuid = column(path, &headers, "uuid")?;
     let c_pw = column(path, &headers, "power.draw")?;
+    let c_temp = headers.iter().position(|h| h == "temperature.gpu");
     let limit = 2.0 * super::board_limit_w(&m.hardware);
     let offset = m.clock.local_utc_offset_s;
     // Rows of one sample share a timestamp text; group consecutive rows.
-    let mut groups: Vec<(usize, f64, Vec<(String, u32, f64)>)> = Vec::new();
+    let mut groups: Vec<(usize, f64, Vec<(String, u32, f64, f64)>)> = Vec::new();
     let mut last_text = String::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
@@ -351,20 +356,25 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
             last_text = ts_text.to_string();
         }
         let group = &mut groups.last_mut().expect("pushed above").2;
-        if group.iter().any(|(u, _, _)| u == &rec[c_uuid]) {
+        if group.iter().any(|(u, _, _, _)| u == &rec[c_uuid]) {
             return Err(Error::row(
                 path,
                 line,
                 format!("GPU {} appears twice at {ts_text}", &rec[c_uuid]),
             ));
         }
-        group.push((rec[c_uuid].to_string(), index, watts));
+        // Temperature is optional context (idle power rises with it): unparseable → NaN.
+        let temp_c = c_temp
+            .and_then(|c| rec[c].trim().parse::<f64>().ok())
+            .filter(|t| t.is_finite() && (-50.0..=150.0).contains(t))
+            .unwrap_or(f64::NAN);
+        group.push((rec[c_uuid].to_string(), index, watts, temp_c));
     }
     // Which GPUs count: the manifest's active UUIDs, else the first `tp` indices.
     let active: Vec<String> = if m.server.active_gpu_uuids.is_empty() {
         let mut seen: Vec<(u32, String)> = groups
             .iter()
-            .flat_map(|g| g.2.iter().map(|(u, i, _)| (*i, u.clone())))
+            .flat_map(|g| g.2.iter().map(|(u, i, _, _)| (*i, u.clone())))
             .collect();
         seen.sort();
         seen.dedup();
@@ -375,20 +385,22 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
     } else {
         m.server.active_gpu_uuids.clone()
     };
-    let mut last: HashMap<&str, f64> = HashMap::new();
+    let mut last: HashMap<&str, (f64, f64)> = HashMap::new();
     let mut t_s = Vec::with_capacity(groups.len());
     let mut power_w = Vec::with_capacity(groups.len());
+    let mut temperature_c = Vec::with_capacity(groups.len());
     for (_, t, rows) in &groups {
-        for (u, _, w) in rows {
+        for (u, _, w, temp) in rows {
             if active.iter().any(|a| a == u) {
-                last.insert(u.as_str(), *w);
+                last.insert(u.as_str(), (*w, *temp));
             }
         }
         // A sample counts once every active GPU has reported; a GPU missing from one sample
         // keeps its previous reading (forward fill).
         if last.len() == active.len() {
             t_s.push(*t);
-            power_w.push(last.values().sum());
+            power_w.push(last.values().map(|v| v.0).sum());
+            temperature_c.push(last.values().map(|v| v.1).sum::<f64>() / last.len() as f64);
         }
     }
     if t_s.len() < 5 {
@@ -404,6 +416,7 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
     Ok(PowerSeries {
         t_s,
         power_w,
+        temperature_c,
         gpus: active.len() as u32,
     })
 }
