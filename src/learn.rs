@@ -1474,13 +1474,17 @@ mod tests {
             EngineState::WARM_IDLE
         );
         // Busy a fifth of the window with 1 request: its active time runs 5 per unit of busy
-        // time, a prefill share of 0.1 / 0.2 = 0.5 (heavy), 0.6 / 0.2 = 3k tokens of context.
+        // time, a prefill share of 0.1 / 0.2 = 0.5 (mixed), 0.6 / 0.2 = 3k tokens of context.
         let s = f(0.2, 1.0, 0.1, 0.1, 0.6);
         assert_eq!(
             (s.running_bucket, s.context_bucket, s.prefill_level),
-            (3, 1, 2)
+            (3, 1, 1)
         );
-        let s = f(1.0, 5.0, 0.5, 0.5, 3.0);
+        // Its readings: a prefill one, or a decode one.
+        let x = [1.0, 0.2, 1.0, 0.1, 0.1, 0.6, 0.2];
+        assert_eq!(EngineState::reading(&x, true).prefill_level, 2);
+        assert_eq!(EngineState::reading(&x, false).prefill_level, 0);
+        let s = f(1.0, 5.0, 0.9, 0.5, 3.0);
         assert_eq!(
             (s.running_bucket, s.context_bucket, s.prefill_level),
             (3, 1, 2)

@@ -56,12 +56,18 @@ struct Args {
     /// Grid step (s) of learning and comparison.
     #[arg(long, default_value_t = 0.25)]
     dt_s: f64,
+
+    /// The power meter's trailing window in grid steps (1: a point reading, as A100
+    /// `power.draw`; 0: learn it from the training runs, 1–8 steps)
+    #[arg(long, default_value_t = 1)]
+    meter_window_bins: usize,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let opts = LearnOptions {
         dt_s: args.dt_s,
+        meter_window_bins: (args.meter_window_bins > 0).then_some(args.meter_window_bins),
         ..LearnOptions::default()
     };
     let draws = Draws {
