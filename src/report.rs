@@ -48,7 +48,15 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
     let mut run = Vec::new();
     let mut method = Vec::new();
     let mut cols: [Vec<f64>; 9] = Default::default();
+    // Prefix-cache hit tokens, simulated and measured, on each run's powersynth row.
+    let (mut hits_sim, mut hits_meas) = (Vec::new(), Vec::new());
     let mut push = |r: &str, m: &str, x: &Metrics, corr: f64, mae: f64| {
+        let v = results
+            .iter()
+            .find(|v| v.run_id == r)
+            .filter(|_| m == METHODS[0]);
+        hits_sim.push(v.map_or(f64::NAN, |v| v.cache_hits.simulated_tokens));
+        hits_meas.push(v.and_then(|v| v.cache_hits.measured_tokens).unwrap_or(f64::NAN));
         run.push(r.to_string());
         method.push(m.to_string());
         for (c, v) in cols.iter_mut().zip([
@@ -122,7 +130,32 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
     for (name, c) in names.iter().zip(cols) {
         t = t.with(name, Column::F64(c));
     }
-    t
+    t.with("cache_hit_tokens_simulated", Column::F64(hits_sim))
+        .with("cache_hit_tokens_measured", Column::F64(hits_meas))
+}
+
+/// One line per run with prefix-cache hits: simulated against the measured counters.
+pub fn format_cache_hits(results: &[RunValidation]) -> String {
+    let mut out = String::new();
+    for v in results {
+        let h = &v.cache_hits;
+        if h.simulated_tokens == 0.0 && h.measured_tokens.is_none_or(|m| m == 0.0) {
+            continue;
+        }
+        let _ = match (h.measured_tokens, h.error_pct()) {
+            (Some(m), Some(e)) => writeln!(
+                out,
+                "prefix cache {}: simulated {:.0} hit tokens, measured {:.0} ({e:+.2} %)",
+                v.run_id, h.simulated_tokens, m
+            ),
+            _ => writeln!(
+                out,
+                "prefix cache {}: simulated {:.0} hit tokens (the run logged no hit counter)",
+                v.run_id, h.simulated_tokens
+            ),
+        };
+    }
+    out
 }
 
 /// The table as aligned text, one line per row.
@@ -243,7 +276,12 @@ pub fn html_report(results: &[RunValidation], table: &Table) -> String {
          target's request log and serving settings only, with the TDP, mean and two-level \
          baselines (SPEC §8).</p>",
     );
-    let _ = write!(h, "<pre>{}</pre>", html_escape(&format_table(table)));
+    let _ = write!(
+        h,
+        "<pre>{}{}</pre>",
+        html_escape(&format_table(table)),
+        html_escape(&format_cache_hits(results))
+    );
     for v in results {
         let _ = write!(
             h,

@@ -65,7 +65,27 @@ pub struct RunValidation {
     pub measured_engine: EngineTrace,
     pub running_corr: f64,
     pub running_mae: f64,
+    /// Prompt tokens the simulated prefix cache served to requests admitted on the grid, and
+    /// the increase of the target's `prefix_cache_hits_total` counter over it (`None` where
+    /// the run did not log it).
+    pub cache_hits: CacheHits,
     pub model: LearnedModel,
+}
+
+/// Simulated prefix-cache hits against the measured counters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheHits {
+    pub simulated_tokens: f64,
+    pub measured_tokens: Option<f64>,
+}
+
+impl CacheHits {
+    /// (simulated − measured) / measured in %, when the run logged its hits and had some.
+    pub fn error_pct(&self) -> Option<f64> {
+        self.measured_tokens
+            .filter(|&m| m > 0.0)
+            .map(|m| 100.0 * (self.simulated_tokens - m) / m)
+    }
 }
 
 /// Learns on `train` and validates on `target`.
@@ -126,6 +146,15 @@ pub fn validate_with_model(
             NOISE_RESAMPLES,
             draws.seed,
         ),
+        cache_hits: CacheHits {
+            simulated_tokens: simulated.cached_tokens.iter().sum(),
+            measured_tokens: target
+                .engine
+                .prefix_cache_hits_total
+                .iter()
+                .all(|x| x.is_finite())
+                .then(|| aligned.engine.cached_tokens.iter().sum()),
+        },
         running_corr: correlation(&simulated_running, &aligned.engine.running),
         running_mae: mean_abs_error(&simulated_running, &aligned.engine.running),
         simulated_running,

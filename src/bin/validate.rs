@@ -105,6 +105,7 @@ fn main() -> Result<()> {
     };
     let table = write_validation(&args.out, &results)?;
     print!("{table}");
+    print!("{}", powersynth::report::format_cache_hits(&results));
     eprintln!("wrote {}", args.out.join("report.html").display());
     Ok(())
 }
