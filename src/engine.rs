@@ -598,6 +598,34 @@ mod tests {
     }
 
     #[test]
+    fn a_second_turn_prefills_only_what_the_cache_lacks() {
+        // Turn 0: 1000 prompt tokens; turn 1 of the same session 1500 tokens, after turn 0
+        // finished: 992 tokens (62 full blocks) come from the cache, 508 are prefilled.
+        let turn = |t: f64, input: u32| Request {
+            session: Some(0),
+            ..req(t, input, 3)
+        };
+        let w = Workload {
+            session_names: vec!["s".into()],
+            requests: vec![turn(0.0, 1000), turn(1.0, 1500)],
+        };
+        let grid = BinGrid::new(0.0, 2.0, 0.25).unwrap();
+        let mut on = serving(8, 2048);
+        on.enable_prefix_caching = true;
+        let sim = run(&w, &on, grid).unwrap();
+        assert_eq!(sim.outcomes[1].cached_tokens, 992);
+        assert_eq!(sim.trace.cached_tokens.iter().sum::<f64>(), 992.0);
+        assert_eq!(sim.trace.prefill_tokens.iter().sum::<f64>(), 1000.0 + 508.0);
+        // Its first step: 10 ms + 508 × 0.01 ms; the cached tokens still count in its context.
+        let o = sim.outcomes[1];
+        assert!((o.first_token_s - o.admitted_s - (0.010 + 508.0 * 0.000_01)).abs() < 1e-12);
+        // Cache off: the whole prompt again, no hits.
+        let off = run(&w, &serving(8, 2048), grid).unwrap();
+        assert_eq!(off.outcomes[1].cached_tokens, 0);
+        assert_eq!(off.trace.prefill_tokens.iter().sum::<f64>(), 2500.0);
+    }
+
+    #[test]
     fn two_overlapping_requests_share_steps() {
         // A at 0 (100 tokens in, 3 out), B at 0.012 (joins at A's second step).
         let w = Workload {

@@ -798,7 +798,13 @@ pub fn running_as_counted(run: &AlignedRun, outcomes: &[RequestOutcome]) -> Vec<
     let at_counters = running_gauge_at(outcomes, &run.counter_t_s);
     let grid = run.grid();
     (0..grid.bins)
-        .map(|i| interp(&run.counter_t_s, &at_counters, grid.t_s(i) + 0.5 * grid.dt_s))
+        .map(|i| {
+            interp(
+                &run.counter_t_s,
+                &at_counters,
+                grid.t_s(i) + 0.5 * grid.dt_s,
+            )
+        })
         .collect()
 }
 
@@ -865,9 +871,9 @@ fn ttft_error(r: &AlignedRun, outcomes: &[crate::engine::RequestOutcome]) -> f64
         return 0.0;
     }
     let n = pairs.len() as f64;
-    let (mx, my) = pairs
-        .iter()
-        .fold((0.0, 0.0), |(a, b), &(s, m, x)| (a + x / n, b + (m - s) / n));
+    let (mx, my) = pairs.iter().fold((0.0, 0.0), |(a, b), &(s, m, x)| {
+        (a + x / n, b + (m - s) / n)
+    });
     let (sxy, sxx) = pairs.iter().fold((0.0, 0.0), |(a, b), &(s, m, x)| {
         (a + (x - mx) * (m - s - my), b + (x - mx) * (x - mx))
     });

@@ -56,7 +56,10 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
             .find(|v| v.run_id == r)
             .filter(|_| m == METHODS[0]);
         hits_sim.push(v.map_or(f64::NAN, |v| v.cache_hits.simulated_tokens));
-        hits_meas.push(v.and_then(|v| v.cache_hits.measured_tokens).unwrap_or(f64::NAN));
+        hits_meas.push(
+            v.and_then(|v| v.cache_hits.measured_tokens)
+                .unwrap_or(f64::NAN),
+        );
         run.push(r.to_string());
         method.push(m.to_string());
         for (c, v) in cols.iter_mut().zip([

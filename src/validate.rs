@@ -5,9 +5,8 @@
 use crate::engine::EngineTrace;
 use crate::error::{Error, Result};
 use crate::learn::{
-    align, correlation, learn, mean_abs_error, running_as_counted, simulate_run,
-    two_level_classes, LearnOptions,
-    LearnedModel,
+    align, correlation, learn, mean_abs_error, running_as_counted, simulate_run, two_level_classes,
+    LearnOptions, LearnedModel,
 };
 use crate::metrics::{compare, median_of, resampling_noise, sd_of, Metrics, NOISE_RESAMPLES};
 use crate::sources::measured::MeasuredRun;
