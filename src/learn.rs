@@ -1152,6 +1152,7 @@ pub fn fit_power(
             }
         });
     let (states, keep) = usable(window);
+    let keep = drop_idle_outliers(&power, &states, keep);
     // Idle readings net of the heat of recent work ([`IdleHeat`]).
     let idle_bins: Vec<bool> = states
         .iter()
@@ -1283,6 +1284,32 @@ fn assign_readings(
         states[i] = EngineState::reading(&feats[i], rank < n_prefill);
     }
     (states, dropped)
+}
+
+/// Leaves out idle training readings far above the idle level: the simulation called those
+/// bins idle, but a reading above median + max(6 robust SD, 15 W) of the idle readings is
+/// the engine at work (a sub-bin timing error of the simulation, a request it ended early),
+/// and would put active power into idle cells.
+fn drop_idle_outliers(power: &[f64], states: &[EngineState], mut keep: Vec<bool>) -> Vec<bool> {
+    let idle: Vec<usize> = (0..power.len())
+        .filter(|&i| keep[i] && states[i].is_idle())
+        .collect();
+    if idle.len() < 10 {
+        return keep;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let m = median(idle.iter().map(|&i| power[i]).collect());
+    let mad = median(idle.iter().map(|&i| (power[i] - m).abs()).collect());
+    let limit = m + (6.0 * 1.4826 * mad).max(15.0);
+    for i in idle {
+        if power[i] > limit {
+            keep[i] = false;
+        }
+    }
+    keep
 }
 
 /// The probability of `v` under a distribution given by equally spaced quantiles (the mid

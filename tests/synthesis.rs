@@ -102,9 +102,10 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
             .run_id;
         res.iter().find(|v| &v.run_id == id).unwrap()
     };
-    // Measured when this was written (medians of 5 draws, seed 1), |ΔE| % / KS / running ρ:
-    // ShareGPT 0.11–0.52 / 0.08–0.16 / ≥ 0.997; cache-off replay 2.87 / 0.207 / 0.856;
-    // BurstGPT 4.99 / 0.417 / 0.862; agentic 2.59 / 0.264 / 0.889; median |ΔE| 1.56 %.
+    // Measured when this was written (medians of 5 draws, seed 1 / seed 100), |ΔE| % / KS /
+    // running ρ: ShareGPT 0.21–0.52 / 0.08–0.16 / ≥ 0.997; cache-off replay 2.87 / 0.207 /
+    // 0.856; BurstGPT 1.85 (1.46) / 0.221 (0.227) / 0.862; agentic 2.32 (2.38) / 0.264
+    // (0.265) / 0.889; median |ΔE| 1.19 % (0.93 %).
     let med = median_of(res.iter().map(|v| v.metrics[0].energy_error_pct));
     assert!(med <= 2.0, "median |ΔE| {med}");
     for v in &res {
@@ -131,9 +132,11 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
         assert!(v.metrics[0].energy_error_pct <= 1.0, "{g}");
         assert!(v.metrics[0].ks <= 0.25 && v.running_corr > 0.99, "{g}");
     }
-    assert!(by_group(A100_TRACE_REPLAY).metrics[0].ks <= 0.25);
-    // KS above the 0.25 on these two (see README): bounds at today's figures.
-    assert!(by_group(A100_BURSTGPT).metrics[0].ks < 0.45);
+    for g in [A100_TRACE_REPLAY, A100_BURSTGPT] {
+        assert!(by_group(g).metrics[0].ks <= 0.25, "{g}");
+    }
+    // The agentic run's KS is above the 0.25 (its decode readings sit ~7 W below the
+    // hotter cache-off replay's in the same engine states; see README): today's figure.
     assert!(by_group(A100_AGENTIC).metrics[0].ks < 0.3);
     // The agentic run's prefix cache: simulated hit tokens against the counters' increase
     // (1,081,456 prompt tokens), within 5 %; no hits where the cache is off.
