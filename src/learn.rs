@@ -1,23 +1,33 @@
 //! Learning a synthesis model from measured runs (SPEC §2.3, §6).
 //!
 //! For one configuration (model × GPU × TP), from one or more measured runs:
-//! 1. [`align`]: power, engine counters and the request log on one unix clock, on a regular
-//!    grid (default 0.25 s): bin-mean power, counters interpolated at bin centres, token
-//!    counters differenced over each bin.
+//! 1. [`align`]: power, GPU temperature, engine counters and the request log on one unix
+//!    clock, on a regular grid (default 0.25 s): bin means of the meter, counters interpolated
+//!    at bin centres, token counters differenced over each bin.
 //! 2. Engine timing ([`StepTiming`]): a least-squares fit of step time on the counters' per-step
-//!    means (decodes, prompt tokens per iteration), then refined so that the engine simulation
-//!    of the training request logs reproduces the measured running requests and decode tokens
-//!    per bin (Nelder–Mead over the four coefficients).
-//! 3. Power ([`PowerModel`]): engine features (busy fraction, ln(1 + running), prefill busy
-//!    fraction, decode tokens/s, context) smoothed by the power meter's trailing window (1–8
-//!    bins, the one whose states explain the most power variance), discretised into
-//!    engine-state cells (idle; occupancy × context × prefill level none / light / heavy); a
-//!    sparse state pools its nearest states ([`state_distance`]). Training bins where the
-//!    simulated engine and the measured counters disagree on idle vs busy are left out: they
-//!    would teach the simulator's errors. Per cell the measured power values (nearest-rank
-//!    quantiles, drawn as a step function so rare prefill peaks are not smeared into values
-//!    never measured) and an AR(1) coefficient of the normal scores (from consecutive bins of
-//!    the cell, ≥ 40 pairs; else the overall one), used as a Gaussian copula.
+//!    means (decodes, prompt tokens computed per iteration, cache hits excluded), then refined
+//!    (Nelder–Mead over the five coefficients, prefill attention included) so that the engine
+//!    simulation of the training request logs reproduces the measured running-request gauge
+//!    (read at the counters' instants, [`running_as_counted`]), the decode tokens per bin and
+//!    the requests' times to first token (after a fitted client share).
+//!    The KV capacity of the prefix cache comes from `gpu_cache_usage_perc`
+//!    ([`kv_capacity_tokens`]).
+//! 3. Power ([`PowerModel`]): a point-reading meter (A100 `power.draw`) reads each bin at an
+//!    instant that is idle or active, and an active one in a decode or a prefill iteration;
+//!    the engine gives the chances (busy share, prefill share of the active time). Features
+//!    (busy share, running requests, prefill busy share, decode tokens/s, context, recent
+//!    busy share) are time averages over the meter window (1 bin by default). A reading's
+//!    state is idle (cold, or warm within 1 s of work) or its active time's occupancy ×
+//!    context × reading (decode / prefill). Training: bins where the simulated engine and the
+//!    measured counters disagree on idle vs busy are left out; of partly busy bins the
+//!    round(Σ busy) highest readings are active, and of active bins with prefill work the
+//!    round(Σ prefill share) highest are prefill readings (`assign_readings`); idle readings
+//!    far above the idle level are left out; idle power rises with the heat of recent work
+//!    ([`IdleHeat`], from the measured temperature). A sparse state pools its nearest states
+//!    ([`state_distance`]: a prefill reading pools prefill readings first). Per cell the
+//!    measured power values (nearest-rank quantiles, drawn as a step function) and an AR(1)
+//!    coefficient of the normal scores (≥ 40 pairs; else the overall one), used as a Gaussian
+//!    copula.
 //!
 //! Nothing here reads files: callers pass loaded [`MeasuredRun`]s.
 
@@ -1113,7 +1123,7 @@ pub fn fit_power(
         .map(|r| raw_features(&r.engine, timing))
         .collect();
     // Only idle or wholly active bins teach a cell (see [`ACTIVE_BUSY`]); an active bin's
-    // reading is a decode or a prefill one ([`assign_readings`]).
+    // reading is a decode or a prefill one (`assign_readings`).
     let usable = |w: usize| -> (Vec<EngineState>, Vec<bool>) {
         let feats = smoothed(&raw, w);
         let states: Vec<EngineState> = feats.iter().map(EngineState::of).collect();

@@ -17,8 +17,9 @@ use powersynth::workload::Workload;
 ///
 /// Learns the engine timing and the per-state power model from the training runs (measured
 /// runs of the same model × GPU × TP), simulates continuous batching of the requests with the
-/// serving settings, and draws power for each bin. Only the request log's arrival times and
-/// token counts are read: nothing measured about the target run is used.
+/// serving settings (with a prefix cache when they enable it), and draws power for each bin.
+/// Only the request log's arrival times, token counts, sessions and declared prefixes are
+/// read (docs/requests.md): nothing measured about the target run is used.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -33,7 +34,9 @@ struct Args {
     /// enable_chunked_prefill, enable_prefix_caching.
     #[arg(long)]
     serving: PathBuf,
-    /// REQUESTS.json with request_timestamps (unix s), input_lens and output_lens.
+    /// REQUESTS.json with request_timestamps (unix s), input_lens and output_lens, and
+    /// optionally session_ids, turn_idx, prefix_tokens (multi-turn sessions and the prefix
+    /// cache); any order of requests. Every column in docs/requests.md.
     #[arg(long)]
     requests: PathBuf,
     /// Start of the output (unix s); row i is at t0 + i·dt.
