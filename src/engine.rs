@@ -249,6 +249,9 @@ impl EngineTrace {
 /// simulation window ended first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RequestOutcome {
+    /// When it arrived: its `arrival_s`, or for a closed-loop follow-up the finish of the
+    /// turn it follows plus its think time (NaN if that never came).
+    pub arrival_s: f64,
     pub admitted_s: f64,
     /// End of its first step: when the running gauge starts counting it.
     pub counted_s: f64,
@@ -301,6 +304,89 @@ struct Prefilling {
     done_tokens: u32,
 }
 
+/// A time as a heap key (total order).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TimeKey(f64);
+impl Eq for TimeKey {}
+impl PartialOrd for TimeKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimeKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Requests not yet arrived: open-loop ones at their `arrival_s`, and closed-loop follow-ups
+/// ([`crate::workload::Request::follows`]) released when the turn they follow finishes, after
+/// their think time. A follow-up whose turn never finishes never arrives.
+struct Arrivals {
+    upcoming: BinaryHeap<Reverse<(TimeKey, usize)>>,
+    followers: std::collections::HashMap<usize, Vec<usize>>,
+    /// When each request arrived (NaN until it does).
+    arrival_s: Vec<f64>,
+}
+
+impl Arrivals {
+    fn new(reqs: &[crate::workload::Request]) -> Self {
+        let mut upcoming = BinaryHeap::new();
+        let mut followers: std::collections::HashMap<usize, Vec<usize>> = Default::default();
+        for (i, r) in reqs.iter().enumerate() {
+            match r.follows {
+                Some(p) => followers.entry(p as usize).or_default().push(i),
+                None => upcoming.push(Reverse((TimeKey(r.arrival_s), i))),
+            }
+        }
+        Self {
+            upcoming,
+            followers,
+            arrival_s: reqs
+                .iter()
+                .map(|r| {
+                    if r.follows.is_some() {
+                        f64::NAN
+                    } else {
+                        r.arrival_s
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn next_s(&self) -> Option<f64> {
+        self.upcoming.peek().map(|Reverse((t, _))| t.0)
+    }
+
+    /// Moves every request arrived by `t_s` to `waiting`, in arrival order.
+    fn arrive_until(&mut self, t_s: f64, waiting: &mut VecDeque<usize>) {
+        while let Some(&Reverse((at, idx))) = self.upcoming.peek() {
+            if at.0 > t_s {
+                break;
+            }
+            self.upcoming.pop();
+            waiting.push_back(idx);
+        }
+    }
+
+    /// Request `idx` finished at `t_s`: its follow-ups arrive after their think time.
+    fn finished(&mut self, idx: usize, t_s: f64, reqs: &[crate::workload::Request]) {
+        if let Some(next) = self.followers.remove(&idx) {
+            for k in next {
+                let at = t_s + reqs[k].think_s.max(0.0);
+                self.arrival_s[k] = at;
+                self.upcoming.push(Reverse((TimeKey(at), k)));
+            }
+        }
+    }
+
+    /// Requests arrived by the end but never admitted (their wait runs to the end).
+    fn left(&self) -> impl Iterator<Item = usize> + '_ {
+        self.upcoming.iter().map(|Reverse((_, i))| *i)
+    }
+}
+
 /// Simulates `workload` on one replica served with `serving`, step times `timing` and a KV
 /// cache `kv` (its prefix cache on when `serving.enable_prefix_caching`), binned on `grid`.
 /// Requests arriving before the grid are simulated too (their tail shows in the first bins);
@@ -315,6 +401,19 @@ pub fn simulate(
     serving.validate()?;
     timing.validate()?;
     let reqs = &workload.requests;
+    if let Some((i, r)) = reqs
+        .iter()
+        .enumerate()
+        .find(|(i, r)| r.follows.is_some_and(|p| p as usize >= *i) || !r.think_s.is_finite())
+    {
+        return Err(Error::config(
+            "workload",
+            format!(
+                "request {i} follows request {:?} with think time {} s (a follow-up must come                  after the turn it follows, with a finite think time)",
+                r.follows, r.think_s
+            ),
+        ));
+    }
     if !serving.enable_chunked_prefill {
         if let Some((i, r)) = reqs
             .iter()
@@ -335,6 +434,7 @@ pub fn simulate(
     let nan = f64::NAN;
     let mut outcomes = vec![
         RequestOutcome {
+            arrival_s: nan,
             admitted_s: nan,
             counted_s: nan,
             first_token_s: nan,
@@ -348,24 +448,21 @@ pub fn simulate(
     let budget = serving.max_num_batched_tokens;
     let max_seqs = serving.max_num_seqs as usize;
 
-    let mut next_arrival = 0usize;
+    let mut arrivals = Arrivals::new(reqs);
     let mut waiting: VecDeque<usize> = VecDeque::new();
     let mut prefilling: Vec<Prefilling> = Vec::new();
     // Decoding requests: (decode step at which the request finishes, request index).
     let mut decoding: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut decode_steps: u64 = 0;
     let mut context_tokens: u64 = 0;
-    let mut t = reqs.first().map_or(end_s, |r| r.arrival_s);
+    let mut t = arrivals.next_s().unwrap_or(end_s);
 
     while t < end_s {
-        while next_arrival < reqs.len() && reqs[next_arrival].arrival_s <= t {
-            waiting.push_back(next_arrival);
-            next_arrival += 1;
-        }
+        arrivals.arrive_until(t, &mut waiting);
         if waiting.is_empty() && prefilling.is_empty() && decoding.is_empty() {
-            match reqs.get(next_arrival) {
-                Some(r) => {
-                    t = r.arrival_s;
+            match arrivals.next_s() {
+                Some(next) => {
+                    t = next;
                     continue;
                 }
                 None => break,
@@ -396,7 +493,7 @@ pub fn simulate(
             waiting.pop_front();
             outcomes[idx].admitted_s = t;
             admitted.push(idx);
-            add_interval(&mut trace.waiting, &grid, reqs[idx].arrival_s, t);
+            add_interval(&mut trace.waiting, &grid, arrivals.arrival_s[idx], t);
             let hit = cache.admit(&reqs[idx], t);
             outcomes[idx].cached_tokens = hit;
             add_at(&mut trace.cached_tokens, &grid, t, hit as f64);
@@ -446,6 +543,7 @@ pub fn simulate(
                 decoding.pop();
                 outcomes[idx].finished_s = t_end;
                 cache.finished(&reqs[idx], t_end);
+                arrivals.finished(idx, t_end, reqs);
                 add_interval(&mut trace.running, &grid, outcomes[idx].counted_s, t_end);
                 context_tokens -= (reqs[idx].input_tokens + reqs[idx].output_tokens) as u64;
             }
@@ -470,6 +568,7 @@ pub fn simulate(
             if out <= 1 {
                 outcomes[idx].finished_s = t_end;
                 cache.finished(&reqs[idx], t_end);
+                arrivals.finished(idx, t_end, reqs);
                 add_interval(&mut trace.running, &grid, outcomes[idx].counted_s, t_end);
                 context_tokens -= (reqs[idx].input_tokens + out) as u64;
             } else {
@@ -486,11 +585,11 @@ pub fn simulate(
             add_interval(&mut trace.running, &grid, o.counted_s, end_s);
         }
     }
-    for &idx in waiting.iter() {
-        add_interval(&mut trace.waiting, &grid, reqs[idx].arrival_s, end_s);
+    for idx in waiting.iter().copied().chain(arrivals.left()) {
+        add_interval(&mut trace.waiting, &grid, arrivals.arrival_s[idx], end_s);
     }
-    for r in &reqs[next_arrival..] {
-        add_interval(&mut trace.waiting, &grid, r.arrival_s, end_s);
+    for (o, &a) in outcomes.iter_mut().zip(&arrivals.arrival_s) {
+        o.arrival_s = a;
     }
     Ok(Simulation { trace, outcomes })
 }
@@ -623,6 +722,46 @@ mod tests {
         let off = run(&w, &serving(8, 2048), grid).unwrap();
         assert_eq!(off.outcomes[1].cached_tokens, 0);
         assert_eq!(off.trace.prefill_tokens.iter().sum::<f64>(), 2500.0);
+    }
+
+    #[test]
+    fn a_closed_loop_turn_is_sent_after_the_answer_and_the_think_time() {
+        // Turn 1 follows turn 0 with 0.5 s of thinking: it arrives at turn 0's finish + 0.5,
+        // whatever its own arrival_s says; a follow-up of a request that never finishes
+        // never arrives.
+        let w = Workload {
+            session_names: vec![],
+            requests: vec![
+                req(1.0, 1000, 5),
+                Request {
+                    follows: Some(0),
+                    think_s: 0.5,
+                    ..req(0.0, 100, 2)
+                },
+                req(3.0, 10, 10_000),
+                Request {
+                    follows: Some(2),
+                    ..req(0.0, 10, 2)
+                },
+            ],
+        };
+        let grid = BinGrid::new(0.0, 4.0, 0.25).unwrap();
+        let sim = run(&w, &serving(8, 2048), grid).unwrap();
+        let (a, b) = (sim.outcomes[0], sim.outcomes[1]);
+        assert!((a.finished_s - 1.064).abs() < 1e-12, "{a:?}");
+        assert!((b.arrival_s - 1.564).abs() < 1e-12, "{b:?}");
+        assert!((b.admitted_s - 1.564).abs() < 1e-12, "{b:?}");
+        assert!(sim.outcomes[3].arrival_s.is_nan() && sim.outcomes[3].admitted_s.is_nan());
+        // A follow-up listed before the turn it follows is refused.
+        let bad = Workload {
+            session_names: vec![],
+            requests: vec![Request {
+                follows: Some(0),
+                ..req(0.0, 10, 2)
+            }],
+        };
+        let e = run(&bad, &serving(8, 2048), grid).unwrap_err().to_string();
+        assert!(e.contains("request 0 follows request Some(0)"), "{e}");
     }
 
     #[test]

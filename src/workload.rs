@@ -1,7 +1,9 @@
 //! Workloads (SPEC §6): the requests that drive a serving engine — arrival time, input
 //! (prompt) tokens and output tokens. Sources: a vLLM benchmark request log, Poisson arrivals
 //! at a rate, Gamma-renewal arrivals with a burstiness factor (vLLM's convention: 1 = Poisson,
-//! < 1 burstier, > 1 smoother), with token counts drawn from an empirical distribution.
+//! < 1 burstier, > 1 smoother), with token counts drawn from an empirical distribution;
+//! multi-turn sessions learned from a log ([`SessionModel`]) replayed from closed-loop clients
+//! (a turn is sent when the previous answer is in plus the client's think time).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +13,7 @@ use rand_distr::{Distribution, Gamma};
 use rand_pcg::Pcg64;
 
 use crate::error::{Error, Result};
-use crate::sources::measured::{read_request_log, RequestLog};
+use crate::sources::measured::{read_request_log, Itls, RequestLog};
 
 /// One request as the client sends it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +30,12 @@ pub struct Request {
     /// Leading prompt tokens the load generator declares as repeated context (0 = not
     /// declared; a later turn of a session then reuses the session's previous prompt).
     pub prefix_tokens: u32,
+    /// Closed loop: the index (in the workload) of the request this one follows. It is then
+    /// sent `think_s` after that one finishes, whatever its `arrival_s` (a client that waits
+    /// for the answer, then thinks, then sends its next turn).
+    pub follows: Option<u32>,
+    /// The client's pause after the request it follows (s).
+    pub think_s: f64,
 }
 
 impl Request {
@@ -39,6 +47,8 @@ impl Request {
             output_tokens,
             session: None,
             prefix_tokens: 0,
+            follows: None,
+            think_s: 0.0,
         }
     }
 }
@@ -207,6 +217,156 @@ impl Workload {
                 .collect(),
             session_names: self.session_names.clone(),
         }
+    }
+}
+
+/// One turn of a recorded session.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Turn {
+    /// The whole prompt: the session's context so far plus the new tokens (their growth over
+    /// the turns is the context growth).
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// Declared reusable prefix (0 = the previous turn's prompt, as the prefix cache reads it).
+    pub prefix_tokens: u32,
+    /// The client's pause after this turn's answer before its next turn (s).
+    pub think_s: f64,
+}
+
+/// Multi-turn sessions learned from request logs (agent or chat replays): each session's
+/// turns in order, with their prompt lengths (the context growth per turn) and the client's
+/// think time after each. [`SessionModel::closed_loop`] replays them from closed-loop clients:
+/// a client sends a turn, waits for its answer, thinks, sends the next.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionModel {
+    pub sessions: Vec<Vec<Turn>>,
+}
+
+impl SessionModel {
+    /// The sessions of a request log with `session_ids`. Think time after a turn: the log's
+    /// `post_gap_s` where it has one; else the gap to the session's next arrival less the
+    /// turn's measured latency (TTFT + (output − 1) × its mean ITL, where logged), at least 0.
+    pub fn from_log(log: &RequestLog) -> Result<Self> {
+        let Some(ids) = &log.session_ids else {
+            return Err(Error::content(
+                &log.path,
+                "no \"session_ids\": sessions cannot be learned from this log",
+            ));
+        };
+        let mut order: Vec<&str> = Vec::new();
+        let mut turns_of: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let v = turns_of.entry(id.as_str()).or_default();
+            if v.is_empty() {
+                order.push(id.as_str());
+            }
+            v.push(i);
+        }
+        let mean_itl = |i: usize| -> Option<f64> {
+            match &log.itls {
+                Some(Itls::MeanPerRequest(m)) => Some(m[i]).filter(|x| x.is_finite()),
+                Some(Itls::PerToken(l)) if !l[i].is_empty() => {
+                    Some(l[i].iter().sum::<f64>() / l[i].len() as f64)
+                }
+                _ => None,
+            }
+        };
+        let think = |k: usize, next: Option<usize>| -> f64 {
+            if let Some(g) = &log.post_gap_s {
+                return g[k];
+            }
+            let Some(n) = next else { return 0.0 };
+            let gap = log.request_timestamps[n] - log.request_timestamps[k];
+            let ttft = log
+                .ttfts
+                .as_ref()
+                .map(|t| t[k])
+                .filter(|x| x.is_finite())
+                .unwrap_or(0.0);
+            let decode = mean_itl(k).unwrap_or(0.0) * log.output_lens[k].saturating_sub(1) as f64;
+            (gap - ttft - decode).max(0.0)
+        };
+        let sessions = order
+            .iter()
+            .map(|id| {
+                let idx = &turns_of[id];
+                idx.iter()
+                    .enumerate()
+                    .map(|(j, &k)| Turn {
+                        input_tokens: log.input_lens[k].max(1),
+                        output_tokens: log.output_lens[k].max(1),
+                        prefix_tokens: log.prefix_tokens.as_ref().map_or(0, |p| p[k]),
+                        think_s: think(k, idx.get(j + 1).copied()),
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self { sessions })
+    }
+
+    /// Closed-loop traffic from `clients` clients over [t0_s, t0_s + duration_s): each starts
+    /// within the first second, then runs sessions drawn uniformly (with replacement) one
+    /// after another, each turn sent when the previous answer is in plus the think time
+    /// ([`Request::follows`]); every drawn session is a new session for the prefix cache.
+    /// Enough sessions are drawn to fill the window even if the server answered at once.
+    pub fn closed_loop(
+        &self,
+        clients: u32,
+        t0_s: f64,
+        duration_s: f64,
+        rng: &mut Pcg64,
+    ) -> Result<Workload> {
+        if self.sessions.iter().all(|s| s.is_empty()) {
+            return Err(Error::config("sessions", "no session to replay"));
+        }
+        if clients == 0 {
+            return Err(Error::config("clients", "0 (need ≥ 1)"));
+        }
+        if !(duration_s > 0.0 && duration_s.is_finite() && t0_s.is_finite()) {
+            return Err(Error::config(
+                "duration_s",
+                format!("{duration_s} from t0 {t0_s} (need a finite window)"),
+            ));
+        }
+        const MAX_REQUESTS: usize = 10_000_000;
+        let mut w = Workload::default();
+        for c in 0..clients {
+            let start = t0_s + rng.gen::<f64>();
+            // A lower bound of the client's busy time: think times plus 5 ms per output token.
+            let mut covered = 0.0;
+            let mut previous: Option<u32> = None;
+            while covered < duration_s {
+                let s = &self.sessions[rng.gen_range(0..self.sessions.len())];
+                let session = w.session_names.len() as u32;
+                w.session_names.push(format!("client{c}-session{session}"));
+                let mut think = 0.0;
+                for t in s {
+                    let idx = w.requests.len() as u32;
+                    w.requests.push(Request {
+                        arrival_s: start,
+                        input_tokens: t.input_tokens,
+                        output_tokens: t.output_tokens,
+                        session: Some(session),
+                        prefix_tokens: t.prefix_tokens,
+                        follows: previous,
+                        think_s: think,
+                    });
+                    previous = Some(idx);
+                    think = t.think_s;
+                    covered += t.think_s + 0.005 * t.output_tokens as f64;
+                }
+                if w.requests.len() > MAX_REQUESTS {
+                    return Err(Error::config(
+                        "duration_s",
+                        format!(
+                            "{duration_s} s with {clients} clients needs more than \
+                             {MAX_REQUESTS} requests; shorten the window"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(w)
     }
 }
 

@@ -456,3 +456,64 @@ fn site_is_the_sum_of_its_replicas_plus_non_gpu_power_times_pue() {
     assert_eq!(m.len(), 2); // 1 s and 1 min
     assert!(m[0].peak_w >= m[1].peak_w && (m[0].average_w - m[1].average_w).abs() < 1e-6);
 }
+
+/// Sessions learned from the agentic run (24 sessions, 89 turns, think times from
+/// `post_gap_s`), replayed from closed-loop clients through the engine: every follow-up is
+/// sent when the turn before it is answered plus its think time, a client never has two
+/// requests in flight, and the prefix cache serves the later turns.
+#[test]
+fn agent_sessions_replay_from_closed_loop_clients() {
+    use powersynth::engine::{simulate, BinGrid, StepTiming};
+    use powersynth::prefix_cache::KvCacheConfig;
+    use powersynth::sources::measured::read_request_log;
+    use powersynth::workload::SessionModel;
+    use rand::SeedableRng;
+    let Some(root) = common::shared("measured") else {
+        return;
+    };
+    let dir = run_dir(&root, A100_AGENTIC);
+    let log = read_request_log(&dir.join("requests.json")).unwrap();
+    let model = SessionModel::from_log(&log).unwrap();
+    assert_eq!(model.sessions.len(), 24);
+    assert_eq!(model.sessions.iter().map(Vec::len).sum::<usize>(), 89);
+    // The first session in arrival order is a one-turn django session; its think time is the
+    // logged post_gap_s of that request (row 0 of the session-ordered file).
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("requests.json")).unwrap()).unwrap();
+    let gap0 = raw["post_gap_s"][0].as_f64().unwrap();
+    assert_eq!(raw["session_ids"][0], "django__django-13768");
+    assert_eq!(model.sessions[0].len(), 1);
+    assert_eq!(model.sessions[0][0].think_s, gap0);
+    let clients = 4;
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
+    let w = model.closed_loop(clients, 0.0, 300.0, &mut rng).unwrap();
+    let mut serving = ServingConfig::from_manifest(&load_run(&dir).unwrap().manifest);
+    serving.enable_prefix_caching = true;
+    let timing = StepTiming {
+        base_s: 0.0125,
+        per_decode_seq_s: 1e-5,
+        per_prefill_token_s: 6e-5,
+        per_context_ktoken_s: 1e-4,
+        per_prefill_attention_s: 3e-6,
+    };
+    let grid = BinGrid::new(0.0, 300.0, 0.25).unwrap();
+    let sim = simulate(&w, &serving, &timing, &KvCacheConfig::default(), grid).unwrap();
+    let mut sent = 0;
+    for (q, o) in w.requests.iter().zip(&sim.outcomes) {
+        if let (Some(p), true) = (q.follows, o.arrival_s.is_finite()) {
+            let before = sim.outcomes[p as usize];
+            assert!((o.arrival_s - (before.finished_s + q.think_s)).abs() < 1e-9);
+            sent += 1;
+        }
+    }
+    assert!(sent > 50, "{sent} follow-ups sent");
+    assert!(sim
+        .trace
+        .running
+        .iter()
+        .all(|&r| r <= clients as f64 + 1e-9));
+    // Later turns of a session hit the cache: most prompt tokens are served from it.
+    let hits: f64 = sim.trace.cached_tokens.iter().sum();
+    let prompt: f64 = hits + sim.trace.prefill_tokens.iter().sum::<f64>();
+    assert!(hits > 0.5 * prompt, "{hits} of {prompt}");
+}

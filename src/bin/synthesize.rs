@@ -9,9 +9,12 @@ use powersynth::engine::ServingConfig;
 use powersynth::learn::{learn, LearnOptions, LearnedModel};
 use powersynth::report::write_power_series;
 use powersynth::sources::measured::load_run;
+use powersynth::sources::measured::read_request_log;
 use powersynth::store::write_json;
 use powersynth::synth::synthesize;
-use powersynth::workload::Workload;
+use powersynth::workload::{SessionModel, Workload};
+use rand::SeedableRng;
+use rand_pcg::Pcg64;
 
 /// Synthesize the power of one serving replica (its TP GPUs) for a request log.
 ///
@@ -57,12 +60,33 @@ struct Args {
     /// Also write the learned model (JSON) here.
     #[arg(long)]
     model_out: Option<PathBuf>,
+    /// Instead of replaying --requests as logged, learn its sessions (session_ids: turns,
+    /// prompt growth, think times from post_gap_s or the logged latencies) and generate
+    /// closed-loop traffic from this many clients over the output window: each client sends a
+    /// turn, waits for the simulated answer, thinks, sends the next; sessions drawn with
+    /// --seed.
+    #[arg(long)]
+    closed_loop_clients: Option<u32>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let serving = ServingConfig::from_file(&args.serving)?;
-    let workload = Workload::from_request_log(&args.requests)?;
+    let workload = match args.closed_loop_clients {
+        None => Workload::from_request_log(&args.requests)?,
+        Some(clients) => {
+            let log = read_request_log(&args.requests)?;
+            let sessions = SessionModel::from_log(&log)?;
+            let mut rng = Pcg64::seed_from_u64(args.seed);
+            let w = sessions.closed_loop(clients, args.t0, args.duration_s, &mut rng)?;
+            eprintln!(
+                "closed loop: {clients} clients replaying {} sessions of {}",
+                sessions.sessions.len(),
+                args.requests.display()
+            );
+            w
+        }
+    };
     let model = match &args.model {
         Some(p) => LearnedModel::read_json(p)?,
         None => {

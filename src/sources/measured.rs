@@ -89,6 +89,9 @@ pub struct RequestLog {
     /// Per request, prompt tokens the server served from its prefix cache (measured; used
     /// only to score a simulation, never to drive one).
     pub cached_prompt_tokens: Option<Vec<u32>>,
+    /// Per request, the client's pause after its answer before the session's next turn (s;
+    /// agent replays log it as `post_gap_s`).
+    pub post_gap_s: Option<Vec<f64>>,
     /// The file it was read from.
     pub path: PathBuf,
 }
@@ -457,6 +460,8 @@ struct RawRequests {
     new_input_tokens: Option<Vec<f64>>,
     #[serde(default)]
     cached_prompt_tokens: Option<Vec<f64>>,
+    #[serde(default)]
+    post_gap_s: Option<Vec<f64>>,
 }
 
 /// `requests.json` when present (it has per-token ITLs), else `requests_summary.json`.
@@ -508,6 +513,7 @@ pub fn read_request_log(path: &Path) -> Result<RequestLog> {
             "cached_prompt_tokens",
             raw.cached_prompt_tokens.as_ref().map(Vec::len),
         ),
+        ("post_gap_s", raw.post_gap_s.as_ref().map(Vec::len)),
     ];
     for (name, len) in optional_lens {
         if let Some(len) = len {
@@ -562,6 +568,15 @@ pub fn read_request_log(path: &Path) -> Result<RequestLog> {
     let session_ids = raw
         .session_ids
         .map(|s| order.iter().map(|&i| s[i].clone()).collect::<Vec<_>>());
+    if let Some(g) = &raw.post_gap_s {
+        if let Some(i) = g.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(Error::row(
+                path,
+                i,
+                format!("post_gap_s[{i}] = {} is not a pause (s ≥ 0)", g[i]),
+            ));
+        }
+    }
     let log = RequestLog {
         request_timestamps: order.iter().map(|&i| raw.request_timestamps[i]).collect(),
         input_lens,
@@ -577,6 +592,9 @@ pub fn read_request_log(path: &Path) -> Result<RequestLog> {
         turn_idx,
         prefix_tokens,
         cached_prompt_tokens,
+        post_gap_s: raw
+            .post_gap_s
+            .map(|g| order.iter().map(|&i| g[i]).collect()),
         path: path.to_path_buf(),
     };
     check_prompt_parts(&log, new_input_tokens.as_deref(), &order)?;
