@@ -22,8 +22,9 @@
 //!    measured counters disagree on idle vs busy are left out; of partly busy bins the
 //!    round(Σ busy) highest readings are active, and of active bins with prefill work the
 //!    round(Σ prefill share) highest are prefill readings (`assign_readings`); idle readings
-//!    far above the idle level are left out; idle power rises with the heat of recent work
-//!    ([`IdleHeat`], from the measured temperature). A sparse state pools its nearest states
+//!    far above the idle level are left out; every reading rises with the GPU's temperature,
+//!    modelled from the power drawn ([`Thermal`], fitted on the measured temperature). A
+//!    sparse state pools its nearest states
 //!    ([`state_distance`]: a prefill reading pools prefill readings first). Per cell the
 //!    measured power values (nearest-rank quantiles, drawn as a step function) and an AR(1)
 //!    coefficient of the normal scores (≥ 40 pairs; else the overall one), used as a Gaussian
@@ -44,6 +45,7 @@ use crate::fits::{least_squares, nelder_mead};
 use crate::prefix_cache::KvCacheConfig;
 use crate::sources::board_limit_w;
 use crate::sources::measured::MeasuredRun;
+use crate::thermal::Thermal;
 use crate::traces::interp;
 use crate::workload::Workload;
 use statrs::distribution::{ContinuousCDF, Normal};
@@ -474,119 +476,10 @@ pub struct PowerModel {
     pub r2: f64,
     /// Minimum training bins for a cell of its own.
     pub min_cell_bins: usize,
-    /// How idle power rises with the heat of recent work (absent in older models: none).
+    /// How power rises with the GPU's temperature, and the temperature with the power drawn
+    /// (absent in older models: flat).
     #[serde(default)]
-    pub idle_heat: IdleHeat,
-}
-
-/// Idle power depends on how hot the GPU is: leakage grows with the die temperature, which
-/// follows the power drawn with a lag (A100 measured here: ~83 W idle at 33 °C, ~88 W at
-/// 40 °C, ~92 W at 49 °C; the gaps of a sustained bursty replay idle 5 W above a cold GPU).
-/// The temperature is not simulated as such: its driver is, the heat H_t = an exponential
-/// moving average (time constant `tau_s`) of the power above `cold_w` over the bins before
-/// t, and an idle reading is its cell's value (learned net of the heat) + `w_per_w` · H_t.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct IdleHeat {
-    pub tau_s: f64,
-    /// Watts of idle power per watt of heat.
-    pub w_per_w: f64,
-    /// The cold idle level the heat is measured from (W).
-    pub cold_w: f64,
-}
-
-impl Default for IdleHeat {
-    fn default() -> Self {
-        Self {
-            tau_s: 1.0,
-            w_per_w: 0.0,
-            cold_w: 0.0,
-        }
-    }
-}
-
-impl IdleHeat {
-    /// The heat before each bin of `power_w` (0 at the start).
-    pub fn series(&self, power_w: &[f64], dt_s: f64) -> Vec<f64> {
-        let a = (-dt_s / self.tau_s.max(1e-9)).exp();
-        let mut h = 0.0;
-        power_w
-            .iter()
-            .map(|&p| {
-                let before = h;
-                h = a * h + (1.0 - a) * (p - self.cold_w).max(0.0);
-                before
-            })
-            .collect()
-    }
-
-    /// One step of the heat: the heat before the next bin, given this bin's power.
-    #[inline]
-    pub fn next(&self, heat: f64, power_w: f64, dt_s: f64) -> f64 {
-        let a = (-dt_s / self.tau_s.max(1e-9)).exp();
-        a * heat + (1.0 - a) * (power_w - self.cold_w).max(0.0)
-    }
-
-    /// Fits the heat from the training runs' measured GPU temperature (`idle[i]` marks the
-    /// idle readings over the runs' bins concatenated): a first-order thermal model
-    /// T_{t+1} = a·T_t + b·P_t + c_run (least squares within runs) gives the time constant
-    /// τ = −dt / ln a and the rise R = b / (1 − a) (°C per W); idle readings against the
-    /// temperature give the leakage slope k (W per °C); the heat's slope is k·R. Runs without
-    /// temperatures do not count; no usable fit (or a non-physical one) leaves idle power flat.
-    /// `cold_w` is the 5th percentile of the idle readings.
-    pub fn fit(runs: &[AlignedRun], idle: &[bool], dt_s: f64) -> Self {
-        let (mut sxx, mut sxy, mut syy, mut sxz, mut syz) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        let mut idle_pts: Vec<(f64, f64)> = Vec::new();
-        let mut offset = 0;
-        for r in runs {
-            let (t, p) = (&r.temperature_c, &r.power_w);
-            let n = p.len();
-            for i in 0..n {
-                if idle[offset + i] && t[i].is_finite() {
-                    idle_pts.push((t[i], p[i]));
-                }
-            }
-            offset += n;
-            if n < 20 || t.iter().any(|x| !x.is_finite()) {
-                continue;
-            }
-            let m = (n - 1) as f64;
-            let mt = t[..n - 1].iter().sum::<f64>() / m;
-            let mp = p[..n - 1].iter().sum::<f64>() / m;
-            let mz = t[1..].iter().sum::<f64>() / m;
-            for i in 0..n - 1 {
-                let (x, y, z) = (t[i] - mt, p[i] - mp, t[i + 1] - mz);
-                sxx += x * x;
-                sxy += x * y;
-                syy += y * y;
-                sxz += x * z;
-                syz += y * z;
-            }
-        }
-        let det = sxx * syy - sxy * sxy;
-        let mut idle_w: Vec<f64> = idle_pts.iter().map(|p| p.1).collect();
-        if det <= 0.0 || idle_pts.len() < 10 {
-            return Self::default();
-        }
-        let a = (syy * sxz - sxy * syz) / det;
-        let b = (sxx * syz - sxy * sxz) / det;
-        let n = idle_pts.len() as f64;
-        let (mt, mp) = idle_pts
-            .iter()
-            .fold((0.0, 0.0), |acc, q| (acc.0 + q.0 / n, acc.1 + q.1 / n));
-        let (num, den) = idle_pts.iter().fold((0.0, 0.0), |acc, q| {
-            (acc.0 + (q.0 - mt) * (q.1 - mp), acc.1 + (q.0 - mt).powi(2))
-        });
-        let k = if den > 0.0 { num / den } else { 0.0 };
-        if !(a > 0.5 && a < 1.0 && b > 0.0 && k > 0.0) {
-            return Self::default();
-        }
-        idle_w.sort_by(f64::total_cmp);
-        Self {
-            tau_s: -dt_s / a.ln(),
-            w_per_w: k * b / (1.0 - a),
-            cold_w: idle_w[idle_w.len() / 20],
-        }
-    }
+    pub thermal: Thermal,
 }
 
 impl PowerModel {
@@ -1163,25 +1056,14 @@ pub fn fit_power(
         });
     let (states, keep) = usable(window);
     let keep = drop_idle_outliers(&power, &states, keep);
-    // Idle readings net of the heat of recent work ([`IdleHeat`]).
-    let idle_bins: Vec<bool> = states
+    // Readings net of their leakage over a cold GPU ([`Thermal`]).
+    let thermal = fit_thermal(runs, &power, &states, &keep, opts.dt_s);
+    let rises: Vec<f64> = runs
         .iter()
-        .zip(&keep)
-        .map(|(s, &k)| k && s.is_idle())
-        .collect();
-    let idle_heat = IdleHeat::fit(runs, &idle_bins, opts.dt_s);
-    let heat: Vec<f64> = runs
-        .iter()
-        .flat_map(|r| idle_heat.series(&r.power_w, opts.dt_s))
+        .flat_map(|r| thermal.rises_c(&r.power_w, opts.dt_s))
         .collect();
     let power: Vec<f64> = (0..power.len())
-        .map(|i| {
-            if states[i].is_idle() {
-                power[i] - idle_heat.w_per_w * heat[i]
-            } else {
-                power[i]
-            }
-        })
+        .map(|i| power[i] - thermal.offset_w(states[i].is_idle(), rises[i]))
         .collect();
     let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
         (0..power.len())
@@ -1203,7 +1085,7 @@ pub fn fit_power(
         phi: 0.0,
         r2,
         min_cell_bins: opts.min_cell_bins,
-        idle_heat,
+        thermal,
     };
     // φ of the normal scores within runs: overall, and per cell over consecutive bins that
     // are both in the cell.
@@ -1294,6 +1176,36 @@ fn assign_readings(
         states[i] = EngineState::reading(&feats[i], rank < n_prefill);
     }
     (states, dropped)
+}
+
+/// The thermal model of the training runs: their power and measured temperature, their
+/// training readings grouped by state, the cold idle level (5th percentile of the idle
+/// readings).
+fn fit_thermal(
+    runs: &[AlignedRun],
+    power: &[f64],
+    states: &[EngineState],
+    keep: &[bool],
+    dt_s: f64,
+) -> Thermal {
+    let mut idle_w: Vec<f64> = (0..power.len())
+        .filter(|&i| keep[i] && states[i].is_idle())
+        .map(|i| power[i])
+        .collect();
+    if idle_w.len() < 10 {
+        return Thermal::default();
+    }
+    idle_w.sort_by(f64::total_cmp);
+    let cold_w = idle_w[idle_w.len() / 20];
+    let groups: Vec<Option<usize>> = (0..power.len())
+        .map(|i| keep[i].then_some(states[i].index()))
+        .collect();
+    let series: Vec<(&[f64], &[f64])> = runs
+        .iter()
+        .map(|r| (r.power_w.as_slice(), r.temperature_c.as_slice()))
+        .collect();
+    let idle_group = |g: usize| g < CONTEXT_BUCKETS * PREFILL_LEVELS;
+    Thermal::fit(&series, &groups, idle_group, cold_w, dt_s)
 }
 
 /// Leaves out idle training readings far above the idle level: the simulation called those

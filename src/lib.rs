@@ -38,6 +38,7 @@ pub mod spec;
 pub mod store;
 pub mod synth;
 pub mod table;
+pub mod thermal;
 pub mod traces;
 pub mod validate;
 pub mod workload;

@@ -95,17 +95,13 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
             power_w[t] = cell.power_at((rank as f64 + v) / n);
         }
     }
-    // Idle readings rise with the heat of the work before them (in time order: the heat
-    // before bin t depends on the power of the bins before it).
-    let heat_model = &pm.idle_heat;
-    if heat_model.w_per_w > 0.0 {
-        let mut heat = 0.0;
-        for (t, p) in power_w.iter_mut().enumerate() {
-            if !active[t] {
-                *p += heat_model.w_per_w * heat;
-            }
-            heat = heat_model.next(heat, *p, model.dt_s);
-        }
+    // Every reading rises with the GPU's temperature, which follows the power of the bins
+    // before it (in time order, from a cold GPU).
+    let thermal = &pm.thermal;
+    let mut state = thermal.cold();
+    for (t, p) in power_w.iter_mut().enumerate() {
+        *p += thermal.offset_w(!active[t], thermal.rise_c(&state));
+        state = thermal.step(state, *p, model.dt_s);
     }
     power_w
 }
@@ -282,7 +278,7 @@ mod tests {
                 phi,
                 r2: 0.0,
                 min_cell_bins: 30,
-                idle_heat: Default::default(),
+                thermal: Default::default(),
             },
             baselines: BaselineLevels {
                 tdp_w: 400.0,

@@ -103,9 +103,9 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
         res.iter().find(|v| &v.run_id == id).unwrap()
     };
     // Measured when this was written (medians of 5 draws, seed 1 / seed 100), |ΔE| % / KS /
-    // running ρ: ShareGPT 0.21–0.52 / 0.08–0.16 / ≥ 0.997; cache-off replay 2.87 / 0.207 /
-    // 0.856; BurstGPT 1.85 (1.46) / 0.221 (0.227) / 0.862; agentic 2.32 (2.38) / 0.264
-    // (0.265) / 0.889; median |ΔE| 1.19 % (0.93 %).
+    // running ρ: ShareGPT 0.13–0.65 / 0.07–0.16 / ≥ 0.997; cache-off replay 0.87 (0.88) /
+    // 0.214 / 0.856; BurstGPT 3.57 (3.20) / 0.327 / 0.862; agentic 0.36 (0.42) / 0.184 /
+    // 0.889; median |ΔE| 0.50 % (0.48 %).
     let med = median_of(res.iter().map(|v| v.metrics[0].energy_error_pct));
     assert!(med <= 2.0, "median |ΔE| {med}");
     for v in &res {
@@ -116,12 +116,9 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
             v.run_id,
             m.energy_error_pct
         );
-        // Better than every baseline on KS; on energy than the mean and two-level ones (the
-        // TDP one is near-exact on the cache-off replay, which sits at the board limit).
+        // Better than every baseline (TDP, mean, two-level) on energy and KS.
         for b in 1..=3 {
             assert!(m.ks < v.metrics[b].ks, "{} vs baseline {b}", v.run_id);
-        }
-        for b in 2..=3 {
             let x = v.metrics[b].energy_error_pct;
             assert!(m.energy_error_pct < x, "{} vs baseline {b}", v.run_id);
         }
@@ -132,12 +129,12 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
         assert!(v.metrics[0].energy_error_pct <= 1.0, "{g}");
         assert!(v.metrics[0].ks <= 0.25 && v.running_corr > 0.99, "{g}");
     }
-    for g in [A100_TRACE_REPLAY, A100_BURSTGPT] {
+    for g in [A100_TRACE_REPLAY, A100_AGENTIC] {
         assert!(by_group(g).metrics[0].ks <= 0.25, "{g}");
     }
-    // The agentic run's KS is above the 0.25 (its decode readings sit ~7 W below the
-    // hotter cache-off replay's in the same engine states; see README): today's figure.
-    assert!(by_group(A100_AGENTIC).metrics[0].ks < 0.3);
+    // BurstGPT's KS is above the 0.25: two thirds of its bins idle in the gaps
+    // between bursts at 87–89 W, a warmer idle than any training run shows (see README).
+    assert!(by_group(A100_BURSTGPT).metrics[0].ks < 0.4);
     // The agentic run's prefix cache: simulated hit tokens against the counters' increase
     // (1,081,456 prompt tokens), within 5 %; no hits where the cache is off.
     let hits = by_group(A100_AGENTIC).cache_hits;
