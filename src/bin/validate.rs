@@ -19,7 +19,9 @@ use powersynth::validate::{leave_one_out, time_split, validate_run, Draws};
 /// below DIR is the target once, the others train. With --time-split RUN...: each run learns on
 /// its first part and is validated on the rest. Writes DIR/metrics.parquet (per run and
 /// median), power_<run>.parquet (measured, synthesized and baseline series) and report.html
-/// (power over time, CDFs, ACFs, running requests); prints the table. Its `measured_noise`
+/// (power over time, CDFs, ACFs, running requests); prints the table and, where a prefix
+/// cache served hits, the simulated hit tokens against the measured `prefix_cache_hits_total`
+/// increase. Its `measured_noise`
 /// rows give each run's own resolution: the errors a resampled copy of the measured series
 /// (bins redrawn within idle / prefill / decode) shows against it on ΔE, KS, P95 and P99;
 /// differences below them are not resolved by that run.
