@@ -1,12 +1,17 @@
 //! State-transition synthesis (SPEC §6): workload → engine simulation → per-bin engine state →
 //! power from the learned per-state model with its temporal structure.
 //!
-//! For bin t with smoothed engine features x_t (the learned meter window) in discretised
-//! state s_t: z_t = φ_s·z_{t−1} + √(1−φ_s²)·ε_t with φ_s the AR(1) coefficient of the state's
-//! cell (ε standard normal from a seeded PCG64 stream), and power_t = Q_{s_t}(u_t), the
-//! learned power quantile function of the state's cell at u_t, the Latin-hypercube
-//! probability of z_t's rank among the bins of the same cell (≈ Φ(z_t) on long series; see
-//! [`power_from_engine`]). Same model, workload and seed → the same bytes.
+//! For bin t with engine features x_t over the meter window, the meter's reading is drawn
+//! idle or active with the engine's busy share, and an active reading decode or prefill with
+//! the prefill share of its active time (systematic sampling: [`active_bins`],
+//! [`prefill_readings`]); its state s_t is then idle (cold or warm) or the active time's
+//! occupancy × context × reading. z_t = φ_s·z_{t−1} + √(1−φ_s²)·ε_t with φ_s the AR(1)
+//! coefficient of the state's cell (ε standard normal from a seeded PCG64 stream), and
+//! power_t = Q_{s_t}(u_t) + leakage, the learned power quantile function of the state's cell
+//! at u_t, the Latin-hypercube probability of z_t's rank among the bins of the same cell
+//! (≈ Φ(z_t) on long series), plus an active reading's leakage at the temperature the power
+//! before it left ([`crate::thermal`]; see [`power_from_engine`]). Same model, workload and
+//! seed → the same bytes.
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
