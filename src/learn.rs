@@ -1087,8 +1087,20 @@ pub fn fit_power(
         min_cell_bins: opts.min_cell_bins,
         thermal,
     };
-    // φ of the normal scores within runs: overall, and per cell over consecutive bins that
-    // are both in the cell.
+    fit_phi(&mut model, runs, &states, &keep, &power);
+    Ok(model)
+}
+
+/// φ of the normal scores within runs (`power`, `states`, `keep` over the runs' bins
+/// concatenated): overall, and per cell over consecutive kept bins that are both in the cell
+/// (≥ [`MIN_PHI_PAIRS`] pairs for a cell's own).
+fn fit_phi(
+    model: &mut PowerModel,
+    runs: &[AlignedRun],
+    states: &[EngineState],
+    keep: &[bool],
+    power: &[f64],
+) {
     let normal = Normal::standard();
     let (mut num, mut den) = (0.0, 0.0);
     let mut per_cell = vec![(0.0f64, 0.0f64, 0usize); model.cells.len()];
@@ -1130,7 +1142,6 @@ pub fn fit_power(
             cell.phi = Some((cn / cd).clamp(0.0, 0.99));
         }
     }
-    Ok(model)
 }
 
 /// The state of each training bin's reading. A meter reading is idle or active, and an active

@@ -483,23 +483,50 @@ pub fn load_requests(dir: &Path) -> Result<RequestLog> {
 /// and `turn_idx` increases within each session in arrival order.
 pub fn read_request_log(path: &Path) -> Result<RequestLog> {
     let raw: RawRequests = read_json(path)?;
+    check_request_columns(path, &raw)?;
+    // Arrival order (stable): logs listed session by session are reordered.
+    let order = arrival_order(&raw.request_timestamps);
+    let tokens = |name: &str, v: &[f64]| token_column(path, name, v, &order);
+    let opt_tokens = |name: &str, v: &Option<Vec<f64>>| -> Result<Option<Vec<u32>>> {
+        v.as_ref().map(|v| tokens(name, v)).transpose()
+    };
+    let pick = |v: &[f64]| -> Vec<f64> { order.iter().map(|&i| v[i]).collect() };
+    let new_input_tokens = opt_tokens("new_input_tokens", &raw.new_input_tokens)?;
+    let log = RequestLog {
+        request_timestamps: pick(&raw.request_timestamps),
+        input_lens: tokens("input_lens", &raw.input_lens)?,
+        output_lens: tokens("output_lens", &raw.output_lens)?,
+        turn_idx: opt_tokens("turn_idx", &raw.turn_idx)?,
+        prefix_tokens: opt_tokens("prefix_tokens", &raw.prefix_tokens)?,
+        cached_prompt_tokens: opt_tokens("cached_prompt_tokens", &raw.cached_prompt_tokens)?,
+        session_ids: raw
+            .session_ids
+            .map(|s| order.iter().map(|&i| s[i].clone()).collect()),
+        ttfts: raw
+            .ttfts
+            .map(|v| order.iter().map(|&i| v[i].unwrap_or(f64::NAN)).collect()),
+        itls: raw
+            .itls
+            .map(|v| itls_in_order(path, v, &order))
+            .transpose()?,
+        post_gap_s: raw.post_gap_s.as_deref().map(pick),
+        path: path.to_path_buf(),
+    };
+    check_prompt_parts(&log, new_input_tokens.as_deref(), &order)?;
+    check_turn_order(&log, &order)?;
+    Ok(log)
+}
+
+/// Every column has one entry per request; `turn_idx` comes with `session_ids`; timestamps
+/// are times and pauses are pauses.
+fn check_request_columns(path: &Path, raw: &RawRequests) -> Result<()> {
     let n = raw.request_timestamps.len();
     if n == 0 {
         return Err(Error::content(path, "\"request_timestamps\" is empty"));
     }
-    let check_len = |name: &str, len: usize| {
-        if len != n {
-            Err(Error::content(
-                path,
-                format!("{name:?} has {len} entries, request_timestamps has {n}"),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    check_len("input_lens", raw.input_lens.len())?;
-    check_len("output_lens", raw.output_lens.len())?;
-    let optional_lens = [
+    let lens = [
+        ("input_lens", Some(raw.input_lens.len())),
+        ("output_lens", Some(raw.output_lens.len())),
         ("ttfts", raw.ttfts.as_ref().map(Vec::len)),
         ("itls", raw.itls.as_ref().map(Vec::len)),
         ("session_ids", raw.session_ids.as_ref().map(Vec::len)),
@@ -515,9 +542,12 @@ pub fn read_request_log(path: &Path) -> Result<RequestLog> {
         ),
         ("post_gap_s", raw.post_gap_s.as_ref().map(Vec::len)),
     ];
-    for (name, len) in optional_lens {
-        if let Some(len) = len {
-            check_len(name, len)?;
+    for (name, len) in lens {
+        if let Some(len) = len.filter(|&len| len != n) {
+            return Err(Error::content(
+                path,
+                format!("{name:?} has {len} entries, request_timestamps has {n}"),
+            ));
         }
     }
     if raw.turn_idx.is_some() && raw.session_ids.is_none() {
@@ -526,48 +556,14 @@ pub fn read_request_log(path: &Path) -> Result<RequestLog> {
             "\"turn_idx\" is given without \"session_ids\" (a turn belongs to a session)",
         ));
     }
-    if let Some(i) = raw.request_timestamps.iter().position(|t| !t.is_finite()) {
+    let t = &raw.request_timestamps;
+    if let Some(i) = t.iter().position(|t| !t.is_finite()) {
         return Err(Error::row(
             path,
             i,
-            format!(
-                "request_timestamps[{i}] = {} is not a time",
-                raw.request_timestamps[i]
-            ),
+            format!("request_timestamps[{i}] = {} is not a time", t[i]),
         ));
     }
-    // Arrival order (stable): logs listed session by session are reordered.
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| raw.request_timestamps[a].total_cmp(&raw.request_timestamps[b]));
-    let tokens = |name: &str, v: &[f64]| -> Result<Vec<u32>> {
-        order
-            .iter()
-            .map(|&i| {
-                let x = v[i];
-                if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64 {
-                    Ok(x as u32)
-                } else {
-                    Err(Error::row(
-                        path,
-                        i,
-                        format!("{name}[{i}] = {x} is not a token count"),
-                    ))
-                }
-            })
-            .collect()
-    };
-    let opt_tokens = |name: &str, v: &Option<Vec<f64>>| -> Result<Option<Vec<u32>>> {
-        v.as_ref().map(|v| tokens(name, v)).transpose()
-    };
-    let input_lens = tokens("input_lens", &raw.input_lens)?;
-    let output_lens = tokens("output_lens", &raw.output_lens)?;
-    let turn_idx = opt_tokens("turn_idx", &raw.turn_idx)?;
-    let prefix_tokens = opt_tokens("prefix_tokens", &raw.prefix_tokens)?;
-    let new_input_tokens = opt_tokens("new_input_tokens", &raw.new_input_tokens)?;
-    let cached_prompt_tokens = opt_tokens("cached_prompt_tokens", &raw.cached_prompt_tokens)?;
-    let session_ids = raw
-        .session_ids
-        .map(|s| order.iter().map(|&i| s[i].clone()).collect::<Vec<_>>());
     if let Some(g) = &raw.post_gap_s {
         if let Some(i) = g.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
             return Err(Error::row(
@@ -577,29 +573,34 @@ pub fn read_request_log(path: &Path) -> Result<RequestLog> {
             ));
         }
     }
-    let log = RequestLog {
-        request_timestamps: order.iter().map(|&i| raw.request_timestamps[i]).collect(),
-        input_lens,
-        output_lens,
-        ttfts: raw
-            .ttfts
-            .map(|v| order.iter().map(|&i| v[i].unwrap_or(f64::NAN)).collect()),
-        itls: raw
-            .itls
-            .map(|v| itls_in_order(path, v, &order))
-            .transpose()?,
-        session_ids,
-        turn_idx,
-        prefix_tokens,
-        cached_prompt_tokens,
-        post_gap_s: raw
-            .post_gap_s
-            .map(|g| order.iter().map(|&i| g[i]).collect()),
-        path: path.to_path_buf(),
-    };
-    check_prompt_parts(&log, new_input_tokens.as_deref(), &order)?;
-    check_turn_order(&log, &order)?;
-    Ok(log)
+    Ok(())
+}
+
+/// Row indices in arrival order (stable: equal times keep the file's order).
+fn arrival_order(request_timestamps: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..request_timestamps.len()).collect();
+    order.sort_by(|&a, &b| request_timestamps[a].total_cmp(&request_timestamps[b]));
+    order
+}
+
+/// A token-count column in `order`, each entry a non-negative integer (the error names the
+/// row in the file).
+fn token_column(path: &Path, name: &str, v: &[f64], order: &[usize]) -> Result<Vec<u32>> {
+    order
+        .iter()
+        .map(|&i| {
+            let x = v[i];
+            if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64 {
+                Ok(x as u32)
+            } else {
+                Err(Error::row(
+                    path,
+                    i,
+                    format!("{name}[{i}] = {x} is not a token count"),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// The `itls` column in arrival order, in whichever form the file uses (one form per file).
