@@ -1058,12 +1058,12 @@ pub fn fit_power(
     let keep = drop_idle_outliers(&power, &states, keep);
     // Readings net of their leakage over a cold GPU ([`Thermal`]).
     let thermal = fit_thermal(runs, &power, &states, &keep, opts.dt_s);
-    let rises: Vec<f64> = runs
+    let heat: Vec<crate::thermal::ThermalState> = runs
         .iter()
-        .flat_map(|r| thermal.rises_c(&r.power_w, opts.dt_s))
+        .flat_map(|r| thermal.states(&r.power_w, opts.dt_s))
         .collect();
     let power: Vec<f64> = (0..power.len())
-        .map(|i| power[i] - thermal.offset_w(states[i].is_idle(), rises[i]))
+        .map(|i| power[i] - thermal.offset_w(states[i].is_idle(), &heat[i]))
         .collect();
     let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
         (0..power.len())

@@ -105,7 +105,7 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
     let thermal = &pm.thermal;
     let mut state = thermal.cold();
     for (t, p) in power_w.iter_mut().enumerate() {
-        *p += thermal.offset_w(!active[t], thermal.rise_c(&state));
+        *p += thermal.offset_w(!active[t], &state);
         state = thermal.step(state, *p, model.dt_s);
     }
     power_w

@@ -104,8 +104,8 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
     };
     // Measured when this was written (medians of 5 draws, seed 1 / seed 100), |ΔE| % / KS /
     // running ρ: ShareGPT 0.13–0.65 / 0.07–0.16 / ≥ 0.997; cache-off replay 0.87 (0.88) /
-    // 0.214 / 0.856; BurstGPT 3.57 (3.20) / 0.327 / 0.862; agentic 0.36 (0.42) / 0.184 /
-    // 0.889; median |ΔE| 0.50 % (0.48 %).
+    // 0.214 / 0.856; BurstGPT 4.10 (3.73) / 0.238 (0.241) / 0.862; agentic 0.42 (0.47) /
+    // 0.184 / 0.889; median |ΔE| 0.53 % (0.50 %).
     let med = median_of(res.iter().map(|v| v.metrics[0].energy_error_pct));
     assert!(med <= 2.0, "median |ΔE| {med}");
     for v in &res {
@@ -129,12 +129,9 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
         assert!(v.metrics[0].energy_error_pct <= 1.0, "{g}");
         assert!(v.metrics[0].ks <= 0.25 && v.running_corr > 0.99, "{g}");
     }
-    for g in [A100_TRACE_REPLAY, A100_AGENTIC] {
+    for g in [A100_TRACE_REPLAY, A100_AGENTIC, A100_BURSTGPT] {
         assert!(by_group(g).metrics[0].ks <= 0.25, "{g}");
     }
-    // BurstGPT's KS is above the 0.25: two thirds of its bins idle in the gaps
-    // between bursts at 87–89 W, a warmer idle than any training run shows (see README).
-    assert!(by_group(A100_BURSTGPT).metrics[0].ks < 0.4);
     // The agentic run's prefix cache: simulated hit tokens against the counters' increase
     // (1,081,456 prompt tokens), within 5 %; no hits where the cache is off.
     let hits = by_group(A100_AGENTIC).cache_hits;
