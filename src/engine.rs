@@ -409,7 +409,8 @@ pub fn simulate(
         return Err(Error::config(
             "workload",
             format!(
-                "request {i} follows request {:?} with think time {} s (a follow-up must come                  after the turn it follows, with a finite think time)",
+                "request {i} follows request {:?} with think time {} s (a follow-up must come \
+                 after the turn it follows, with a finite think time)",
                 r.follows, r.think_s
             ),
         ));

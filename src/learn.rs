@@ -125,26 +125,22 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
     }
     let grid = BinGrid::new(t0, t1 - t0, dt_s)?;
     let n = grid.bins;
-    // Bin-mean power; bins without a sample take the interpolation at their centre.
-    let mut sum = vec![0.0; n];
+    // Bin means of the meter's columns; bins without a sample take the interpolation at their
+    // centre.
+    let bin_of = |t: f64| {
+        (t >= t0)
+            .then(|| ((t - t0) / dt_s).floor() as usize)
+            .filter(|&i| i < n)
+    };
     let mut cnt = vec![0usize; n];
-    for (&t, &w) in p.t_s.iter().zip(&p.power_w) {
-        if t >= t0 {
-            let i = ((t - t0) / dt_s).floor() as usize;
-            if i < n {
-                sum[i] += w;
-                cnt[i] += 1;
-            }
-        }
+    for i in p.t_s.iter().filter_map(|&t| bin_of(t)) {
+        cnt[i] += 1;
     }
     let bin_mean = |v: &[f64]| -> Vec<f64> {
         let mut sum = vec![0.0; n];
         for (&t, &x) in p.t_s.iter().zip(v) {
-            if t >= t0 {
-                let i = ((t - t0) / dt_s).floor() as usize;
-                if i < n {
-                    sum[i] += x;
-                }
+            if let Some(i) = bin_of(t) {
+                sum[i] += x;
             }
         }
         (0..n)
@@ -194,24 +190,7 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
     } else {
         at_centres(&e.gpu_cache_usage_perc)
     };
-    let mut step_samples = Vec::new();
-    for k in 1..e.t_s.len() {
-        let d_iter = e.iteration_tokens_total_count[k] - e.iteration_tokens_total_count[k - 1];
-        let d_gen = e.generation_tokens_total[k] - e.generation_tokens_total[k - 1];
-        // Prompt tokens computed: the counter counts cached ones too.
-        let d_hits = e.prefix_cache_hits_total[k] - e.prefix_cache_hits_total[k - 1];
-        let d_prompt = e.prompt_tokens_total[k]
-            - e.prompt_tokens_total[k - 1]
-            - if d_hits.is_finite() { d_hits } else { 0.0 };
-        let busy = e.num_requests_running[k] > 0.0 && e.num_requests_running[k - 1] > 0.0;
-        if busy && d_iter >= 1.0 && d_gen.is_finite() && d_prompt.is_finite() {
-            step_samples.push((
-                (e.t_s[k] - e.t_s[k - 1]) / d_iter,
-                d_gen / d_iter,
-                d_prompt / d_iter,
-            ));
-        }
-    }
+    let step_samples = step_samples(e);
     let workload = Workload::from_log(&run.requests)?;
     Ok(AlignedRun {
         run_id: run.manifest.run_id.clone(),
@@ -229,6 +208,30 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
         kv_usage,
         step_samples,
     })
+}
+
+/// Per counter interval with engine iterations while busy: (seconds per iteration, decodes
+/// per iteration, prompt tokens computed per iteration — the prompt counter counts cached
+/// ones too, so cache hits are taken off).
+fn step_samples(e: &crate::sources::measured::EngineCounters) -> Vec<(f64, f64, f64)> {
+    let mut out = Vec::new();
+    for k in 1..e.t_s.len() {
+        let d_iter = e.iteration_tokens_total_count[k] - e.iteration_tokens_total_count[k - 1];
+        let d_gen = e.generation_tokens_total[k] - e.generation_tokens_total[k - 1];
+        let d_hits = e.prefix_cache_hits_total[k] - e.prefix_cache_hits_total[k - 1];
+        let d_prompt = e.prompt_tokens_total[k]
+            - e.prompt_tokens_total[k - 1]
+            - if d_hits.is_finite() { d_hits } else { 0.0 };
+        let busy = e.num_requests_running[k] > 0.0 && e.num_requests_running[k - 1] > 0.0;
+        if busy && d_iter >= 1.0 && d_gen.is_finite() && d_prompt.is_finite() {
+            out.push((
+                (e.t_s[k] - e.t_s[k - 1]) / d_iter,
+                d_gen / d_iter,
+                d_prompt / d_iter,
+            ));
+        }
+    }
+    out
 }
 
 /// Per-bin engine features of the power model, before smoothing: time averages over the bin.
@@ -291,21 +294,22 @@ pub fn smooth_features(raw: &[[f64; N_FEATURES]], window: usize) -> Vec<[f64; N_
 pub const RUNNING_BUCKETS: usize = 7;
 /// Below this busy share over the meter window a bin is idle.
 pub const IDLE_BUSY: f64 = 0.05;
-/// From this busy share over the meter window a training bin is wholly active: its power
-/// teaches its active state. Bins in between are mixtures of idle and active readings and
-/// teach no cell; synthesis reproduces them by drawing each bin idle or active with its busy
-/// share.
+/// From this busy share over the meter window a training bin is wholly active: its reading
+/// teaches its active state. Bins in between hold an idle or an active reading; training
+/// keeps the highest round(Σ busy) of them as active readings (`assign_readings`), and
+/// synthesis draws each bin idle or active with its busy share.
 pub const ACTIVE_BUSY: f64 = 0.9;
 /// Context buckets (thousands of tokens held by running requests): < 1, < 4, < 16, < 64, ≥ 64.
 pub const CONTEXT_BUCKETS: usize = 5;
 /// Prefill levels of an active bin, by the share of its active time spent on prompt tokens:
 /// < 0.02 a decode reading (0), ≥ 0.8 a prefill reading (2), in between mixed (1). A
 /// point-sampling meter (A100 `power.draw`) reads a mixed bin in a prefill or in a decode
-/// iteration, with about the prefill share as the chance of the first: as with idle and
-/// active, mixed bins teach no cell, and synthesis draws each active bin's reading as a
-/// prefill one with its prefill share ([`crate::synth::power_from_engine`]). Prefill power
-/// (compute-bound, near the board limit) is then learned where it is pure, and holds for a
-/// 12k-token prompt as for a burst of short ones.
+/// iteration, with about the prefill share as the chance of the first: training takes the
+/// highest round(Σ share) readings of mixed bins as prefill readings (`assign_readings`),
+/// and synthesis draws each active bin's reading as a prefill one with its prefill share
+/// ([`crate::synth::power_from_engine`]). So no cell is mixed (level 1 serves no reading),
+/// and prefill power (compute-bound, near the board limit) holds for a 12k-token prompt as
+/// for a burst of short ones.
 pub const PREFILL_LEVELS: usize = 3;
 const PREFILL_LO: f64 = 0.02;
 const PREFILL_HI: f64 = 0.8;
@@ -1002,12 +1006,6 @@ pub fn fit_power(
             power.len()
         )));
     }
-    let smoothed = |raw: &[Vec<[f64; N_FEATURES]>], w: usize| -> Vec<[f64; N_FEATURES]> {
-        raw.iter().flat_map(|f| smooth_features(f, w)).collect()
-    };
-    let states_of = |raw: &[Vec<[f64; N_FEATURES]>], w: usize| -> Vec<EngineState> {
-        smoothed(raw, w).iter().map(EngineState::of).collect()
-    };
     // Bins where the features' engine and the measured counters disagree on idle vs busy teach
     // the simulator's errors, not power: they are left out (none when the features are the
     // measured counters).
@@ -1015,26 +1013,7 @@ pub fn fit_power(
         .iter()
         .map(|r| raw_features(&r.engine, timing))
         .collect();
-    // Only idle or wholly active bins teach a cell (see [`ACTIVE_BUSY`]); an active bin's
-    // reading is a decode or a prefill one (`assign_readings`).
-    let usable = |w: usize| -> (Vec<EngineState>, Vec<bool>) {
-        let feats = smoothed(&raw, w);
-        let states: Vec<EngineState> = feats.iter().map(EngineState::of).collect();
-        let keep: Vec<bool> = feats
-            .iter()
-            .zip(states.iter().zip(states_of(&measured_raw, w)))
-            .map(|(_, (a, b))| a.is_idle() == b.is_idle())
-            .collect();
-        let (states, dropped) = assign_readings(&feats, &power, &keep);
-        let keep = keep.iter().zip(dropped).map(|(&k, d)| k && !d).collect();
-        (states, keep)
-    };
-    let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
-        (0..power.len())
-            .filter(|&i| keep[i])
-            .map(|i| (power[i], states[i]))
-            .unzip()
-    };
+    let usable = |w: usize| reading_states(&raw, &measured_raw, &power, w);
     // The meter window: given, or the trailing window whose states explain the most power
     // variance (ties go to the shorter window).
     let windows = match opts.meter_window_bins {
@@ -1044,7 +1023,7 @@ pub fn fit_power(
     let (window, r2) = windows
         .map(|w| {
             let (states, keep) = usable(w);
-            let (p, s) = kept(&states, &keep);
+            let (p, s) = kept(&power, &states, &keep);
             (w, between_state_r2(&p, &s))
         })
         .fold((1, f64::NEG_INFINITY), |best, c| {
@@ -1065,13 +1044,7 @@ pub fn fit_power(
     let power: Vec<f64> = (0..power.len())
         .map(|i| power[i] - thermal.offset_w(states[i].is_idle(), &heat[i]))
         .collect();
-    let kept = |states: &[EngineState], keep: &[bool]| -> (Vec<f64>, Vec<EngineState>) {
-        (0..power.len())
-            .filter(|&i| keep[i])
-            .map(|i| (power[i], states[i]))
-            .unzip()
-    };
-    let (kept_power, kept_states) = kept(&states, &keep);
+    let (kept_power, kept_states) = kept(&power, &states, &keep);
     let (cells, lookup) = pool_cells(
         &kept_power,
         &kept_states,
@@ -1089,6 +1062,37 @@ pub fn fit_power(
     };
     fit_phi(&mut model, runs, &states, &keep, &power);
     Ok(model)
+}
+
+/// The training readings of the bins kept: (power, state) pairs.
+fn kept(power: &[f64], states: &[EngineState], keep: &[bool]) -> (Vec<f64>, Vec<EngineState>) {
+    (0..power.len())
+        .filter(|&i| keep[i])
+        .map(|i| (power[i], states[i]))
+        .unzip()
+}
+
+/// With a meter window of `w` bins: each training bin's reading state and whether it teaches
+/// a cell — not where the simulated (`raw`) and the measured (`measured_raw`) engines disagree
+/// on idle vs busy, nor the partly busy readings `assign_readings` leaves out.
+fn reading_states(
+    raw: &[Vec<[f64; N_FEATURES]>],
+    measured_raw: &[Vec<[f64; N_FEATURES]>],
+    power: &[f64],
+    w: usize,
+) -> (Vec<EngineState>, Vec<bool>) {
+    let smoothed = |raw: &[Vec<[f64; N_FEATURES]>]| -> Vec<[f64; N_FEATURES]> {
+        raw.iter().flat_map(|f| smooth_features(f, w)).collect()
+    };
+    let feats = smoothed(raw);
+    let keep: Vec<bool> = feats
+        .iter()
+        .zip(smoothed(measured_raw))
+        .map(|(a, b)| EngineState::of(a).is_idle() == EngineState::of(&b).is_idle())
+        .collect();
+    let (states, dropped) = assign_readings(&feats, power, &keep);
+    let keep = keep.iter().zip(dropped).map(|(&k, d)| k && !d).collect();
+    (states, keep)
 }
 
 /// φ of the normal scores within runs (`power`, `states`, `keep` over the runs' bins
@@ -1215,8 +1219,8 @@ fn fit_thermal(
         .iter()
         .map(|r| (r.power_w.as_slice(), r.temperature_c.as_slice()))
         .collect();
-    let idle_group = |g: usize| g < CONTEXT_BUCKETS * PREFILL_LEVELS;
-    Thermal::fit(&series, &groups, idle_group, cold_w, dt_s)
+    let all = all_states();
+    Thermal::fit(&series, &groups, |g| all[g].is_idle(), cold_w, dt_s)
 }
 
 /// Leaves out idle training readings far above the idle level: the simulation called those

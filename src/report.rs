@@ -48,18 +48,7 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
     let mut run = Vec::new();
     let mut method = Vec::new();
     let mut cols: [Vec<f64>; 9] = Default::default();
-    // Prefix-cache hit tokens, simulated and measured, on each run's powersynth row.
-    let (mut hits_sim, mut hits_meas) = (Vec::new(), Vec::new());
     let mut push = |r: &str, m: &str, x: &Metrics, corr: f64, mae: f64| {
-        let v = results
-            .iter()
-            .find(|v| v.run_id == r)
-            .filter(|_| m == METHODS[0]);
-        hits_sim.push(v.map_or(f64::NAN, |v| v.cache_hits.simulated_tokens));
-        hits_meas.push(
-            v.and_then(|v| v.cache_hits.measured_tokens)
-                .unwrap_or(f64::NAN),
-        );
         run.push(r.to_string());
         method.push(m.to_string());
         for (c, v) in cols.iter_mut().zip([
@@ -127,6 +116,7 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
         "running_corr",
         "running_mae",
     ];
+    let (hits_sim, hits_meas) = cache_hit_columns(results, &run, &method);
     let mut t = Table::new()
         .with("run_id", Column::Str(run))
         .with("method", Column::Str(method));
@@ -135,6 +125,29 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
     }
     t.with("cache_hit_tokens_simulated", Column::F64(hits_sim))
         .with("cache_hit_tokens_measured", Column::F64(hits_meas))
+}
+
+/// Prefix-cache hit tokens, simulated and measured, on each run's powersynth row (NaN on the
+/// other rows and where the run logged no hit counter).
+fn cache_hit_columns(
+    results: &[RunValidation],
+    run: &[String],
+    method: &[String],
+) -> (Vec<f64>, Vec<f64>) {
+    run.iter()
+        .zip(method)
+        .map(|(r, m)| {
+            let v = results
+                .iter()
+                .find(|v| &v.run_id == r)
+                .filter(|_| m == METHODS[0]);
+            (
+                v.map_or(f64::NAN, |v| v.cache_hits.simulated_tokens),
+                v.and_then(|v| v.cache_hits.measured_tokens)
+                    .unwrap_or(f64::NAN),
+            )
+        })
+        .unzip()
 }
 
 /// One line per run with prefix-cache hits: simulated against the measured counters.

@@ -1,10 +1,10 @@
 //! Aggregation GPU → server → rack → row → site (SPEC §6) and facility metrics.
 //!
-//! A site-level workload is routed round-robin over all replicas, except that every turn of
-//! a session goes to one replica (session affinity, so its prefix cache can serve the next
-//! turn) (each replica: `tp` GPUs; a server holds `replicas_per_server`). Each replica is simulated and synthesized with its own
-//! seed (site seed ⊕ replica index), in parallel over racks; a server adds its non-GPU power;
-//! the site total is multiplied by the PUE. Only per-rack series are held, never per-GPU.
+//! A site-level workload is routed round-robin over all replicas (each replica: `tp` GPUs; a
+//! server holds `replicas_per_server`), except that every turn of a session goes to one
+//! replica (session affinity, so its prefix cache can serve the next turn). Each replica is
+//! simulated and synthesized with its own seed (site seed ⊕ replica index), in parallel over
+//! racks; a server adds its non-GPU power; the site total is multiplied by the PUE. Only per-rack series are held, never per-GPU.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -112,39 +112,39 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
 }
 
 /// Which bins the meter catches the engine busy: each bin's busy share f over the meter
-/// window is its probability, realised by systematic sampling (bin t is active when
-/// ⌊C_t + v⌋ > ⌊C_{t−1} + v⌋, C_t = Σ_{s≤t} f_s, one offset v ∈ [0, 1) per series), so the
-/// active bins number Σ f to within one and a bin busy throughout is always active. Bins idle
-/// by [`EngineState::of`] (f < 5 %) are never active.
+/// window is its probability ([`systematic_draws`]), so the active bins number Σ f to within
+/// one and a bin busy throughout is always active. Bins idle by [`EngineState::of`] (f < 5 %)
+/// are never active.
 pub fn active_bins(feats: &[[f64; N_FEATURES]], offset: f64) -> Vec<bool> {
-    let mut acc = offset.clamp(0.0, 1.0 - f64::EPSILON);
-    feats
-        .iter()
-        .map(|f| {
-            if EngineState::of(f).is_idle() {
-                return false;
-            }
-            let before = acc.floor();
-            acc += f[1].clamp(0.0, 1.0);
-            acc.floor() > before
-        })
-        .collect()
+    let p = feats.iter().map(|f| {
+        if EngineState::of(f).is_idle() {
+            0.0
+        } else {
+            f[1]
+        }
+    });
+    systematic_draws(p, offset)
 }
 
 /// Which active bins the meter reads in a prefill iteration: the share of a bin's active time
-/// spent on prompt tokens is its probability, realised by systematic sampling over the active
-/// bins as in [`active_bins`].
+/// spent on prompt tokens is its probability ([`systematic_draws`] over the active bins).
 pub fn prefill_readings(feats: &[[f64; N_FEATURES]], active: &[bool], offset: f64) -> Vec<bool> {
-    let mut acc = offset.clamp(0.0, 1.0 - f64::EPSILON);
-    feats
+    let p = feats
         .iter()
         .zip(active)
-        .map(|(f, &on)| {
-            if !on {
-                return false;
-            }
+        .map(|(f, &on)| if on { f[3] / f[1].max(1e-9) } else { 0.0 });
+    systematic_draws(p, offset)
+}
+
+/// Systematic sampling: draw t succeeds when ⌊C_t + v⌋ > ⌊C_{t−1} + v⌋, C_t the running sum
+/// of the probabilities (each clamped to [0, 1]) and v ∈ [0, 1) one offset per series. A
+/// probability of 0 never succeeds, 1 always; the successes number Σ p to within one.
+fn systematic_draws(probabilities: impl Iterator<Item = f64>, offset: f64) -> Vec<bool> {
+    let mut acc = offset.clamp(0.0, 1.0 - f64::EPSILON);
+    probabilities
+        .map(|p| {
             let before = acc.floor();
-            acc += (f[3] / f[1].max(1e-9)).clamp(0.0, 1.0);
+            acc += p.clamp(0.0, 1.0);
             acc.floor() > before
         })
         .collect()

@@ -304,7 +304,7 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
     let limit = 2.0 * super::board_limit_w(&m.hardware);
     let offset = m.clock.local_utc_offset_s;
     // Rows of one sample share a timestamp text; group consecutive rows.
-    let mut groups: Vec<(usize, f64, Vec<(String, u32, f64, f64)>)> = Vec::new();
+    let mut groups: Vec<PowerSample> = Vec::new();
     let mut last_text = String::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
@@ -373,6 +373,15 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
             .unwrap_or(f64::NAN);
         group.push((rec[c_uuid].to_string(), index, watts, temp_c));
     }
+    sum_active_gpus(path, m, &groups)
+}
+
+/// One nvidia-smi sample instant: (CSV line, unix time, per GPU (uuid, index, W, °C)).
+type PowerSample = (usize, f64, Vec<(String, u32, f64, f64)>);
+
+/// The run's power per sample instant: the sum over its active GPUs (the manifest's active
+/// UUIDs, else the first `tp` indices) and their mean temperature.
+fn sum_active_gpus(path: &Path, m: &RunManifest, groups: &[PowerSample]) -> Result<PowerSeries> {
     // Which GPUs count: the manifest's active UUIDs, else the first `tp` indices.
     let active: Vec<String> = if m.server.active_gpu_uuids.is_empty() {
         let mut seen: Vec<(u32, String)> = groups
@@ -392,7 +401,7 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
     let mut t_s = Vec::with_capacity(groups.len());
     let mut power_w = Vec::with_capacity(groups.len());
     let mut temperature_c = Vec::with_capacity(groups.len());
-    for (_, t, rows) in &groups {
+    for (_, t, rows) in groups {
         for (u, _, w, temp) in rows {
             if active.iter().any(|a| a == u) {
                 last.insert(u.as_str(), (*w, *temp));
