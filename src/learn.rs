@@ -155,41 +155,7 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
     };
     let power_w = bin_mean(&p.power_w);
     let temperature_c = bin_mean(&p.temperature_c);
-    let at_centres = |v: &[f64]| -> Vec<f64> {
-        (0..n)
-            .map(|i| interp(&e.t_s, v, grid.t_s(i) + 0.5 * dt_s))
-            .collect()
-    };
-    let per_bin = |v: &[f64]| -> Vec<f64> {
-        if v.iter().any(|x| x.is_nan()) {
-            return vec![0.0; n];
-        }
-        (0..n)
-            .map(|i| (interp(&e.t_s, v, grid.t_s(i + 1)) - interp(&e.t_s, v, grid.t_s(i))).max(0.0))
-            .collect()
-    };
-    let engine = EngineTrace {
-        grid,
-        running: at_centres(&e.num_requests_running),
-        waiting: at_centres(&e.num_requests_waiting),
-        prefill_tokens: per_bin(&e.prompt_tokens_total),
-        decode_tokens: per_bin(&e.generation_tokens_total),
-        // The counters do not hold the context; only simulations fill it.
-        context_tokens: vec![0.0; n],
-        cached_tokens: per_bin(&e.prefix_cache_hits_total),
-        // The counters do not time the steps: busy while a request runs; the prompt tokens'
-        // share of the bin needs a timing (NaN: [`raw_features`] prices them).
-        busy: at_centres(&e.num_requests_running)
-            .iter()
-            .map(|r| r.clamp(0.0, 1.0))
-            .collect(),
-        prefill_busy: vec![f64::NAN; n],
-    };
-    let kv_usage = if e.gpu_cache_usage_perc.iter().any(|x| x.is_nan()) {
-        vec![f64::NAN; n]
-    } else {
-        at_centres(&e.gpu_cache_usage_perc)
-    };
+    let (engine, kv_usage) = counters_on_grid(e, grid);
     let step_samples = step_samples(e);
     let workload = Workload::from_log(&run.requests)?;
     Ok(AlignedRun {
@@ -208,6 +174,50 @@ pub fn align(run: &MeasuredRun, dt_s: f64) -> Result<AlignedRun> {
         kv_usage,
         step_samples,
     })
+}
+
+/// The engine counters on a grid: gauges interpolated at bin centres, cumulative counters
+/// differenced over each bin (zeros where a counter is absent), and the KV-cache share in use
+/// (NaN where absent).
+fn counters_on_grid(
+    e: &crate::sources::measured::EngineCounters,
+    grid: BinGrid,
+) -> (EngineTrace, Vec<f64>) {
+    let n = grid.bins;
+    let at_centres = |v: &[f64]| -> Vec<f64> {
+        (0..n)
+            .map(|i| interp(&e.t_s, v, grid.t_s(i) + 0.5 * grid.dt_s))
+            .collect()
+    };
+    let per_bin = |v: &[f64]| -> Vec<f64> {
+        if v.iter().any(|x| x.is_nan()) {
+            return vec![0.0; n];
+        }
+        (0..n)
+            .map(|i| (interp(&e.t_s, v, grid.t_s(i + 1)) - interp(&e.t_s, v, grid.t_s(i))).max(0.0))
+            .collect()
+    };
+    let running = at_centres(&e.num_requests_running);
+    let engine = EngineTrace {
+        grid,
+        waiting: at_centres(&e.num_requests_waiting),
+        prefill_tokens: per_bin(&e.prompt_tokens_total),
+        decode_tokens: per_bin(&e.generation_tokens_total),
+        // The counters do not hold the context; only simulations fill it.
+        context_tokens: vec![0.0; n],
+        cached_tokens: per_bin(&e.prefix_cache_hits_total),
+        // The counters do not time the steps: busy while a request runs; the prompt tokens'
+        // share of the bin needs a timing (NaN: [`raw_features`] prices them).
+        busy: running.iter().map(|r| r.clamp(0.0, 1.0)).collect(),
+        prefill_busy: vec![f64::NAN; n],
+        running,
+    };
+    let kv_usage = if e.gpu_cache_usage_perc.iter().any(|x| x.is_nan()) {
+        vec![f64::NAN; n]
+    } else {
+        at_centres(&e.gpu_cache_usage_perc)
+    };
+    (engine, kv_usage)
 }
 
 /// Per counter interval with engine iterations while busy: (seconds per iteration, decodes
