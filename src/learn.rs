@@ -501,6 +501,20 @@ impl PowerModel {
     pub fn cell(&self, s: &EngineState) -> &PowerCell {
         &self.cells[self.lookup[s.index()]]
     }
+    /// The decode reading of an active bin's state on a GPU held there until its temperature
+    /// settles: the decode cell's mean (a cold GPU) plus its steady leakage, P = c + k·R·(P −
+    /// P0) with R the rise per W of both averages, so P = (c − kR·P0) / (1 − kR).
+    pub fn steady_decode_w(&self, f: &[f64; N_FEATURES]) -> f64 {
+        let c = self.cell(&EngineState::reading(f, false)).mean_w;
+        let th = &self.thermal;
+        let kr = th.active_w_per_c * (th.rise_fast_c_per_w + th.rise_slow_c_per_w);
+        if (0.0..0.9).contains(&kr) {
+            (c - kr * th.cold_w) / (1.0 - kr)
+        } else {
+            c
+        }
+    }
+
     /// The AR(1) coefficient of a cell: its own, else the model's.
     pub fn phi_of(&self, cell: &PowerCell) -> f64 {
         cell.phi.unwrap_or(self.phi)
@@ -548,6 +562,10 @@ pub struct LearnedModel {
     pub baselines: BaselineLevels,
     pub training_runs: Vec<String>,
     pub engine_checks: Vec<EngineCheck>,
+    /// Set when this model was transferred from a measured reference to a configuration
+    /// nobody measured ([`crate::transfer`]): how the reference's readings map to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<crate::level_map::LevelMap>,
 }
 
 impl LearnedModel {
@@ -1356,6 +1374,7 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         baselines,
         training_runs: aligned.iter().map(|a| a.run_id.clone()).collect(),
         engine_checks,
+        transfer: None,
     })
 }
 

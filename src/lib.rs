@@ -25,7 +25,9 @@ pub mod datacenter;
 pub mod engine;
 pub mod error;
 pub mod fits;
+pub mod gpus;
 pub mod learn;
+pub mod level_map;
 pub mod metrics;
 pub mod pipeline;
 pub mod prefix_cache;
@@ -40,6 +42,7 @@ pub mod synth;
 pub mod table;
 pub mod thermal;
 pub mod traces;
+pub mod transfer;
 pub mod validate;
 pub mod workload;
 

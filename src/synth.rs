@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::learn::{
     raw_features, smooth_features, two_level_classes, EngineState, LearnedModel, N_FEATURES,
 };
+use crate::level_map::ActiveBin;
 use crate::workload::Workload;
 use rand_distr::StandardNormal;
 
@@ -107,6 +108,19 @@ pub fn power_from_engine(model: &LearnedModel, trace: &EngineTrace, seed: u64) -
     for (t, p) in power_w.iter_mut().enumerate() {
         *p += thermal.offset_w(!active[t], &state);
         state = thermal.step(state, *p, model.dt_s);
+    }
+    if let Some(map) = &model.transfer {
+        let bins: Vec<Option<ActiveBin>> = feats
+            .iter()
+            .zip(&active)
+            .map(|(f, &on)| {
+                on.then(|| ActiveBin {
+                    batch: (f[2] / f[1].max(1e-9)).max(1.0),
+                    reference_decode_w: pm.steady_decode_w(f),
+                })
+            })
+            .collect();
+        map.apply(&bins, &mut power_w);
     }
     power_w
 }
@@ -294,6 +308,7 @@ mod tests {
             },
             training_runs: vec![],
             engine_checks: vec![],
+            transfer: None,
         }
     }
 

@@ -9,8 +9,10 @@ use crate::learn::{
     LearnOptions, LearnedModel,
 };
 use crate::metrics::{compare, median_of, resampling_noise, sd_of, Metrics, NOISE_RESAMPLES};
+use crate::sources::leaderboard::LeaderboardConfig;
 use crate::sources::measured::MeasuredRun;
 use crate::synth::{baselines, power_from_engine};
+use crate::transfer::{model_for, TransferCase, TransferOptions, TransferReport};
 
 /// Names of the series compared with the measurement, in report order.
 pub const METHODS: [&str; 4] = ["powersynth", "tdp", "mean", "two_level"];
@@ -69,6 +71,8 @@ pub struct RunValidation {
     /// the run did not log it).
     pub cache_hits: CacheHits,
     pub model: LearnedModel,
+    /// How the model was transferred, when the target's configuration had no training run.
+    pub transfer: Option<TransferReport>,
 }
 
 /// Simulated prefix-cache hits against the measured counters.
@@ -160,6 +164,7 @@ pub fn validate_with_model(
         simulated,
         measured_engine: aligned.engine,
         model,
+        transfer: None,
     })
 }
 
@@ -219,4 +224,81 @@ pub fn leave_one_out(
         out.push(v);
     }
     Ok(out)
+}
+
+/// Validates `target` with a model for its configuration from `train` runs of any
+/// configurations: learned when some train run shares it, else transferred with the
+/// leaderboard ([`model_for`]); the report is kept in the result.
+pub fn validate_transfer(
+    train: &[MeasuredRun],
+    target: &MeasuredRun,
+    leaderboard: &[LeaderboardConfig],
+    topts: &TransferOptions,
+    opts: &LearnOptions,
+    draws: Draws,
+) -> Result<RunValidation> {
+    let serving = crate::engine::ServingConfig::from_manifest(&target.manifest);
+    let (model, report) = model_for(&serving, train, Some(leaderboard), topts, opts)?;
+    let mut v = validate_with_model(model, target, opts, draws)?;
+    v.transfer = report;
+    Ok(v)
+}
+
+/// Leave-one-configuration-out: every configuration's runs are targets once, synthesized by
+/// transfer from the runs of the other configurations (none of the target's own). A
+/// configuration the transfer cannot reach is skipped with the reason (second list).
+pub fn leave_one_configuration_out(
+    runs: &[MeasuredRun],
+    leaderboard: &[LeaderboardConfig],
+    topts: &TransferOptions,
+    opts: &LearnOptions,
+    draws: Draws,
+    mut on_done: impl FnMut(&RunValidation),
+) -> Result<(Vec<RunValidation>, Vec<String>)> {
+    let config =
+        |r: &MeasuredRun| crate::engine::ServingConfig::from_manifest(&r.manifest).configuration();
+    let mut configs: Vec<String> = runs.iter().map(config).collect();
+    configs.sort();
+    configs.dedup();
+    if configs.len() < 2 {
+        return Err(Error::config(
+            "runs",
+            format!(
+                "leave-one-configuration-out needs runs of at least two configurations, got {}",
+                configs.len()
+            ),
+        ));
+    }
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    for c in &configs {
+        let train: Vec<MeasuredRun> = runs.iter().filter(|r| config(r) != *c).cloned().collect();
+        for target in runs.iter().filter(|r| config(r) == *c) {
+            match validate_transfer(&train, target, leaderboard, topts, opts, draws) {
+                Ok(v) => {
+                    on_done(&v);
+                    out.push(v);
+                }
+                Err(e) => skipped.push(format!("{}: {e}", target.manifest.run_id)),
+            }
+        }
+    }
+    Ok((out, skipped))
+}
+
+/// The measured cases of transferred validations, for the expected-error table.
+pub fn transfer_cases(results: &[RunValidation]) -> Vec<TransferCase> {
+    results
+        .iter()
+        .filter_map(|v| {
+            let t = v.transfer.as_ref()?;
+            Some(TransferCase {
+                run_id: v.run_id.clone(),
+                target: t.target.clone(),
+                reference: t.reference.configuration.clone(),
+                kind: t.kind(),
+                energy_error_pct: v.metrics[0].energy_error_signed_pct,
+                ks: v.metrics[0].ks,
+            })
+        })
+        .collect()
 }

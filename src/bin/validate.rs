@@ -8,8 +8,14 @@ use clap::Parser;
 
 use powersynth::learn::LearnOptions;
 use powersynth::report::write_validation;
+use powersynth::sources::leaderboard;
 use powersynth::sources::measured::{discover_runs, load_run};
-use powersynth::validate::{leave_one_out, time_split, validate_run, Draws};
+use powersynth::store::write_json;
+use powersynth::transfer::{TransferErrors, TransferOptions, TRANSFER_ERRORS_SCHEMA};
+use powersynth::validate::{
+    leave_one_configuration_out, leave_one_out, time_split, transfer_cases, validate_run,
+    validate_transfer, Draws,
+};
 
 /// Validate synthesized power against measured runs (SPEC §8).
 ///
@@ -25,6 +31,12 @@ use powersynth::validate::{leave_one_out, time_split, validate_run, Draws};
 /// rows give each run's own resolution: the errors a resampled copy of the measured series
 /// (bins redrawn within idle / prefill / decode) shows against it on ΔE, KS, P95 and P99;
 /// differences below them are not resolved by that run.
+///
+/// Configurations nobody measured: with --leaderboard DIR, a --target whose model × GPU × TP
+/// no --train run has is synthesized by transfer from the best reference configuration among
+/// the training runs (docs/transfer.md); --leave-one-configuration-out DIR does this for every
+/// configuration below DIR with the others as training, and writes DIR/transfer_errors.json
+/// (the table `synthesize` quotes as a transfer's expected error).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -37,6 +49,21 @@ struct Args {
     /// A folder of runs of one configuration: leave-one-run-out over all of them.
     #[arg(long, conflicts_with_all = ["train", "target"])]
     leave_one_out: Option<PathBuf>,
+    /// A folder of runs of several configurations: each configuration's runs are synthesized
+    /// by transfer from the other configurations' runs (needs --leaderboard).
+    #[arg(long, requires = "leaderboard", conflicts_with_all = ["train", "target", "leave_one_out"])]
+    leave_one_configuration_out: Option<PathBuf>,
+    /// ML.ENERGY leaderboard folder (<task>.json files): lets a target configuration without
+    /// training runs be synthesized by transfer.
+    #[arg(long)]
+    leaderboard: Option<PathBuf>,
+    /// Leaderboard task whose power, ITL and throughput give the target's levels.
+    #[arg(long, default_value = powersynth::transfer::DEFAULT_TASK)]
+    leaderboard_task: String,
+    /// TARGET_MODEL=LEADERBOARD_MODEL: a leaderboard model standing in for a target model the
+    /// leaderboard lacks (repeatable).
+    #[arg(long)]
+    stand_in: Vec<String>,
     /// Measured runs each validated on itself split in time: learn on the first
     /// --train-fraction of the run, validate on the rest (for configurations measured once).
     #[arg(long, num_args = 1.., conflicts_with_all = ["train", "target", "leave_one_out"])]
@@ -77,7 +104,24 @@ fn main() -> Result<()> {
         realizations: args.realizations,
     };
     let load = |d: &PathBuf| load_run(d).with_context(|| format!("loading run {}", d.display()));
-    let results = if let Some(dir) = &args.leave_one_out {
+    let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
+    let leaderboard = match &args.leaderboard {
+        Some(dir) => Some(leaderboard::load_dir(dir, None)?.1),
+        None => None,
+    };
+    let mut skipped = Vec::new();
+    let results = if let Some(dir) = &args.leave_one_configuration_out {
+        let runs = discover_runs(dir)?
+            .iter()
+            .map(load)
+            .collect::<Result<Vec<_>>>()?;
+        let lb = leaderboard.as_deref().expect("clap requires --leaderboard");
+        let (out, skip) = leave_one_configuration_out(&runs, lb, &topts, &opts, draws, |v| {
+            eprintln!("{}: done", v.run_id);
+        })?;
+        skipped = skip;
+        out
+    } else if let Some(dir) = &args.leave_one_out {
         let dirs = discover_runs(dir)?;
         let runs = dirs.iter().map(load).collect::<Result<Vec<_>>>()?;
         let bar = indicatif::ProgressBar::new(runs.len() as u64).with_style(
@@ -103,8 +147,41 @@ fn main() -> Result<()> {
             bail!("--target needs --train RUN_DIR...");
         }
         let train = args.train.iter().map(load).collect::<Result<Vec<_>>>()?;
-        vec![validate_run(&train, &load(target)?, &opts, draws)?]
+        match &leaderboard {
+            Some(lb) => vec![validate_transfer(
+                &train,
+                &load(target)?,
+                lb,
+                &topts,
+                &opts,
+                draws,
+            )?],
+            None => vec![validate_run(&train, &load(target)?, &opts, draws)?],
+        }
     };
+    for v in &results {
+        if let Some(t) = &v.transfer {
+            eprint!("{}: {}", v.run_id, t.summary());
+        }
+    }
+    for s in &skipped {
+        eprintln!("skipped (no transfer possible): {s}");
+    }
+    let cases = transfer_cases(&results);
+    if !cases.is_empty() {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        let reports: Vec<_> = results.iter().filter_map(|v| v.transfer.as_ref()).collect();
+        write_json(&args.out.join("transfer_reports.json"), &reports)?;
+        write_json(
+            &args.out.join("transfer_errors.json"),
+            &TransferErrors {
+                schema: TRANSFER_ERRORS_SCHEMA.into(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                cases,
+            },
+        )?;
+    }
     let table = write_validation(&args.out, &results)?;
     print!("{table}");
     print!("{}", powersynth::report::format_cache_hits(&results));

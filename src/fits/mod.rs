@@ -6,6 +6,7 @@
 //!   (peer-compatible and robust modes), with analytic moments and fleet-average sampling.
 //! - [`itl_percentiles`]: the same model fitted to a few known percentiles.
 
+pub mod batch_curve;
 pub mod itl_mixture;
 pub mod itl_percentiles;
 pub mod logistic;

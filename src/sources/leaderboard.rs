@@ -26,6 +26,30 @@ pub struct LeaderboardConfig {
     pub output_throughput_tps: f64,
     pub energy_per_token_j: f64,
     pub avg_batch_size: f64,
+    /// `architecture` as the leaderboard writes it (`Dense Transformer`, `MoE`, …; empty when
+    /// absent).
+    pub architecture: String,
+    /// Parameters used per token, billions (NaN when absent).
+    pub active_params_b: f64,
+    /// Mean output tokens per request (NaN when absent).
+    pub avg_output_len: f64,
+}
+
+impl LeaderboardConfig {
+    /// The batch size the run held: `avg_batch_size` where given, else `max_num_seqs`.
+    pub fn batch_size(&self) -> f64 {
+        if self.avg_batch_size.is_finite() && self.avg_batch_size >= 1.0 {
+            self.avg_batch_size
+        } else {
+            self.max_num_seqs as f64
+        }
+    }
+
+    /// Whether the leaderboard calls the model a mixture of experts.
+    pub fn is_moe(&self) -> bool {
+        self.architecture.to_ascii_lowercase().contains("moe")
+            || self.architecture.to_ascii_lowercase().contains("mixture")
+    }
 }
 
 /// All configurations of one (task, model, GPU model, GPU count), sorted by batch size.
@@ -177,6 +201,13 @@ fn parse_config(path: &Path, row: usize, task: &str, c: &Value) -> Result<Leader
         output_throughput_tps: positive("output_throughput_tokens_per_sec")?,
         energy_per_token_j: positive("energy_per_token_joules")?,
         avg_batch_size: num("avg_batch_size").unwrap_or(f64::NAN),
+        architecture: c
+            .get("architecture")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        active_params_b: positive("activated_params_billions").unwrap_or(f64::NAN),
+        avg_output_len: positive("avg_output_len").unwrap_or(f64::NAN),
     };
     if !(cfg.median_itl_s <= cfg.p90_itl_s
         && cfg.p90_itl_s <= cfg.p95_itl_s

@@ -28,6 +28,22 @@ pub struct RunManifest {
     pub gpus_per_node: Option<u32>,
     pub server: ServerSettings,
     pub clock: ClockInfo,
+    /// Model facts the run's manifest records (absent in older manifests).
+    #[serde(default)]
+    pub arch: Option<ModelArch>,
+}
+
+/// The `arch` block of a manifest: what kind of model was served.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ModelArch {
+    /// e.g. `dense-8b`, `moe-8b`.
+    #[serde(default)]
+    pub family: String,
+    /// Parameters used per token.
+    #[serde(default)]
+    pub n_active: f64,
+    #[serde(default)]
+    pub n_experts: f64,
 }
 
 /// vLLM serving settings of a run.
