@@ -1151,6 +1151,215 @@ mod tests {
         assert!(!e.expected("direct, same model, other GPU").is_empty());
     }
 
+    fn lbc(
+        model: &str,
+        gpu: &str,
+        cap: u32,
+        power_w: f64,
+        itl_ms: f64,
+        moe: bool,
+        active: f64,
+    ) -> LeaderboardConfig {
+        LeaderboardConfig {
+            task: DEFAULT_TASK.into(),
+            model_id: model.into(),
+            nickname: String::new(),
+            gpu_model: gpu.into(),
+            num_gpus: 1,
+            max_num_seqs: cap,
+            avg_power_w: power_w,
+            median_itl_s: itl_ms * 1e-3,
+            p90_itl_s: itl_ms * 1e-3,
+            p95_itl_s: itl_ms * 1e-3,
+            p99_itl_s: itl_ms * 1e-3,
+            output_throughput_tps: cap as f64 / (itl_ms * 1e-3),
+            energy_per_token_j: 1.0,
+            avg_batch_size: cap as f64,
+            architecture: if moe {
+                "MoE".into()
+            } else {
+                "Dense Transformer".into()
+            },
+            active_params_b: active,
+            avg_output_len: 400.0,
+        }
+    }
+
+    /// A reference on A100 whose idle reads 100 W and every active state 300 W (no leakage).
+    fn two_level_reference(model: &str) -> LearnedModel {
+        use crate::learn::{BaselineLevels, PowerCell, N_CELLS};
+        let cell = |label: &str, w: f64| PowerCell {
+            label: label.into(),
+            bins: 100,
+            mean_w: w,
+            quantiles_w: vec![w, w],
+            phi: None,
+        };
+        let mut lookup = vec![1; N_CELLS];
+        lookup[EngineState::IDLE.index()] = 0;
+        LearnedModel {
+            schema: crate::learn::LEARNED_MODEL_SCHEMA.into(),
+            configuration: format!("{model} × A100 × TP1"),
+            model: model.into(),
+            hardware: "A100".into(),
+            tp: 1,
+            dt_s: 0.25,
+            timing: StepTiming {
+                base_s: 0.01,
+                per_decode_seq_s: 1e-4,
+                per_prefill_token_s: 1e-4,
+                per_context_ktoken_s: 0.0,
+                per_prefill_attention_s: 0.0,
+            },
+            kv_cache: Default::default(),
+            power: PowerModel {
+                meter_window_bins: 1,
+                cells: vec![cell("idle", 100.0), cell("busy", 300.0)],
+                lookup,
+                phi: 0.5,
+                r2: 0.0,
+                min_cell_bins: 30,
+                thermal: Default::default(),
+            },
+            baselines: BaselineLevels {
+                tdp_w: 400.0,
+                mean_w: 250.0,
+                idle_w: 100.0,
+                prefill_w: 300.0,
+                decode_w: 300.0,
+            },
+            training_runs: vec![],
+            engine_checks: vec![],
+            transfer: None,
+        }
+    }
+
+    fn choice(r: &LearnedModel) -> ReferenceChoice {
+        ReferenceChoice {
+            configuration: r.configuration.clone(),
+            reason: "test".into(),
+            ranked: vec![],
+        }
+    }
+
+    #[test]
+    fn composed_ratios_have_known_answers() {
+        // On H100 (idle there: a third of the reference's 300 W decode level at batch 8, as
+        // on the reference: 100 W), target model M draws 400 / 500 W at batch 8 / 16 and
+        // reference model R 300 / 350 W: dynamic ratios 300/200 = 1.5 and 400/250 = 1.6.
+        let lb = vec![
+            lbc("M", "H100", 8, 400.0, 10.0, true, 3.0),
+            lbc("M", "H100", 16, 500.0, 12.0, true, 3.0),
+            lbc("R", "H100", 8, 300.0, 8.0, false, 8.0),
+            lbc("R", "H100", 16, 350.0, 8.0, false, 8.0),
+        ];
+        let r = two_level_reference("R");
+        let target = serving("M", "A100", 1);
+        let facts = ModelFacts::from_leaderboard(&lb, "R");
+        let (m, rep) = transfer(
+            &r,
+            facts.as_ref(),
+            choice(&r),
+            &target,
+            &lb,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(rep.mode, "composed");
+        let Levels::Ratio { dynamic_ratio } = &rep.level_map.levels else {
+            panic!("{:?}", rep.level_map.levels);
+        };
+        assert!((dynamic_ratio.eval(8.0) - 1.5).abs() < 1e-9);
+        assert!((dynamic_ratio.eval(16.0) - 1.6).abs() < 1e-9);
+        assert!((rep.level_map.target_idle_w - 100.0).abs() < 1e-9);
+        // Steps scale by the geometric mean of the ITL ratios 1.25 and 1.5; prefill by the
+        // active parameters 3 / 8.
+        let step = (1.25f64 * 1.5).sqrt();
+        assert!((rep.decode_base_ratio - step).abs() < 1e-9);
+        assert!((m.timing.base_s - 0.01 * step).abs() < 1e-12);
+        assert!((rep.prefill_ratio - 0.375).abs() < 1e-12);
+        assert_eq!(
+            rep.level_map.meter_window_bins, 1,
+            "A100 to A100: a point reading"
+        );
+        // A steady decode reading of the reference at batch 8 maps to 100 + 200 × 1.5.
+        let bin = crate::level_map::ActiveBin {
+            batch: 8.0,
+            reference_decode_w: 300.0,
+        };
+        let mut p = [300.0];
+        rep.level_map.apply(&[Some(bin)], &mut p);
+        assert!((p[0] - 400.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn direct_levels_and_what_is_missing() {
+        let lb = vec![
+            lbc("R", "H100", 8, 300.0, 8.0, false, 8.0),
+            lbc("R", "H100", 16, 350.0, 9.0, false, 8.0),
+        ];
+        let r = two_level_reference("R");
+        let facts = ModelFacts::from_leaderboard(&lb, "R");
+        let (m, rep) = transfer(
+            &r,
+            facts.as_ref(),
+            choice(&r),
+            &serving("R", "H100", 1),
+            &lb,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (rep.mode.as_str(), rep.same_model, rep.same_gpu),
+            ("direct", true, false)
+        );
+        // Idle: the reference's share of its decode level (1/3) of the target's 300 W.
+        assert!((rep.level_map.target_idle_w - 100.0).abs() < 1e-9);
+        assert_eq!(rep.level_map.meter_window_bins, 4, "H100 averages over 1 s");
+        assert_eq!(m.baselines.tdp_w, 700.0);
+        // Prefill per token: A100 312 ÷ H100 989 TFLOP/s.
+        assert!((rep.prefill_ratio - 312.0 / 989.0).abs() < 1e-12);
+        // Nothing for the model on any GPU: say to name a stand-in.
+        let e = transfer(
+            &r,
+            None,
+            choice(&r),
+            &serving("Z", "H100", 1),
+            &lb,
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("no data for Z") && e.contains("--stand-in Z=MODEL"),
+            "{e}"
+        );
+        // The model only on a GPU the reference was not measured on, target on a third GPU.
+        let e = transfer(
+            &r,
+            None,
+            choice(&r),
+            &serving("R", "B200", 1),
+            &lb,
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only on H100x1"), "{e}");
+        // Unknown GPU.
+        let e = transfer(
+            &r,
+            None,
+            choice(&r),
+            &serving("R", "MI300X", 1),
+            &lb,
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown GPU"), "{e}");
+    }
+
     #[test]
     fn decode_ratios_recover_a_scaled_timing() {
         let r = StepTiming {

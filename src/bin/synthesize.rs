@@ -6,12 +6,18 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use powersynth::engine::ServingConfig;
-use powersynth::learn::{learn, LearnOptions, LearnedModel};
+use powersynth::engine::ServingConfig as Serving;
+use powersynth::learn::{LearnOptions, LearnedModel};
 use powersynth::report::write_power_series;
+use powersynth::sources::leaderboard::{self, LeaderboardConfig};
 use powersynth::sources::measured::load_run;
 use powersynth::sources::measured::read_request_log;
 use powersynth::store::write_json;
 use powersynth::synth::synthesize;
+use powersynth::transfer::{
+    model_for, transfer, ModelFacts, ReferenceChoice, TransferErrors, TransferOptions,
+    TransferReport,
+};
 use powersynth::workload::{SessionModel, Workload};
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
@@ -23,11 +29,19 @@ use rand_pcg::Pcg64;
 /// serving settings (with a prefix cache when they enable it), and draws power for each bin.
 /// Only the request log's arrival times, token counts, sessions and declared prefixes are
 /// read (docs/requests.md): nothing measured about the target run is used.
+///
+/// A configuration nobody measured (model × GPU × TP of --serving without a --train run):
+/// with --leaderboard DIR the model is transferred from the best reference configuration
+/// among the training runs (same GPU first, then architecture family and size), its levels
+/// and speeds taken from the ML.ENERGY leaderboard (docs/transfer.md). stderr names the
+/// reference and the ratios; stdout gives the transfer's expected error (measured by
+/// leave-one-configuration-out); OUT.manifest.json records both.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// Measured run folders to learn from (each with manifest.json, power.csv, engine.csv and a
-    /// request log), all of one model × GPU × TP.
+    /// request log): the runs of the --serving configuration, or with --leaderboard runs of
+    /// other configurations to transfer from.
     #[arg(long, num_args = 1.., required_unless_present = "model", conflicts_with = "model")]
     train: Vec<PathBuf>,
     /// A learned model written earlier by --model-out, used instead of learning from --train.
@@ -67,6 +81,17 @@ struct Args {
     /// --seed.
     #[arg(long)]
     closed_loop_clients: Option<u32>,
+    /// ML.ENERGY leaderboard folder (<task>.json files): synthesize a configuration no
+    /// training run has by transfer (levels, ITL and throughput from its leaderboard data).
+    #[arg(long)]
+    leaderboard: Option<PathBuf>,
+    /// Leaderboard task whose fits give the target's levels.
+    #[arg(long, default_value = powersynth::transfer::DEFAULT_TASK)]
+    leaderboard_task: String,
+    /// TARGET_MODEL=LEADERBOARD_MODEL: a leaderboard model standing in for a target model
+    /// the leaderboard lacks, e.g. of the same family and active parameters (repeatable).
+    #[arg(long)]
+    stand_in: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -87,8 +112,13 @@ fn main() -> Result<()> {
             w
         }
     };
-    let model = match &args.model {
-        Some(p) => LearnedModel::read_json(p)?,
+    let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
+    let leaderboard = match &args.leaderboard {
+        Some(dir) => Some(leaderboard::load_dir(dir, None)?.1),
+        None => None,
+    };
+    let (model, report) = match &args.model {
+        Some(p) => model_from_file(p, &serving, leaderboard.as_deref(), &topts)?,
         None => {
             let runs = args
                 .train
@@ -97,9 +127,21 @@ fn main() -> Result<()> {
                     load_run(d).with_context(|| format!("loading training run {}", d.display()))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            learn(&runs, &LearnOptions::default())?
+            model_for(
+                &serving,
+                &runs,
+                leaderboard.as_deref(),
+                &topts,
+                &LearnOptions::default(),
+            )?
         }
     };
+    let expected = report.as_ref().map(|r| {
+        eprint!("{}", r.summary());
+        let e = TransferErrors::embedded().expected(&r.kind());
+        println!("expected error of this transfer: {e}");
+        e
+    });
     let (series, _) = synthesize(
         &model,
         &serving,
@@ -113,6 +155,22 @@ fn main() -> Result<()> {
     if let Some(p) = &args.model_out {
         write_json(p, &model)?;
     }
+    let manifest = args.out.with_extension("manifest.json");
+    write_json(
+        &manifest,
+        &serde_json::json!({
+            "output": args.out,
+            "configuration": model.configuration,
+            "serving": serving,
+            "seed": args.seed,
+            "t0_s": series.t0_s,
+            "dt_s": series.dt_s,
+            "bins": series.power_w.len(),
+            "training_runs": model.training_runs,
+            "transfer": report,
+            "expected_error": expected,
+        }),
+    )?;
     let mean_w = series.power_w.iter().sum::<f64>() / series.power_w.len() as f64;
     eprintln!(
         "{}: {} bins of {} s, mean {:.1} W, energy {:.3} kWh → {}",
@@ -124,4 +182,33 @@ fn main() -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// A model read from --model: as is when it is of the serving configuration, else (with a
+/// leaderboard) transferred from it.
+fn model_from_file(
+    path: &std::path::Path,
+    serving: &Serving,
+    leaderboard: Option<&[LeaderboardConfig]>,
+    topts: &TransferOptions,
+) -> Result<(LearnedModel, Option<TransferReport>)> {
+    let model = LearnedModel::read_json(path)?;
+    if model.transfer.is_some()
+        || (model.model == serving.model
+            && model.hardware == serving.hardware
+            && model.tp == serving.tp)
+    {
+        return Ok((model, None));
+    }
+    let Some(lb) = leaderboard else {
+        return Ok((model, None)); // synthesize() names the mismatch
+    };
+    let choice = ReferenceChoice {
+        configuration: model.configuration.clone(),
+        reason: format!("given by --model {}", path.display()),
+        ranked: vec![model.configuration.clone()],
+    };
+    let facts = ModelFacts::from_leaderboard(lb, &model.model);
+    let (m, r) = transfer(&model, facts.as_ref(), choice, serving, lb, topts)?;
+    Ok((m, Some(r)))
 }
