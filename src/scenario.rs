@@ -156,7 +156,10 @@ pub enum PowerSource {
     },
     /// State-transition synthesis (SPEC §6): learned from measured runs, driven by a
     /// Gamma-renewal workload per replica at `rate_per_s` with the training runs' token counts,
-    /// one synthesized series per batch size (`max_num_seqs`), `series_s` long.
+    /// one synthesized series per batch size (`max_num_seqs`), `series_s` long. With
+    /// `leaderboard`, `model`/`hardware` may name a configuration no training run has (TP =
+    /// the model's GPUs per replica): it is transferred from the best reference among the
+    /// runs (docs/transfer.md), `stand_in` mapping models the leaderboard lacks.
     Synthesized {
         train: Vec<PathBuf>,
         batch_sizes: Vec<u32>,
@@ -166,6 +169,20 @@ pub enum PowerSource {
         series_s: f64,
         #[serde(default)]
         seed: u64,
+        /// The served model (Hugging Face id); default: the training runs'.
+        #[serde(default)]
+        model: Option<String>,
+        /// The GPU model; default: the training runs'.
+        #[serde(default)]
+        hardware: Option<String>,
+        /// ML.ENERGY leaderboard folder (relative to the scenario file).
+        #[serde(default)]
+        leaderboard: Option<PathBuf>,
+        #[serde(default)]
+        leaderboard_task: Option<String>,
+        /// Target model → leaderboard model standing in for it.
+        #[serde(default)]
+        stand_in: BTreeMap<String, String>,
     },
 }
 
@@ -578,6 +595,11 @@ fn templates_for(
             burstiness,
             series_s,
             seed: s_seed,
+            model: served_model,
+            hardware,
+            leaderboard,
+            leaderboard_task,
+            stand_in,
         } => {
             let runs = train
                 .iter()
@@ -586,17 +608,37 @@ fn templates_for(
             let first = runs
                 .first()
                 .ok_or_else(|| Error::config(&field, "train: need ≥ 1 measured run"))?;
-            let model = crate::learn::learn(&runs, &crate::learn::LearnOptions::default())?;
             let mut serving = crate::engine::ServingConfig::from_manifest(&first.manifest);
-            if serving.tp != g {
+            serving.model = served_model.clone().unwrap_or(serving.model);
+            serving.hardware = hardware.clone().unwrap_or(serving.hardware);
+            let lb = match leaderboard {
+                Some(d) => Some(crate::sources::leaderboard::load_dir(&base_dir.join(d), None)?.1),
+                None => None,
+            };
+            if lb.is_some() {
+                serving.tp = g;
+            } else if serving.tp != g {
                 return Err(Error::config(
                     &field,
                     format!(
-                        "training runs have TP {}, the model has {g} GPUs per replica",
+                        "training runs have TP {}, the model has {g} GPUs per replica (give \
+                         `leaderboard` to transfer)",
                         serving.tp
                     ),
                 ));
             }
+            let transfer_opts = crate::transfer::TransferOptions {
+                task: leaderboard_task.clone().unwrap_or_default(),
+                stand_ins: stand_in.clone(),
+            };
+            let (model, _) = crate::transfer::model_for(
+                &serving,
+                &runs,
+                lb.as_deref(),
+                &transfer_opts,
+                &crate::learn::LearnOptions::default(),
+            )
+            .map_err(|e| Error::config(&field, e.to_string()))?;
             let mut all = crate::workload::Workload::default();
             for r in &runs {
                 let w = crate::workload::Workload::from_log(&r.requests)?;

@@ -933,8 +933,8 @@ pub fn model_for(
         return Err(Error::config(
             "serving",
             format!(
-                "no training run of {} (the runs are of {}); give --leaderboard DIR to transfer \
-                 from them",
+                "no training run of {} (the runs are of {}); give a leaderboard (--leaderboard \
+                 DIR, or `leaderboard` in a scenario) to transfer from them",
                 target.configuration(),
                 have.join(", ")
             ),

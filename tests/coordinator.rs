@@ -464,6 +464,89 @@ fn synthesized_power_source_next_to_replayed_power() {
         .any(|s| (s.models[0].power_w - first).abs() > 1.0));
 }
 
+/// The measured mean power of a run while its traffic arrives.
+fn loaded_mean_w(run: &powersynth::sources::measured::MeasuredRun) -> f64 {
+    let ts = &run.requests.request_timestamps;
+    let (t0, t1) = (ts[0], ts[ts.len() - 1]);
+    let loaded: Vec<f64> = run
+        .power
+        .t_s
+        .iter()
+        .zip(&run.power.power_w)
+        .filter(|(t, _)| (t0..=t1).contains(*t))
+        .map(|(_, p)| *p)
+        .collect();
+    loaded.iter().sum::<f64>() / loaded.len() as f64
+}
+
+#[test]
+fn a_datacenter_of_an_unmeasured_configuration_by_transfer() {
+    // Qwen3-8B on H100 filled into a datacenter from the A100 Poisson run and the leaderboard
+    // (no H100 run trains), driven at the H100 run's 4 req/s: 40 replicas draw 40 × that run's
+    // measured mean while loaded (± 10 %). Without `leaderboard` the scenario is refused.
+    let (Some(a100), Some(h100), Some(lb)) = (
+        common::shared("measured/arrival_rate_qwen3-8b_a100_r2p5"),
+        common::shared("measured/validate_qwen3-8b"),
+        common::shared("mlenergy-leaderboard"),
+    ) else {
+        return;
+    };
+    let first = |root: &std::path::Path| {
+        powersynth::sources::measured::discover_runs(root)
+            .unwrap()
+            .remove(0)
+    };
+    let h100_run = powersynth::sources::measured::load_run(&first(&h100)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = |extra: &str| {
+        format!(
+            r#"
+            duration_s = 120
+            [datacenter]
+            dt_s = "1/4"
+            total_gpu_capacity = 40
+            [[models]]
+            label = "qwen3-8b-h100"
+            gpus_per_replica = 1
+            initial_batch_size = 256
+            replicas = 40
+            power = {{ kind = "synthesized", train = [{train:?}], batch_sizes = [256], rate_per_s = 4.0, series_s = 600.0, hardware = "H100"{extra} }}
+            "#,
+            train = first(&a100).display().to_string()
+        )
+    };
+    let path = dir.path().join("scenario.toml");
+    std::fs::write(&path, scenario("")).unwrap();
+    let sc = Scenario::from_file(&path).unwrap();
+    let err = build(&sc, dir.path(), &Overrides::default())
+        .err()
+        .expect("no H100 run and no leaderboard")
+        .to_string();
+    assert!(err.contains("leaderboard"), "{err}");
+    std::fs::write(
+        &path,
+        scenario(&format!(", leaderboard = {:?}", lb.display().to_string())),
+    )
+    .unwrap();
+    let sc = Scenario::from_file(&path).unwrap();
+    let log = run_all(
+        &mut build(&sc, dir.path(), &Overrides::default())
+            .unwrap()
+            .coordinator,
+    );
+    let synth_w = mean(log.dc_states[0].iter().map(|s| s.models[0].power_w));
+    let expect_w = 40.0 * loaded_mean_w(&h100_run);
+    eprintln!(
+        "transferred {synth_w:.0} W vs measured 40 × {:.1} W",
+        expect_w / 40.0
+    );
+    assert!(
+        (synth_w / expect_w - 1.0).abs() < 0.10,
+        "transferred {synth_w} W vs 40 × the H100 run's {} W",
+        expect_w / 40.0
+    );
+}
+
 #[test]
 fn facility_aggregation_racks_rows_non_gpu_power_and_pue() {
     // 5 servers × 8 GPUs; 2 servers per rack, 2 racks per row → racks {0,1}, {2,3}, {4};
