@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::fits::itl_mixture::{self, ItlFitMode, ItlFitOptions, ItlMixture};
 use crate::fits::{itl_percentiles, logistic};
 use crate::progress::Progress;
-use crate::sources::leaderboard;
+use crate::sources::leaderboard::{self, LeaderboardConfig};
 use crate::sources::measured;
 use crate::sources::mlenergy::{BenchmarkRuns, HubOptions, PowerMetric, RunRecord};
 use crate::spec::InferenceModelSpec;
@@ -219,6 +219,85 @@ pub struct CompactFits {
 
 const COMPACT_SCHEMA: &str = "powersynth.compact_fits.v1";
 
+impl CompactFits {
+    /// Reads a compact fits file, checking its schema.
+    pub fn read(path: &Path) -> Result<Self> {
+        let compact: CompactFits = measured::read_json(path)?;
+        if compact.schema != COMPACT_SCHEMA {
+            return Err(Error::content(
+                path,
+                format!("schema {:?}, expected {COMPACT_SCHEMA:?}", compact.schema),
+            ));
+        }
+        Ok(compact)
+    }
+
+    /// The fits as leaderboard configurations: one per group and batch size with power,
+    /// median ITL and throughput read off the logistic curves (every ITL percentile = the
+    /// median; no architecture facts or output lengths: NaN / empty).
+    pub fn as_leaderboard_configs(&self) -> Vec<LeaderboardConfig> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            let (Some(p), Some(l), Some(t)) = (
+                g.logistic.get("power"),
+                g.logistic.get("latency"),
+                g.logistic.get("throughput"),
+            ) else {
+                continue;
+            };
+            for &b in &g.batch_sizes {
+                let itl_s = l.fit.eval_batch(b);
+                out.push(LeaderboardConfig {
+                    task: g.task.clone(),
+                    model_id: g.model_id.clone(),
+                    nickname: g.model_label.clone(),
+                    gpu_model: g.gpu_model.clone(),
+                    num_gpus: g.num_gpus,
+                    max_num_seqs: b,
+                    avg_power_w: p.fit.eval_batch(b),
+                    median_itl_s: itl_s,
+                    p90_itl_s: itl_s,
+                    p95_itl_s: itl_s,
+                    p99_itl_s: itl_s,
+                    output_throughput_tps: t.fit.eval_batch(b),
+                    energy_per_token_j: f64::NAN,
+                    avg_batch_size: b as f64,
+                    architecture: String::new(),
+                    active_params_b: f64::NAN,
+                    avg_output_len: f64::NAN,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Leaderboard configurations from what a user has: a leaderboard folder (`<task>.json`
+/// files), a compact fits file (`fits/default_fits.json` of a `build-dataset` output, or the
+/// embedded `data/default/fits.json`), or a `build-dataset` output folder holding one.
+/// Returns a description of the source with the configurations.
+pub fn leaderboard_configs(path: &Path) -> Result<(String, Vec<LeaderboardConfig>)> {
+    let compact = if path.is_file() {
+        Some(path.to_path_buf())
+    } else {
+        let f = path.join("fits").join("default_fits.json");
+        f.is_file().then_some(f)
+    };
+    match compact {
+        Some(f) => {
+            let c = CompactFits::read(&f)?;
+            Ok((
+                format!("compact fits {} (logistic curves)", f.display()),
+                c.as_leaderboard_configs(),
+            ))
+        }
+        None => Ok((
+            format!("leaderboard {}", path.display()),
+            leaderboard::load_dir(path, None)?.1,
+        )),
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -309,13 +388,7 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         }
         SourceConfig::Embedded { path } => {
             let path = pick(path);
-            let compact: CompactFits = measured::read_json(&path)?;
-            if compact.schema != COMPACT_SCHEMA {
-                return Err(Error::content(
-                    &path,
-                    format!("schema {:?}, expected {COMPACT_SCHEMA:?}", compact.schema),
-                ));
-            }
+            let compact = CompactFits::read(&path)?;
             inputs.push(path.clone());
             let groups = compact
                 .groups

@@ -62,6 +62,9 @@ impl ModelFacts {
     /// The leaderboard's facts of `model` (any of its configurations).
     pub fn from_leaderboard(lb: &[LeaderboardConfig], model: &str) -> Option<Self> {
         let c = lb.iter().find(|c| c.model_id == model)?;
+        if c.architecture.is_empty() || !c.active_params_b.is_finite() {
+            return None; // compact fits carry no model facts
+        }
         Some(Self {
             model: model.to_string(),
             moe: c.is_moe(),

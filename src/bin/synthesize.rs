@@ -9,7 +9,7 @@ use powersynth::engine::ServingConfig;
 use powersynth::engine::ServingConfig as Serving;
 use powersynth::learn::{LearnOptions, LearnedModel};
 use powersynth::report::write_power_series;
-use powersynth::sources::leaderboard::{self, LeaderboardConfig};
+use powersynth::sources::leaderboard::LeaderboardConfig;
 use powersynth::sources::measured::load_run;
 use powersynth::sources::measured::read_request_log;
 use powersynth::store::write_json;
@@ -81,8 +81,10 @@ struct Args {
     /// --seed.
     #[arg(long)]
     closed_loop_clients: Option<u32>,
-    /// ML.ENERGY leaderboard folder (<task>.json files): synthesize a configuration no
-    /// training run has by transfer (levels, ITL and throughput from its leaderboard data).
+    /// ML.ENERGY leaderboard folder (<task>.json files), or compact fits written by
+    /// build-dataset (its output folder or fits/default_fits.json; data/default/fits.json is
+    /// embedded): synthesize a configuration no training run has by transfer (levels, ITL and
+    /// throughput from its leaderboard data).
     #[arg(long)]
     leaderboard: Option<PathBuf>,
     /// Leaderboard task whose fits give the target's levels.
@@ -114,7 +116,11 @@ fn main() -> Result<()> {
     };
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
     let leaderboard = match &args.leaderboard {
-        Some(dir) => Some(leaderboard::load_dir(dir, None)?.1),
+        Some(path) => {
+            let (what, configs) = powersynth::pipeline::leaderboard_configs(path)?;
+            eprintln!("leaderboard data: {what}, {} configurations", configs.len());
+            Some(configs)
+        }
         None => None,
     };
     let (model, report) = match &args.model {

@@ -8,7 +8,6 @@ use clap::Parser;
 
 use powersynth::learn::LearnOptions;
 use powersynth::report::write_validation;
-use powersynth::sources::leaderboard;
 use powersynth::sources::measured::{discover_runs, load_run};
 use powersynth::store::write_json;
 use powersynth::transfer::{TransferErrors, TransferOptions, TRANSFER_ERRORS_SCHEMA};
@@ -53,8 +52,9 @@ struct Args {
     /// by transfer from the other configurations' runs (needs --leaderboard).
     #[arg(long, requires = "leaderboard", conflicts_with_all = ["train", "target", "leave_one_out"])]
     leave_one_configuration_out: Option<PathBuf>,
-    /// ML.ENERGY leaderboard folder (<task>.json files): lets a target configuration without
-    /// training runs be synthesized by transfer.
+    /// ML.ENERGY leaderboard folder (<task>.json files), or compact fits written by
+    /// build-dataset (its output folder or fits/default_fits.json): lets a target
+    /// configuration without training runs be synthesized by transfer.
     #[arg(long)]
     leaderboard: Option<PathBuf>,
     /// Leaderboard task whose power, ITL and throughput give the target's levels.
@@ -106,7 +106,11 @@ fn main() -> Result<()> {
     let load = |d: &PathBuf| load_run(d).with_context(|| format!("loading run {}", d.display()));
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
     let leaderboard = match &args.leaderboard {
-        Some(dir) => Some(leaderboard::load_dir(dir, None)?.1),
+        Some(path) => {
+            let (what, configs) = powersynth::pipeline::leaderboard_configs(path)?;
+            eprintln!("leaderboard data: {what}, {} configurations", configs.len());
+            Some(configs)
+        }
         None => None,
     };
     let mut skipped = Vec::new();
