@@ -284,3 +284,69 @@ fn the_reference_is_the_same_gpu_then_the_same_family() {
     .unwrap();
     assert!(report.is_none() && m.transfer.is_none());
 }
+
+#[test]
+fn compact_fits_stand_in_for_the_leaderboard() {
+    // The embedded fits (a fresh clone has them) read as leaderboard configurations: one per
+    // group and batch size, power off the group's logistic curve; also from a build-dataset
+    // output folder holding fits/default_fits.json.
+    let embedded = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/default/fits.json");
+    let (what, configs) = powersynth::pipeline::leaderboard_configs(&embedded).unwrap();
+    assert!(what.starts_with("compact fits"), "{what}");
+    let fits = powersynth::pipeline::CompactFits::read(&embedded).unwrap();
+    let n: usize = fits.groups.iter().map(|g| g.batch_sizes.len()).sum();
+    assert_eq!(configs.len(), n);
+    let g = &fits.groups[0];
+    let c = configs
+        .iter()
+        .find(|c| c.model_id == g.model_id && c.max_num_seqs == g.batch_sizes[0])
+        .unwrap();
+    assert_eq!(
+        c.avg_power_w,
+        g.logistic["power"].fit.eval_batch(g.batch_sizes[0])
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("fits")).unwrap();
+    std::fs::copy(&embedded, dir.path().join("fits/default_fits.json")).unwrap();
+    assert_eq!(
+        powersynth::pipeline::leaderboard_configs(dir.path())
+            .unwrap()
+            .1
+            .len(),
+        n
+    );
+    // A transfer runs on them (no model facts: the family is unknown).
+    let Some(root) = common::shared("measured") else {
+        return;
+    };
+    let reference = learn(
+        &runs_under(&root, "arrival_rate_qwen3-8b_a100_r2p5"),
+        &LearnOptions::default(),
+    )
+    .unwrap();
+    let target = ServingConfig {
+        hardware: "H100".into(),
+        ..ServingConfig::from_manifest(
+            &runs_under(&root, "arrival_rate_qwen3-8b_a100_r2p5")[0].manifest,
+        )
+    };
+    let choice = ReferenceChoice {
+        configuration: reference.configuration.clone(),
+        reason: "test".into(),
+        ranked: vec![],
+    };
+    let (_, report) = transfer(
+        &reference,
+        None,
+        choice,
+        &target,
+        &configs,
+        &TransferOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(report.mode, "direct");
+    assert!(report
+        .assumptions
+        .iter()
+        .any(|a| a.contains("active parameters unknown")));
+}
