@@ -515,6 +515,38 @@ const IDLE_ASSUMPTION: &str = "idle: the same share of the lightest measured loa
     clocks and static power a GPU holds with a model loaded, which scale together across GPUs \
     more than the board limit does";
 
+impl Plan {
+    /// The reference's step timing with the plan's ratios.
+    fn scaled(&self, t: &StepTiming) -> StepTiming {
+        StepTiming {
+            base_s: t.base_s * self.base_ratio,
+            per_decode_seq_s: t.per_decode_seq_s * self.per_seq_ratio,
+            per_context_ktoken_s: t.per_context_ktoken_s * self.per_seq_ratio,
+            per_prefill_token_s: t.per_prefill_token_s * self.prefill_ratio,
+            per_prefill_attention_s: t.per_prefill_attention_s * self.prefill_ratio,
+        }
+    }
+
+    /// The report's row per leaderboard batch, with the transferred decode step there.
+    fn batch_checks(&self, timing: &StepTiming) -> Vec<BatchCheck> {
+        self.checks
+            .iter()
+            .map(|&(b, power_w, itl_s, throughput_tps)| {
+                let step_s =
+                    timing.step_s(b.round() as u32, 0, (b * self.decode_context) as u64, 0.0);
+                BatchCheck {
+                    batch: b,
+                    power_w,
+                    itl_s,
+                    step_s,
+                    throughput_tps,
+                    decode_throughput_tps: b / step_s,
+                }
+            })
+            .collect()
+    }
+}
+
 impl Context<'_> {
     /// The reference's idle reading as a share of its steady decode reading at `curve`'s
     /// smallest batch with `context` tokens per request.
@@ -615,39 +647,53 @@ impl Context<'_> {
         })
     }
 
-    /// Ratios target ÷ reference model on a GPU where the leaderboard has both, applied to
-    /// the reference's levels on the target GPU (where it was measured).
-    fn composed(&self, all: &[LeaderboardGroup], task: &str, lb_model: &str) -> Result<Plan> {
+    /// The GPU nearest the target's board limit where the leaderboard has both the target
+    /// model (or its stand-in) and the reference model, with their groups.
+    fn shared_gpu_groups<'g>(
+        &self,
+        all: &'g [LeaderboardGroup],
+        task: &str,
+        lb_model: &str,
+    ) -> Result<(&'static GpuSpec, &'g LeaderboardGroup, &'g LeaderboardGroup)> {
         let (t, r) = (self.target, self.reference);
-        let mut shared: Vec<&GpuSpec> = GPUS.iter().collect();
+        let mut shared: Vec<&'static GpuSpec> = GPUS.iter().collect();
         shared.sort_by(|a, b| {
             let d = |g: &GpuSpec| (g.board_limit_w / self.gpu_t.board_limit_w).ln().abs();
             d(a).total_cmp(&d(b))
         });
-        let found = shared.iter().find_map(|g| {
-            let m = find_group(all, task, lb_model, g.name, t.tp)?;
-            let rm = find_group(all, task, &r.model, g.name, r.tp)?;
-            Some((*g, m, rm))
-        });
-        let Some((gpu_g, m, rm)) = found else {
-            return Err(Error::config(
-                "serving",
-                format!(
-                    "cannot transfer to {}: no GPU where the leaderboard (task {task}) has both \
-                     {lb_model} and the reference model {}{}",
-                    t.configuration(),
-                    r.model,
-                    if all.iter().any(|g| g.model_id == lb_model) {
-                        String::new()
-                    } else {
-                        format!(
-                            " ({lb_model} is not in it: name a stand-in with --stand-in {}=MODEL)",
-                            t.model
-                        )
-                    }
-                ),
-            ));
-        };
+        shared
+            .iter()
+            .find_map(|g| {
+                let m = find_group(all, task, lb_model, g.name, t.tp)?;
+                let rm = find_group(all, task, &r.model, g.name, r.tp)?;
+                Some((*g, m, rm))
+            })
+            .ok_or_else(|| {
+                let hint = if all.iter().any(|g| g.model_id == lb_model) {
+                    String::new()
+                } else {
+                    format!(
+                        " ({lb_model} is not in it: name a stand-in with --stand-in {}=MODEL)",
+                        t.model
+                    )
+                };
+                Error::config(
+                    "serving",
+                    format!(
+                        "cannot transfer to {}: no GPU where the leaderboard (task {task}) has \
+                         both {lb_model} and the reference model {}{hint}",
+                        t.configuration(),
+                        r.model
+                    ),
+                )
+            })
+    }
+
+    /// Ratios target ÷ reference model on a GPU where the leaderboard has both, applied to
+    /// the reference's levels on the target GPU (where it was measured).
+    fn composed(&self, all: &[LeaderboardGroup], task: &str, lb_model: &str) -> Result<Plan> {
+        let (t, r) = (self.target, self.reference);
+        let (gpu_g, m, rm) = self.shared_gpu_groups(all, task, lb_model)?;
         let (cm, cr) = (
             GroupCurves::of(m).ok_or_else(|| Error::config("leaderboard", m.label()))?,
             GroupCurves::of(rm).ok_or_else(|| Error::config("leaderboard", rm.label()))?,
@@ -656,19 +702,7 @@ impl Context<'_> {
         let idle_g = self.idle_share(&cr.power_w, lb_context)
             * cr.power_w.eval(cr.power_w.batch[0])
             / cr.num_gpus as f64;
-        let mut batches: Vec<f64> = cm.power_w.batch.clone();
-        batches.extend(&cr.power_w.batch);
-        let dynamic = |c: &GroupCurves, b: f64, tp: u32| {
-            (c.power_w.eval(b) - c.num_gpus as f64 * idle_g).max(1.0) * tp as f64
-                / c.num_gpus as f64
-        };
-        let ratio = BatchCurve::from_points(
-            batches
-                .iter()
-                .map(|&b| (b, dynamic(&cm, b, t.tp) / dynamic(&cr, b, r.tp)))
-                .collect(),
-        )
-        .ok_or_else(|| Error::config("leaderboard", "no batch sizes to compose"))?;
+        let ratio = dynamic_ratio(&cm, &cr, idle_g, t.tp, r.tp)?;
         let speed: Vec<f64> = timing_points(&cm.itl_s)
             .iter()
             .map(|&(b, itl)| (itl / cr.itl_s.eval(b)).ln())
@@ -727,13 +761,8 @@ impl Context<'_> {
         stand_in: Option<String>,
     ) -> (LearnedModel, TransferReport) {
         let (r, t) = (self.reference, self.target);
-        let timing = StepTiming {
-            base_s: r.timing.base_s * plan.base_ratio,
-            per_decode_seq_s: r.timing.per_decode_seq_s * plan.per_seq_ratio,
-            per_context_ktoken_s: r.timing.per_context_ktoken_s * plan.per_seq_ratio,
-            per_prefill_token_s: r.timing.per_prefill_token_s * plan.prefill_ratio,
-            per_prefill_attention_s: r.timing.per_prefill_attention_s * plan.prefill_ratio,
-        };
+        let timing = plan.scaled(&r.timing);
+        let checks = plan.batch_checks(&timing);
         let kv_ratio = (self.gpu_t.hbm_gb * t.tp as f64) / (self.gpu_r.hbm_gb * r.tp as f64);
         let window_bins = if self.gpu_t.meter_window_s > self.gpu_r.meter_window_s {
             ((self.gpu_t.meter_window_s / r.dt_s).round() as usize).max(1)
@@ -757,22 +786,6 @@ impl Context<'_> {
             meter_name(self.gpu_t),
             meter_name(self.gpu_r)
         ));
-        let checks = plan
-            .checks
-            .iter()
-            .map(|&(b, power_w, itl_s, throughput_tps)| {
-                let step_s =
-                    timing.step_s(b.round() as u32, 0, (b * plan.decode_context) as u64, 0.0);
-                BatchCheck {
-                    batch: b,
-                    power_w,
-                    itl_s,
-                    step_s,
-                    throughput_tps,
-                    decode_throughput_tps: b / step_s,
-                }
-            })
-            .collect();
         let mut model = r.clone();
         model.configuration = t.configuration();
         model.model = t.model.clone();
@@ -811,6 +824,29 @@ fn meter_name(g: &GpuSpec) -> String {
     } else {
         format!("{} reads a point", g.name)
     }
+}
+
+/// The dynamic power (above `idle_g` per GPU) of the target model ÷ the reference model's
+/// versus batch, each per replica of its own TP (the leaderboard's GPU count scaled to it).
+fn dynamic_ratio(
+    cm: &GroupCurves,
+    cr: &GroupCurves,
+    idle_g: f64,
+    target_tp: u32,
+    reference_tp: u32,
+) -> Result<BatchCurve> {
+    let mut batches: Vec<f64> = cm.power_w.batch.clone();
+    batches.extend(&cr.power_w.batch);
+    let dynamic = |c: &GroupCurves, b: f64, tp: u32| {
+        (c.power_w.eval(b) - c.num_gpus as f64 * idle_g).max(1.0) * tp as f64 / c.num_gpus as f64
+    };
+    BatchCurve::from_points(
+        batches
+            .iter()
+            .map(|&b| (b, dynamic(cm, b, target_tp) / dynamic(cr, b, reference_tp)))
+            .collect(),
+    )
+    .ok_or_else(|| Error::config("leaderboard", "no batch sizes to compose"))
 }
 
 /// Tokens of context a leaderboard request holds on average while it decodes.
@@ -914,12 +950,7 @@ pub fn model_for(
     opts: &TransferOptions,
     learn_opts: &LearnOptions,
 ) -> Result<(LearnedModel, Option<TransferReport>)> {
-    let mut by_config: BTreeMap<(String, String, u32), Vec<MeasuredRun>> = BTreeMap::new();
-    for r in runs {
-        let m = &r.manifest;
-        let key = (m.model.clone(), canonical_gpu(&m.hardware), m.tp);
-        by_config.entry(key).or_default().push(r.clone());
-    }
+    let by_config = by_configuration(runs);
     let wanted = (
         target.model.clone(),
         canonical_gpu(&target.hardware),
@@ -944,19 +975,7 @@ pub fn model_for(
         ));
     };
     let groups: Vec<&Vec<MeasuredRun>> = by_config.values().collect();
-    let candidates: Vec<Candidate> = groups
-        .iter()
-        .map(|g| {
-            let m = &g[0].manifest;
-            Candidate {
-                model: m.model.clone(),
-                hardware: m.hardware.clone(),
-                tp: m.tp,
-                facts: ModelFacts::from_manifest(m)
-                    .or_else(|| ModelFacts::from_leaderboard(lb, &m.model)),
-            }
-        })
-        .collect();
+    let candidates = candidates_of(&groups, lb);
     let lb_model = opts.stand_ins.get(&target.model).unwrap_or(&target.model);
     let target_facts = ModelFacts::from_leaderboard(lb, lb_model);
     let (_, choice) = choose_reference(target, target_facts.as_ref(), &candidates)
@@ -1001,6 +1020,35 @@ pub fn model_for(
             failures.join("; ")
         ),
     ))
+}
+
+/// Runs grouped by configuration (model, GPU as the table names it, TP).
+fn by_configuration(runs: &[MeasuredRun]) -> BTreeMap<(String, String, u32), Vec<MeasuredRun>> {
+    let mut by_config: BTreeMap<(String, String, u32), Vec<MeasuredRun>> = BTreeMap::new();
+    for r in runs {
+        let m = &r.manifest;
+        let key = (m.model.clone(), canonical_gpu(&m.hardware), m.tp);
+        by_config.entry(key).or_default().push(r.clone());
+    }
+    by_config
+}
+
+/// One reference candidate per group of runs, with its facts from the manifest or else the
+/// leaderboard.
+fn candidates_of(groups: &[&Vec<MeasuredRun>], lb: &[LeaderboardConfig]) -> Vec<Candidate> {
+    groups
+        .iter()
+        .map(|g| {
+            let m = &g[0].manifest;
+            Candidate {
+                model: m.model.clone(),
+                hardware: m.hardware.clone(),
+                tp: m.tp,
+                facts: ModelFacts::from_manifest(m)
+                    .or_else(|| ModelFacts::from_leaderboard(lb, &m.model)),
+            }
+        })
+        .collect()
 }
 
 /// The table's name for a GPU (`H100` for `NVIDIA H100 80GB HBM3`), else the name as given.

@@ -99,21 +99,7 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let serving = ServingConfig::from_file(&args.serving)?;
-    let workload = match args.closed_loop_clients {
-        None => Workload::from_request_log(&args.requests)?,
-        Some(clients) => {
-            let log = read_request_log(&args.requests)?;
-            let sessions = SessionModel::from_log(&log)?;
-            let mut rng = Pcg64::seed_from_u64(args.seed);
-            let w = sessions.closed_loop(clients, args.t0, args.duration_s, &mut rng)?;
-            eprintln!(
-                "closed loop: {clients} clients replaying {} sessions of {}",
-                sessions.sessions.len(),
-                args.requests.display()
-            );
-            w
-        }
-    };
+    let workload = workload(&args)?;
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
     let leaderboard = match &args.leaderboard {
         Some(path) => {
@@ -123,25 +109,7 @@ fn main() -> Result<()> {
         }
         None => None,
     };
-    let (model, report) = match &args.model {
-        Some(p) => model_from_file(p, &serving, leaderboard.as_deref(), &topts)?,
-        None => {
-            let runs = args
-                .train
-                .iter()
-                .map(|d| {
-                    load_run(d).with_context(|| format!("loading training run {}", d.display()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            model_for(
-                &serving,
-                &runs,
-                leaderboard.as_deref(),
-                &topts,
-                &LearnOptions::default(),
-            )?
-        }
-    };
+    let (model, report) = model(&args, &serving, leaderboard.as_deref(), &topts)?;
     let expected = report.as_ref().map(|r| {
         eprint!("{}", r.summary());
         let e = TransferErrors::embedded().expected(&r.kind());
@@ -161,9 +129,8 @@ fn main() -> Result<()> {
     if let Some(p) = &args.model_out {
         write_json(p, &model)?;
     }
-    let manifest = args.out.with_extension("manifest.json");
     write_json(
-        &manifest,
+        &args.out.with_extension("manifest.json"),
         &serde_json::json!({
             "output": args.out,
             "configuration": model.configuration,
@@ -188,6 +155,48 @@ fn main() -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// The requests to serve: the log replayed, or its sessions from closed-loop clients.
+fn workload(args: &Args) -> Result<Workload> {
+    let Some(clients) = args.closed_loop_clients else {
+        return Ok(Workload::from_request_log(&args.requests)?);
+    };
+    let log = read_request_log(&args.requests)?;
+    let sessions = SessionModel::from_log(&log)?;
+    let mut rng = Pcg64::seed_from_u64(args.seed);
+    let w = sessions.closed_loop(clients, args.t0, args.duration_s, &mut rng)?;
+    eprintln!(
+        "closed loop: {clients} clients replaying {} sessions of {}",
+        sessions.sessions.len(),
+        args.requests.display()
+    );
+    Ok(w)
+}
+
+/// The model: read (--model) or learned from --train, transferred when the serving
+/// configuration has no training run and a leaderboard is given.
+fn model(
+    args: &Args,
+    serving: &Serving,
+    leaderboard: Option<&[LeaderboardConfig]>,
+    topts: &TransferOptions,
+) -> Result<(LearnedModel, Option<TransferReport>)> {
+    if let Some(p) = &args.model {
+        return model_from_file(p, serving, leaderboard, topts);
+    }
+    let runs = args
+        .train
+        .iter()
+        .map(|d| load_run(d).with_context(|| format!("loading training run {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(model_for(
+        serving,
+        &runs,
+        leaderboard,
+        topts,
+        &LearnOptions::default(),
+    )?)
 }
 
 /// A model read from --model: as is when it is of the serving configuration, else (with a

@@ -1,19 +1,20 @@
 //! `validate`: synthesized against measured power, with baselines, for one target run or
 //! leave-one-run-out over a folder of runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use powersynth::learn::LearnOptions;
 use powersynth::report::write_validation;
-use powersynth::sources::measured::{discover_runs, load_run};
+use powersynth::sources::leaderboard::LeaderboardConfig;
+use powersynth::sources::measured::{discover_runs, load_run, MeasuredRun};
 use powersynth::store::write_json;
 use powersynth::transfer::{TransferErrors, TransferOptions, TRANSFER_ERRORS_SCHEMA};
 use powersynth::validate::{
     leave_one_configuration_out, leave_one_out, time_split, transfer_cases, validate_run,
-    validate_transfer, Draws,
+    validate_transfer, Draws, RunValidation,
 };
 
 /// Validate synthesized power against measured runs (SPEC §8).
@@ -103,7 +104,6 @@ fn main() -> Result<()> {
         seed: args.seed,
         realizations: args.realizations,
     };
-    let load = |d: &PathBuf| load_run(d).with_context(|| format!("loading run {}", d.display()));
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
     let leaderboard = match &args.leaderboard {
         Some(path) => {
@@ -113,56 +113,7 @@ fn main() -> Result<()> {
         }
         None => None,
     };
-    let mut skipped = Vec::new();
-    let results = if let Some(dir) = &args.leave_one_configuration_out {
-        let runs = discover_runs(dir)?
-            .iter()
-            .map(load)
-            .collect::<Result<Vec<_>>>()?;
-        let lb = leaderboard.as_deref().expect("clap requires --leaderboard");
-        let (out, skip) = leave_one_configuration_out(&runs, lb, &topts, &opts, draws, |v| {
-            eprintln!("{}: done", v.run_id);
-        })?;
-        skipped = skip;
-        out
-    } else if let Some(dir) = &args.leave_one_out {
-        let dirs = discover_runs(dir)?;
-        let runs = dirs.iter().map(load).collect::<Result<Vec<_>>>()?;
-        let bar = indicatif::ProgressBar::new(runs.len() as u64).with_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
-                .expect("static template"),
-        );
-        let out = leave_one_out(&runs, &opts, draws, |v| {
-            bar.set_message(v.run_id.clone());
-            bar.inc(1);
-        })?;
-        bar.finish_and_clear();
-        out
-    } else if !args.time_split.is_empty() {
-        args.time_split
-            .iter()
-            .map(|d| Ok(time_split(&load(d)?, args.train_fraction, &opts, draws)?))
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        let Some(target) = &args.target else {
-            bail!("give --target RUN_DIR with --train RUN_DIR..., --leave-one-out DIR or --time-split RUN_DIR...");
-        };
-        if args.train.is_empty() {
-            bail!("--target needs --train RUN_DIR...");
-        }
-        let train = args.train.iter().map(load).collect::<Result<Vec<_>>>()?;
-        match &leaderboard {
-            Some(lb) => vec![validate_transfer(
-                &train,
-                &load(target)?,
-                lb,
-                &topts,
-                &opts,
-                draws,
-            )?],
-            None => vec![validate_run(&train, &load(target)?, &opts, draws)?],
-        }
-    };
+    let (results, skipped) = validations(&args, &opts, draws, &topts, leaderboard.as_deref())?;
     for v in &results {
         if let Some(t) = &v.transfer {
             eprint!("{}: {}", v.run_id, t.summary());
@@ -171,24 +122,97 @@ fn main() -> Result<()> {
     for s in &skipped {
         eprintln!("skipped (no transfer possible): {s}");
     }
-    let cases = transfer_cases(&results);
-    if !cases.is_empty() {
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        let reports: Vec<_> = results.iter().filter_map(|v| v.transfer.as_ref()).collect();
-        write_json(&args.out.join("transfer_reports.json"), &reports)?;
-        write_json(
-            &args.out.join("transfer_errors.json"),
-            &TransferErrors {
-                schema: TRANSFER_ERRORS_SCHEMA.into(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
-                cases,
-            },
-        )?;
-    }
+    write_transfer_outputs(&args.out, &results)?;
     let table = write_validation(&args.out, &results)?;
     print!("{table}");
     print!("{}", powersynth::report::format_cache_hits(&results));
     eprintln!("wrote {}", args.out.join("report.html").display());
+    Ok(())
+}
+
+fn load(d: impl AsRef<Path>) -> Result<MeasuredRun> {
+    let d = d.as_ref();
+    load_run(d).with_context(|| format!("loading run {}", d.display()))
+}
+
+fn runs_bar(n: usize) -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(n as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
+            .expect("static template"),
+    )
+}
+
+/// The validations the flags ask for, and the runs leave-one-configuration-out skipped.
+fn validations(
+    args: &Args,
+    opts: &LearnOptions,
+    draws: Draws,
+    topts: &TransferOptions,
+    leaderboard: Option<&[LeaderboardConfig]>,
+) -> Result<(Vec<RunValidation>, Vec<String>)> {
+    let tick = |bar: &indicatif::ProgressBar, v: &RunValidation| {
+        bar.set_message(v.run_id.clone());
+        bar.inc(1);
+    };
+    if let Some(dir) = &args.leave_one_configuration_out {
+        let runs = discover_runs(dir)?
+            .iter()
+            .map(load)
+            .collect::<Result<Vec<_>>>()?;
+        let lb = leaderboard.expect("clap requires --leaderboard");
+        let bar = runs_bar(runs.len());
+        let out = leave_one_configuration_out(&runs, lb, topts, opts, draws, |v| tick(&bar, v))?;
+        bar.finish_and_clear();
+        return Ok(out);
+    }
+    if let Some(dir) = &args.leave_one_out {
+        let runs = discover_runs(dir)?
+            .iter()
+            .map(load)
+            .collect::<Result<Vec<_>>>()?;
+        let bar = runs_bar(runs.len());
+        let out = leave_one_out(&runs, opts, draws, |v| tick(&bar, v))?;
+        bar.finish_and_clear();
+        return Ok((out, vec![]));
+    }
+    if !args.time_split.is_empty() {
+        let out = args
+            .time_split
+            .iter()
+            .map(|d| Ok(time_split(&load(d)?, args.train_fraction, opts, draws)?))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok((out, vec![]));
+    }
+    let Some(target) = &args.target else {
+        bail!("give --target RUN_DIR with --train RUN_DIR..., --leave-one-out DIR, --leave-one-configuration-out DIR or --time-split RUN_DIR...");
+    };
+    if args.train.is_empty() {
+        bail!("--target needs --train RUN_DIR...");
+    }
+    let train = args.train.iter().map(load).collect::<Result<Vec<_>>>()?;
+    let v = match leaderboard {
+        Some(lb) => validate_transfer(&train, &load(target)?, lb, topts, opts, draws)?,
+        None => validate_run(&train, &load(target)?, opts, draws)?,
+    };
+    Ok((vec![v], vec![]))
+}
+
+/// `transfer_reports.json` and `transfer_errors.json` where a run was transferred.
+fn write_transfer_outputs(out: &Path, results: &[RunValidation]) -> Result<()> {
+    let cases = transfer_cases(results);
+    if cases.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let reports: Vec<_> = results.iter().filter_map(|v| v.transfer.as_ref()).collect();
+    write_json(&out.join("transfer_reports.json"), &reports)?;
+    write_json(
+        &out.join("transfer_errors.json"),
+        &TransferErrors {
+            schema: TRANSFER_ERRORS_SCHEMA.into(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            cases,
+        },
+    )?;
     Ok(())
 }
