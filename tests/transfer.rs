@@ -350,3 +350,77 @@ fn compact_fits_stand_in_for_the_leaderboard() {
         .iter()
         .any(|a| a.contains("active parameters unknown")));
 }
+
+#[test]
+fn synthesize_transfers_with_a_leaderboard_and_says_so() {
+    let (Some(root), Some(lb_dir)) = (
+        common::shared("measured"),
+        common::shared("mlenergy-leaderboard"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let serving = tmp.path().join("serving.json");
+    std::fs::write(
+        &serving,
+        r#"{"model": "Qwen/Qwen3-8B", "hardware": "H100", "tp": 1, "max_num_seqs": 256,
+            "max_num_batched_tokens": 8192, "enable_chunked_prefill": true,
+            "enable_prefix_caching": false}"#,
+    )
+    .unwrap();
+    let train = runs_under(&root, "arrival_rate_qwen3-8b_a100_r2p5")[0]
+        .dir
+        .clone();
+    let requests = runs_under(&root, "validate_qwen3-8b")[0]
+        .dir
+        .join("requests_summary.json");
+    let run = |extra: &[&std::ffi::OsStr], out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_synthesize"))
+            .arg("--train")
+            .arg(&train)
+            .arg("--serving")
+            .arg(&serving)
+            .arg("--requests")
+            .arg(&requests)
+            .args(["--t0", "1784422669", "--duration-s", "30", "--out"])
+            .arg(tmp.path().join(out))
+            .args(extra)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    // No H100 run and no leaderboard: refused, saying what would make it work.
+    let o = run(&[], "a.parquet");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--leaderboard"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("a.parquet").exists());
+    // A malformed stand-in: refused before anything is read.
+    let o = run(&["--stand-in".as_ref(), "nonsense".as_ref()], "b.parquet");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("TARGET_MODEL=LEADERBOARD_MODEL"),
+        "{err}"
+    );
+    // With the leaderboard: transferred, the reference on stderr, the expected error on
+    // stdout and in the manifest beside the output.
+    let o = run(&["--leaderboard".as_ref(), lb_dir.as_os_str()], "c.parquet");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("from Qwen/Qwen3-8B × A100 × TP1"), "{err}");
+    assert!(out.contains("expected error of this transfer"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("c.manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["transfer"]["reference"]["configuration"],
+        "Qwen/Qwen3-8B × A100 × TP1"
+    );
+    assert_eq!(manifest["configuration"], "Qwen/Qwen3-8B × H100 × TP1");
+    assert!(manifest["expected_error"].as_str().unwrap().contains("ΔE"));
+}

@@ -99,8 +99,8 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let serving = ServingConfig::from_file(&args.serving)?;
-    let workload = workload(&args)?;
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
+    let workload = workload(&args)?;
     let leaderboard = match &args.leaderboard {
         Some(path) => {
             let (what, configs) = powersynth::pipeline::leaderboard_configs(path)?;
