@@ -30,6 +30,7 @@ pub mod learn;
 pub mod level_map;
 pub mod metrics;
 pub mod pipeline;
+pub mod plot;
 pub mod prefix_cache;
 pub mod progress;
 pub mod report;

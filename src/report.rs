@@ -1,7 +1,7 @@
 //! Validation outputs: the metrics table (parquet), the power series, and a self-contained
-//! HTML report with inline SVG line charts (measured vs synthesized power over time, CDFs,
-//! ACFs). The charts are plain polylines; a plotting crate would add build time for three
-//! line charts.
+//! HTML report: the metrics as an HTML table, and per run inline SVG charts ([`crate::plot`]:
+//! measured vs synthesized power over time with the TDP, mean and two-level baselines, CDFs,
+//! ACFs, running requests).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::metrics::{acf, median_of, Metrics, ACF_MAX_LAG};
+use crate::plot::{line_chart_svg, LineChart, Series};
 use crate::store::write_atomic;
 use crate::table::{write_parquet, Column, Table};
 use crate::validate::{RunValidation, METHODS};
@@ -223,58 +224,6 @@ pub fn format_table(t: &Table) -> String {
     out
 }
 
-const COLOURS: [&str; 5] = ["#222222", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
-
-/// A line chart of several series over a shared x, as an inline SVG element.
-fn svg_lines(title: &str, x_label: &str, x: &[f64], series: &[(&str, &[f64])]) -> String {
-    let (w, h, pad) = (900.0, 260.0, 45.0);
-    let (x0, x1) = (
-        x.first().copied().unwrap_or(0.0),
-        x.last().copied().unwrap_or(1.0),
-    );
-    let all = series.iter().flat_map(|(_, s)| s.iter().copied());
-    let (mut y0, mut y1) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    if !(y1 > y0) {
-        y0 -= 1.0;
-        y1 += 1.0;
-    }
-    let sx = |v: f64| pad + (v - x0) / (x1 - x0).max(1e-12) * (w - 2.0 * pad);
-    let sy = |v: f64| h - pad - (v - y0) / (y1 - y0) * (h - 2.0 * pad);
-    let mut s = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-size='11'>\
-         <text x='{pad}' y='16' font-weight='bold'>{title}</text>\
-         <rect x='{pad}' y='{pad}' width='{}' height='{}' fill='none' stroke='#999'/>\
-         <text x='{}' y='{}'>{x_label}</text>\
-         <text x='2' y='{}'>{y1:.3}</text><text x='2' y='{}'>{y0:.3}</text>",
-        w - 2.0 * pad,
-        h - 2.0 * pad,
-        w / 2.0,
-        h - 8.0,
-        pad + 4.0,
-        h - pad
-    );
-    for (k, (name, ys)) in series.iter().enumerate() {
-        let c = COLOURS[k % COLOURS.len()];
-        let pts: Vec<String> = x
-            .iter()
-            .zip(ys.iter())
-            .map(|(a, b)| format!("{:.1},{:.1}", sx(*a), sy(*b)))
-            .collect();
-        let _ = write!(
-            s,
-            "<polyline fill='none' stroke='{c}' stroke-width='1' points='{}'/>\
-             <text x='{}' y='{}' fill='{c}'>{name}</text>",
-            pts.join(" "),
-            w - pad - 150.0,
-            pad + 14.0 * (k as f64 + 1.0)
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
 fn ecdf(v: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -283,21 +232,119 @@ fn ecdf(v: &[f64]) -> (Vec<f64>, Vec<f64>) {
     (s, p)
 }
 
+/// The metrics table as an HTML `<table>` (numbers to 3 decimals, NaN as an empty cell).
+fn html_table(t: &Table) -> String {
+    let mut h = String::from("<table><thead><tr>");
+    for (name, _) in &t.columns {
+        let _ = write!(h, "<th>{}</th>", html_escape(name));
+    }
+    h.push_str("</tr></thead><tbody>");
+    for i in 0..t.num_rows() {
+        h.push_str("<tr>");
+        for (_, c) in &t.columns {
+            match c {
+                Column::Str(v) => {
+                    let _ = write!(h, "<td>{}</td>", html_escape(&v[i]));
+                }
+                Column::F64(v) if v[i].is_finite() => {
+                    let _ = write!(h, "<td class='n'>{:.3}</td>", v[i]);
+                }
+                _ => h.push_str("<td></td>"),
+            }
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</tbody></table>");
+    h
+}
+
+/// One chart, or the reason it could not be drawn (the report still appears).
+fn chart(c: LineChart) -> String {
+    line_chart_svg(&c).unwrap_or_else(|e| format!("<p>{}</p>", html_escape(&e.to_string())))
+}
+
+/// The four charts of one run.
+fn run_charts(v: &RunValidation) -> String {
+    let t: Vec<f64> = (0..v.measured_w.len()).map(|i| i as f64 * v.dt_s).collect();
+    fn s<'a>(name: &'a str, x: &'a [f64], y: &'a [f64]) -> Series<'a> {
+        Series { name, x, y }
+    }
+    let mut h = chart(LineChart {
+        title: "Power: measured, synthesized and baselines",
+        x_label: "time since start (s)",
+        y_label: "power (W)",
+        series: vec![
+            s("measured", &t, &v.measured_w),
+            s("powersynth", &t, &v.series_w[0]),
+            s("TDP", &t, &v.series_w[1]),
+            s("mean", &t, &v.series_w[2]),
+            s("two-level", &t, &v.series_w[3]),
+        ],
+    });
+    let (gx, gp) = ecdf(&v.measured_w);
+    let (sx, sp) = ecdf(&v.series_w[0]);
+    h += &chart(LineChart {
+        title: "CDF of power",
+        x_label: "power (W)",
+        y_label: "share of bins ≤ power",
+        series: vec![
+            Series {
+                name: "measured",
+                x: &gx,
+                y: &gp,
+            },
+            Series {
+                name: "powersynth",
+                x: &sx,
+                y: &sp,
+            },
+        ],
+    });
+    let lags = ACF_MAX_LAG.min(v.measured_w.len().saturating_sub(1));
+    let lx: Vec<f64> = (1..=lags).map(|k| k as f64 * v.dt_s).collect();
+    let (ag, ay) = (acf(&v.measured_w, lags), acf(&v.series_w[0], lags));
+    h += &chart(LineChart {
+        title: "Autocorrelation of power",
+        x_label: "lag (s)",
+        y_label: "autocorrelation",
+        series: vec![
+            Series {
+                name: "measured",
+                x: &lx,
+                y: &ag,
+            },
+            Series {
+                name: "powersynth",
+                x: &lx,
+                y: &ay,
+            },
+        ],
+    });
+    h += &chart(LineChart {
+        title: "Running requests: measured counters vs engine simulation",
+        x_label: "time since start (s)",
+        y_label: "requests",
+        series: vec![
+            s("measured", &t, &v.measured_engine.running),
+            s("simulated", &t, &v.simulated_running),
+        ],
+    });
+    h
+}
+
 /// The HTML report of a validation (one or more target runs).
 pub fn html_report(results: &[RunValidation], table: &Table) -> String {
     let mut h = String::from(
         "<!doctype html><html><head><meta charset='utf-8'><title>powersynth validation</title>\
-         <style>body{font-family:sans-serif;margin:2em} pre{font-size:12px}</style></head><body>\
+         <style>body{font-family:sans-serif;margin:2em} pre{font-size:12px} \
+         table{border-collapse:collapse;font-size:12px} td,th{border:1px solid #ccc;\
+         padding:2px 6px} td.n{text-align:right}</style></head><body>\
          <h1>powersynth validation</h1><p>Measured power against power synthesized from the \
          target's request log and serving settings only, with the TDP, mean and two-level \
          baselines (SPEC §8).</p>",
     );
-    let _ = write!(
-        h,
-        "<pre>{}{}</pre>",
-        html_escape(&format_table(table)),
-        html_escape(&format_cache_hits(results))
-    );
+    h += &html_table(table);
+    let _ = write!(h, "<pre>{}</pre>", html_escape(&format_cache_hits(results)));
     for v in results {
         let _ = write!(
             h,
@@ -312,52 +359,7 @@ pub fn html_report(results: &[RunValidation], table: &Table) -> String {
             v.running_corr,
             v.running_mae
         );
-        let t: Vec<f64> = (0..v.measured_w.len()).map(|i| i as f64 * v.dt_s).collect();
-        h.push_str(&svg_lines(
-            "Power (W)",
-            "time since start (s)",
-            &t,
-            &[
-                ("measured", &v.measured_w),
-                ("powersynth", &v.series_w[0]),
-                ("two-level", &v.series_w[3]),
-            ],
-        ));
-        h.push_str("<br>");
-        let (gx, gp) = ecdf(&v.measured_w);
-        let mut ys = v.series_w[0].clone();
-        ys.sort_by(f64::total_cmp);
-        // CDFs on the measured values' axis: the synthesized CDF evaluated there.
-        let y_at: Vec<f64> = gx
-            .iter()
-            .map(|x| ys.partition_point(|v| v <= x) as f64 / ys.len() as f64)
-            .collect();
-        h.push_str(&svg_lines(
-            "CDF of power",
-            "power (W)",
-            &gx,
-            &[("measured", &gp), ("powersynth", &y_at)],
-        ));
-        h.push_str("<br>");
-        let lags = ACF_MAX_LAG.min(v.measured_w.len().saturating_sub(1));
-        let lx: Vec<f64> = (1..=lags).map(|k| k as f64 * v.dt_s).collect();
-        let (ag, ay) = (acf(&v.measured_w, lags), acf(&v.series_w[0], lags));
-        h.push_str(&svg_lines(
-            "Autocorrelation",
-            "lag (s)",
-            &lx,
-            &[("measured", &ag), ("powersynth", &ay)],
-        ));
-        h.push_str("<br>");
-        h.push_str(&svg_lines(
-            "Running requests: measured counters vs engine simulation",
-            "time since start (s)",
-            &t,
-            &[
-                ("measured", &v.measured_engine.running),
-                ("simulated", &v.simulated_running),
-            ],
-        ));
+        h += &run_charts(v);
     }
     h.push_str("</body></html>\n");
     h
