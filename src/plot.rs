@@ -12,6 +12,19 @@ pub struct Series<'a> {
     pub name: &'a str,
     pub x: &'a [f64],
     pub y: &'a [f64],
+    /// Drawn faint (a fine-grained series under coarser means).
+    pub light: bool,
+}
+
+impl<'a> Series<'a> {
+    pub fn new(name: &'a str, x: &'a [f64], y: &'a [f64]) -> Self {
+        Self {
+            name,
+            x,
+            y,
+            light: false,
+        }
+    }
 }
 
 /// A chart: title, axis labels with units, its lines.
@@ -81,12 +94,17 @@ pub fn line_chart_svg(chart: &LineChart) -> Result<String> {
             .map_err(|e| err(&e))?;
         for (k, s) in chart.series.iter().enumerate() {
             let colour = COLOURS[k % COLOURS.len()];
+            let style = if s.light {
+                colour.mix(0.3).stroke_width(1)
+            } else {
+                colour.stroke_width(1)
+            };
             let points =
                 s.x.iter()
                     .zip(s.y)
                     .filter(|(x, y)| x.is_finite() && y.is_finite())
                     .map(|(&x, &y)| (x, y));
-            c.draw_series(LineSeries::new(points, colour.stroke_width(1)))
+            c.draw_series(LineSeries::new(points, style))
                 .map_err(|e| err(&e))?;
         }
         for (k, s) in chart.series.iter().enumerate() {
@@ -124,16 +142,8 @@ mod tests {
             x_label: "time since start (s)",
             y_label: "power (W)",
             series: vec![
-                Series {
-                    name: "measured",
-                    x: &x,
-                    y: &a,
-                },
-                Series {
-                    name: "powersynth",
-                    x: &x,
-                    y: &b,
-                },
+                Series::new("measured", &x, &a),
+                Series::new("powersynth", &x, &b),
             ],
         })
         .unwrap();

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{acf, median_of, Metrics, ACF_MAX_LAG};
 use crate::plot::{line_chart_svg, LineChart, Series};
 use crate::store::write_atomic;
+use crate::synth::downsample_mean;
 use crate::table::{write_parquet, Column, Table};
 use crate::validate::{RunValidation, METHODS};
 
@@ -266,9 +267,7 @@ fn chart(c: LineChart) -> String {
 /// The four charts of one run.
 fn run_charts(v: &RunValidation) -> String {
     let t: Vec<f64> = (0..v.measured_w.len()).map(|i| i as f64 * v.dt_s).collect();
-    fn s<'a>(name: &'a str, x: &'a [f64], y: &'a [f64]) -> Series<'a> {
-        Series { name, x, y }
-    }
+    let s = Series::new;
     let mut h = chart(LineChart {
         title: "Power: measured, synthesized and baselines",
         x_label: "time since start (s)",
@@ -288,16 +287,8 @@ fn run_charts(v: &RunValidation) -> String {
         x_label: "power (W)",
         y_label: "share of bins ≤ power",
         series: vec![
-            Series {
-                name: "measured",
-                x: &gx,
-                y: &gp,
-            },
-            Series {
-                name: "powersynth",
-                x: &sx,
-                y: &sp,
-            },
+            Series::new("measured", &gx, &gp),
+            Series::new("powersynth", &sx, &sp),
         ],
     });
     let lags = ACF_MAX_LAG.min(v.measured_w.len().saturating_sub(1));
@@ -308,16 +299,8 @@ fn run_charts(v: &RunValidation) -> String {
         x_label: "lag (s)",
         y_label: "autocorrelation",
         series: vec![
-            Series {
-                name: "measured",
-                x: &lx,
-                y: &ag,
-            },
-            Series {
-                name: "powersynth",
-                x: &lx,
-                y: &ay,
-            },
+            Series::new("measured", &lx, &ag),
+            Series::new("powersynth", &lx, &ay),
         ],
     });
     h += &chart(LineChart {
@@ -365,10 +348,89 @@ pub fn html_report(results: &[RunValidation], table: &Table) -> String {
     h
 }
 
+/// Points beyond which a per-second series is not drawn (the SVG would pass ~1 MB).
+pub const MAX_CHART_POINTS: usize = 20_000;
+
+/// Means over consecutive blocks of `k` seconds, with each block's start time.
+fn blocks(v: &[f64], k: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = downsample_mean(v, k);
+    let t = (0..m.len()).map(|i| (i * k) as f64).collect();
+    (t, m)
+}
+
+/// The HTML report of a datacenter simulation: facility power at 1 s, 1 min and 15 min means,
+/// per-phase power, from per-second series (W, second i = [i, i + 1) s of simulated time).
+pub fn simulation_report(title: &str, facility_w: &[f64], phase_w: [&[f64]; 3]) -> String {
+    let mut h = format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>{t}</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}</style></head><body><h1>{t}</h1>",
+        t = html_escape(title)
+    );
+    let kw = |v: &[f64]| v.iter().map(|w| w / 1000.0).collect::<Vec<f64>>();
+    let (t1, f1) = (
+        (0..facility_w.len())
+            .map(|i| i as f64)
+            .collect::<Vec<f64>>(),
+        kw(facility_w),
+    );
+    let (tm, fm) = blocks(&f1, 60);
+    let (tq, fq) = blocks(&f1, 900);
+    let mut series = Vec::new();
+    if f1.len() <= MAX_CHART_POINTS {
+        series.push(Series {
+            light: true,
+            ..Series::new("1 s mean", &t1, &f1)
+        });
+    } else {
+        let _ = write!(
+            h,
+            "<p>{} s simulated: the 1 s series is not drawn (over {MAX_CHART_POINTS} points); it is in the parquet output.</p>",
+            f1.len()
+        );
+    }
+    series.push(Series::new("1 min mean", &tm, &fm));
+    series.push(Series::new("15 min mean", &tq, &fq));
+    h += &chart(LineChart {
+        title: "Facility power",
+        x_label: "time since start (s)",
+        y_label: "power (kW)",
+        series,
+    });
+    let every = if facility_w.len() <= MAX_CHART_POINTS {
+        1
+    } else {
+        60
+    };
+    let phases: Vec<(Vec<f64>, Vec<f64>)> = phase_w.iter().map(|p| blocks(&kw(p), every)).collect();
+    h += &chart(LineChart {
+        title: if every == 1 {
+            "Power per phase (1 s means)"
+        } else {
+            "Power per phase (1 min means)"
+        },
+        x_label: "time since start (s)",
+        y_label: "power (kW)",
+        series: ["phase A", "phase B", "phase C"]
+            .iter()
+            .zip(&phases)
+            .map(|(name, (x, y))| Series::new(name, x, y))
+            .collect(),
+    });
+    h.push_str("</body></html>\n");
+    h
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Writes an HTML page atomically (temporary file, then rename).
+pub fn write_html(path: &Path, html: &str) -> Result<()> {
+    write_atomic(path, |f| {
+        f.write_all(html.as_bytes()).map_err(|e| Error::io(path, e))
+    })
 }
 
 /// Writes `metrics.parquet`, `report.html` and one `power_<run>.parquet` per run into `dir`;
@@ -399,11 +461,45 @@ pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String>
         let name = format!("power_{}.parquet", crate::store::sanitize(&v.run_id));
         write_parquet(&dir.join(name), &tab)?;
     }
-    let html = html_report(results, &table);
-    let path = dir.join("report.html");
-    write_atomic(&path, |f| {
-        f.write_all(html.as_bytes())
-            .map_err(|e| Error::io(&path, e))
-    })?;
+    write_html(&dir.join("report.html"), &html_report(results, &table))?;
     Ok(format_table(&table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths of series (axis lines and ticks are black).
+    fn series_paths(svg: &str) -> usize {
+        svg.split("<polyline")
+            .skip(1)
+            .filter(|p| !p.contains("stroke=\"#000000\""))
+            .count()
+    }
+
+    #[test]
+    fn simulation_report_draws_facility_means_and_phases() {
+        let f: Vec<f64> = (0..3600)
+            .map(|i| 1e6 + 1e3 * (i as f64 / 60.0).sin())
+            .collect();
+        let p: Vec<f64> = f.iter().map(|w| w / 3.0).collect();
+        let h = simulation_report("run", &f, [&p, &p, &p]);
+        let svgs: Vec<&str> = h.split("<svg").skip(1).collect();
+        assert_eq!(svgs.len(), 2);
+        assert_eq!(series_paths(svgs[0]), 3, "1 s, 1 min and 15 min means");
+        assert_eq!(series_paths(svgs[1]), 3, "three phases");
+        for s in [
+            "power (kW)",
+            "time since start (s)",
+            "15 min mean",
+            "phase C",
+        ] {
+            assert!(h.contains(s), "{s}");
+        }
+        // A day: the 1 s series is left to the parquet output, phases at 1 min.
+        let day = vec![1e6; 86_400];
+        let h = simulation_report("day", &day, [&day, &day, &day]);
+        assert!(h.contains("1 s series is not drawn"));
+        assert!(h.contains("1 min means"));
+    }
 }

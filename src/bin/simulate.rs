@@ -88,7 +88,20 @@ fn main() -> Result<()> {
     bar.finish_and_clear();
     let mean_kw = stats.mean_facility_power_w() / 1000.0;
     let (min_kw, max_kw) = (stats.facility_min_w / 1000.0, stats.facility_max_w / 1000.0);
+    let per_second = std::mem::take(&mut stats.per_second);
     drop(stats);
+    if let Some(dir) = &out_dir {
+        let html = powersynth::report::simulation_report(
+            &format!("powersynth simulation: {}", args.scenario.display()),
+            &per_second.facility_w,
+            [
+                &per_second.phase_w[0],
+                &per_second.phase_w[1],
+                &per_second.phase_w[2],
+            ],
+        );
+        powersynth::report::write_html(&dir.join("report.html"), &html)?;
+    }
     let line = serde_json::json!({
         "dc_steps": counts.dc_steps,
         "ticks": counts.ticks,

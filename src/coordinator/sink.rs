@@ -439,6 +439,57 @@ pub struct StatsSink<'a> {
     pub facility_sum_w: f64,
     pub facility_min_w: f64,
     pub facility_max_w: f64,
+    /// Facility and per-phase power per second of simulated time, over all datacenters.
+    pub per_second: PerSecond,
+}
+
+/// Power per second of simulated time (mean of the datacenter steps in each second; a second
+/// without a step repeats the one before). 32 bytes per simulated second.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PerSecond {
+    pub facility_w: Vec<f64>,
+    /// Phases A, B, C.
+    pub phase_w: [Vec<f64>; 3],
+    counts: Vec<u32>,
+}
+
+impl PerSecond {
+    fn add(&mut self, s: &DcState) {
+        let k = s.time_s.max(0.0).floor() as usize;
+        if k >= self.counts.len() {
+            self.counts.resize(k + 1, 0);
+            self.facility_w.resize(k + 1, 0.0);
+            for p in &mut self.phase_w {
+                p.resize(k + 1, 0.0);
+            }
+        }
+        self.counts[k] += 1;
+        self.facility_w[k] += s.facility_power_w;
+        for (p, v) in self
+            .phase_w
+            .iter_mut()
+            .zip([s.power_w.a, s.power_w.b, s.power_w.c])
+        {
+            p[k] += v;
+        }
+    }
+
+    /// The means (sums ÷ steps), gaps filled with the second before. Once: the step counts
+    /// are spent.
+    pub fn finish(&mut self) {
+        let counts = std::mem::take(&mut self.counts);
+        for v in std::iter::once(&mut self.facility_w).chain(self.phase_w.iter_mut()) {
+            let mut last = 0.0;
+            for (x, &n) in v.iter_mut().zip(&counts) {
+                if n > 0 {
+                    *x /= n as f64;
+                    last = *x;
+                } else {
+                    *x = last;
+                }
+            }
+        }
+    }
 }
 
 impl<'a> StatsSink<'a> {
@@ -455,6 +506,7 @@ impl<'a> StatsSink<'a> {
             facility_sum_w: 0.0,
             facility_min_w: f64::INFINITY,
             facility_max_w: f64::NEG_INFINITY,
+            per_second: PerSecond::default(),
         }
     }
     /// Mean facility power over all datacenter steps (W).
@@ -469,6 +521,7 @@ impl RunSink for StatsSink<'_> {
         self.facility_sum_w = 0.0;
         self.facility_min_w = f64::INFINITY;
         self.facility_max_w = f64::NEG_INFINITY;
+        self.per_second = PerSecond::default();
         match &mut self.inner {
             Some(s) => s.begin(datacenters),
             None => Ok(()),
@@ -482,6 +535,7 @@ impl RunSink for StatsSink<'_> {
                     self.facility_sum_w += s.facility_power_w;
                     self.facility_min_w = self.facility_min_w.min(s.facility_power_w);
                     self.facility_max_w = self.facility_max_w.max(s.facility_power_w);
+                    self.per_second.add(s);
                 }
             }
         }
@@ -494,9 +548,37 @@ impl RunSink for StatsSink<'_> {
         }
     }
     fn finish(&mut self) -> Result<()> {
+        self.per_second.finish();
         match &mut self.inner {
             Some(s) => s.finish(),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod per_second_tests {
+    use super::*;
+
+    #[test]
+    fn per_second_means_fill_gaps_with_the_second_before() {
+        use super::super::ThreePhase;
+        let st = |t: f64, w: f64| DcState {
+            time_s: t,
+            power_w: ThreePhase {
+                a: w,
+                b: 2.0 * w,
+                c: 3.0 * w,
+            },
+            facility_power_w: w,
+            ..Default::default()
+        };
+        let mut p = PerSecond::default();
+        for (t, w) in [(0.0, 10.0), (0.5, 20.0), (2.25, 40.0)] {
+            p.add(&st(t, w));
+        }
+        p.finish();
+        assert_eq!(p.facility_w, vec![15.0, 15.0, 40.0]);
+        assert_eq!(p.phase_w[2], vec![45.0, 45.0, 120.0]);
     }
 }
