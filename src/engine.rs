@@ -61,13 +61,21 @@ impl ServingConfig {
         }
     }
 
-    /// Reads and checks a `SERVING.json`.
+    /// Reads and checks a `SERVING.json` (docs/serving.md), or a measured run's
+    /// `manifest.json` (its model, hardware, tp and `server` settings).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let json = |source| Error::Json {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
+        let cfg: Self = if value.get("server").is_some() && value.get("clock").is_some() {
+            let m: RunManifest = serde_json::from_value(value).map_err(json)?;
+            Self::from_manifest(&m)
+        } else {
+            serde_json::from_value(value).map_err(json)?
+        };
         cfg.validate()
             .map_err(|e| Error::content(path, e.to_string()))?;
         Ok(cfg)
@@ -627,6 +635,33 @@ pub fn running_gauge_at(outcomes: &[RequestOutcome], times_s: &[f64]) -> Vec<f64
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serving_settings_from_a_serving_json_or_a_run_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let serving = dir.path().join("serving.json");
+        std::fs::write(
+            &serving,
+            r#"{"model": "m", "hardware": "H100", "tp": 2, "max_num_seqs": 64,
+                "max_num_batched_tokens": 4096, "enable_chunked_prefill": true,
+                "enable_prefix_caching": true}"#,
+        )
+        .unwrap();
+        let a = ServingConfig::from_file(&serving).unwrap();
+        let manifest = dir.path().join("manifest.json");
+        std::fs::write(
+            &manifest,
+            r#"{"model": "m", "hardware": "H100", "tp": 2,
+                "server": {"max_num_seqs": 64, "max_num_batched_tokens": 4096,
+                           "enable_chunked_prefill": true, "enable_prefix_caching": true},
+                "clock": {"local_utc_offset_s": 0.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(ServingConfig::from_file(&manifest).unwrap(), a);
+        std::fs::write(&serving, r#"{"model": "m"}"#).unwrap();
+        let e = ServingConfig::from_file(&serving).unwrap_err().to_string();
+        assert!(e.contains("serving.json") && e.contains("hardware"), "{e}");
+    }
+
     use super::*;
     use crate::workload::Request;
 

@@ -566,6 +566,9 @@ pub struct LearnedModel {
     /// nobody measured ([`crate::transfer`]): how the reference's readings map to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<crate::level_map::LevelMap>,
+    /// The traffic of the training runs (absent in older models): synthesis warns beyond it.
+    #[serde(default)]
+    pub training_traffic: Option<crate::workload::TrafficEnvelope>,
 }
 
 impl LearnedModel {
@@ -1375,6 +1378,9 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         training_runs: aligned.iter().map(|a| a.run_id.clone()).collect(),
         engine_checks,
         transfer: None,
+        training_traffic: crate::workload::TrafficEnvelope::of(
+            &aligned.iter().map(|a| &a.workload).collect::<Vec<_>>(),
+        ),
     })
 }
 

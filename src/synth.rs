@@ -309,6 +309,7 @@ mod tests {
             training_runs: vec![],
             engine_checks: vec![],
             transfer: None,
+            training_traffic: None,
         }
     }
 

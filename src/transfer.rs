@@ -1282,6 +1282,7 @@ mod tests {
             training_runs: vec![],
             engine_checks: vec![],
             transfer: None,
+            training_traffic: None,
         }
     }
 

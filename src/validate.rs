@@ -76,7 +76,7 @@ pub struct RunValidation {
 }
 
 /// Simulated prefix-cache hits against the measured counters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CacheHits {
     pub simulated_tokens: f64,
     pub measured_tokens: Option<f64>,
@@ -301,4 +301,33 @@ pub fn transfer_cases(results: &[RunValidation]) -> Vec<TransferCase> {
             })
         })
         .collect()
+}
+
+/// The validations as one JSON document (`validate --json`): per run its configuration, the
+/// metrics of every method, the measured noise, the engine check, cache hits and any transfer
+/// report; NaN as null.
+pub fn results_json(results: &[RunValidation]) -> serde_json::Value {
+    let runs: Vec<serde_json::Value> = results
+        .iter()
+        .map(|v| {
+            let methods: serde_json::Map<String, serde_json::Value> = METHODS
+                .iter()
+                .zip(&v.metrics)
+                .map(|(m, x)| (m.to_string(), serde_json::json!(x)))
+                .collect();
+            serde_json::json!({
+                "run_id": v.run_id,
+                "configuration": v.configuration,
+                "realizations": v.realizations,
+                "metrics": methods,
+                "powersynth_sd": v.powersynth_sd,
+                "measured_noise": v.measured_noise,
+                "running_corr": v.running_corr,
+                "running_mae": v.running_mae,
+                "cache_hits": v.cache_hits,
+                "transfer": v.transfer,
+            })
+        })
+        .collect();
+    serde_json::json!({ "runs": runs })
 }

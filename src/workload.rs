@@ -400,6 +400,47 @@ impl EmpiricalTokens {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn envelope_warns_beyond_training_and_window_warnings_say_why() {
+        let w = |reqs: Vec<(f64, u32, u32)>| Workload {
+            requests: reqs
+                .into_iter()
+                .map(|(t, i, o)| Request::new(t, i, o))
+                .collect(),
+            ..Workload::default()
+        };
+        // Training: 11 requests over 10 s (1/s), prompts ≤ 500, outputs ≤ 200.
+        let train = w((0..11).map(|k| (k as f64, 100 + 40 * k, 200)).collect());
+        let env = TrafficEnvelope::of(&[&train]).unwrap();
+        assert_eq!(
+            (
+                env.max_prompt_tokens,
+                env.max_output_tokens,
+                env.max_arrivals_per_s
+            ),
+            (500, 200, 1)
+        );
+        assert!((env.max_rate_per_s - 1.0).abs() < 1e-12);
+        assert!(env.warnings(&train).is_empty());
+        // A burst of 5 in 0.4 s with a 12k-token prompt: three warnings with the numbers.
+        let burst = w((0..5)
+            .map(|k| (k as f64 * 0.1, if k == 0 { 12_000 } else { 50 }, 10))
+            .collect());
+        let ws = env.warnings(&burst).join(" | ");
+        assert!(
+            ws.contains("1 request(s) have prompts longer") && ws.contains("12000"),
+            "{ws}"
+        );
+        assert!(
+            ws.contains("requests/s") && ws.contains("bursts of 5"),
+            "{ws}"
+        );
+        // Windows.
+        assert!(window_warnings(&train, 0.0, 20.0).is_empty());
+        assert!(window_warnings(&train, 5.0, 100.0)[0].starts_with("5 of 11 requests"));
+        assert!(window_warnings(&train, 1e9, 10.0)[0].contains("the trace is idle"));
+    }
+
     use super::*;
     use rand::SeedableRng;
 
@@ -442,5 +483,148 @@ mod tests {
             .to_string()
             .contains("input_lens = 0"));
         assert!(Workload::from_columns(p, &[1.0], &[1, 2], &[1]).is_err());
+    }
+}
+
+/// The traffic a model was learned on, to say when synthesis goes beyond it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrafficEnvelope {
+    pub max_prompt_tokens: u32,
+    pub max_output_tokens: u32,
+    /// Requests per second over a run's span (first to last arrival), the highest run's.
+    pub max_rate_per_s: f64,
+    /// Most arrivals within any one second.
+    pub max_arrivals_per_s: u32,
+}
+
+impl TrafficEnvelope {
+    /// The envelope of several workloads (None without requests).
+    pub fn of(workloads: &[&Workload]) -> Option<Self> {
+        let reqs = workloads.iter().flat_map(|w| &w.requests);
+        let max_prompt_tokens = reqs.clone().map(|r| r.input_tokens).max()?;
+        Some(Self {
+            max_prompt_tokens,
+            max_output_tokens: reqs.map(|r| r.output_tokens).max().unwrap_or(0),
+            max_rate_per_s: workloads.iter().map(|w| rate_per_s(w)).fold(0.0, f64::max),
+            max_arrivals_per_s: workloads
+                .iter()
+                .map(|w| peak_arrivals_per_s(w))
+                .max()
+                .unwrap_or(0),
+        })
+    }
+
+    /// What of `w` lies outside the envelope, one sentence each, with the numbers.
+    pub fn warnings(&self, w: &Workload) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(target) = Self::of(&[w]) else {
+            return out;
+        };
+        if target.max_prompt_tokens > self.max_prompt_tokens {
+            let n = w
+                .requests
+                .iter()
+                .filter(|r| r.input_tokens > self.max_prompt_tokens)
+                .count();
+            out.push(format!(
+                "{n} request(s) have prompts longer than any in training (up to {} tokens vs {}): \
+                 their prefill time and power are extrapolated",
+                target.max_prompt_tokens, self.max_prompt_tokens
+            ));
+        }
+        if target.max_output_tokens > self.max_output_tokens {
+            out.push(format!(
+                "outputs up to {} tokens, training saw up to {}",
+                target.max_output_tokens, self.max_output_tokens
+            ));
+        }
+        if target.max_rate_per_s > 1.5 * self.max_rate_per_s {
+            out.push(format!(
+                "{:.2} requests/s, above 1.5 × the busiest training run ({:.2}/s): batches larger \
+                 than measured",
+                target.max_rate_per_s, self.max_rate_per_s
+            ));
+        }
+        if target.max_arrivals_per_s > 2 * self.max_arrivals_per_s.max(1) {
+            out.push(format!(
+                "bursts of {} arrivals in one second, training at most {}",
+                target.max_arrivals_per_s, self.max_arrivals_per_s
+            ));
+        }
+        out
+    }
+}
+
+/// Requests per second between the first and the last arrival (0 for fewer than two).
+fn rate_per_s(w: &Workload) -> f64 {
+    let t: Vec<f64> = w
+        .requests
+        .iter()
+        .map(|r| r.arrival_s)
+        .filter(|t| t.is_finite())
+        .collect();
+    if t.len() < 2 {
+        return 0.0;
+    }
+    let (lo, hi) = t
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    if hi > lo {
+        (t.len() - 1) as f64 / (hi - lo)
+    } else {
+        0.0
+    }
+}
+
+/// The most arrivals within any window of one second.
+fn peak_arrivals_per_s(w: &Workload) -> u32 {
+    let mut t: Vec<f64> = w
+        .requests
+        .iter()
+        .map(|r| r.arrival_s)
+        .filter(|t| t.is_finite())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    let (mut best, mut lo) = (0usize, 0usize);
+    for hi in 0..t.len() {
+        while t[hi] - t[lo] >= 1.0 {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best as u32
+}
+
+/// Why a synthesis window [t0, t0 + duration) would come out idle or cut traffic, if it would.
+pub fn window_warnings(w: &Workload, t0_s: f64, duration_s: f64) -> Vec<String> {
+    let t: Vec<f64> = w
+        .requests
+        .iter()
+        .map(|r| r.arrival_s)
+        .filter(|t| t.is_finite())
+        .collect();
+    let Some((lo, hi)) = t.iter().fold(None, |acc: Option<(f64, f64)>, &x| {
+        Some(acc.map_or((x, x), |(a, b)| (a.min(x), b.max(x))))
+    }) else {
+        return vec!["the request log holds no request: the trace is idle".into()];
+    };
+    let t1 = t0_s + duration_s;
+    let inside = t.iter().filter(|&&x| x >= t0_s && x < t1).count();
+    if inside == 0 {
+        vec![format!(
+            "no request arrives in the window [{t0_s}, {t1}) s; the requests span [{lo}, {hi}] \
+             s: the trace is idle (is --t0 on the requests' clock?)"
+        )]
+    } else if inside < t.len() {
+        vec![format!(
+            "{} of {} requests arrive outside the window [{t0_s}, {t1}) s (the requests span \
+             [{lo}, {hi}] s)",
+            t.len() - inside,
+            t.len()
+        )]
+    } else {
+        vec![]
     }
 }

@@ -424,3 +424,41 @@ fn synthesize_transfers_with_a_leaderboard_and_says_so() {
     assert_eq!(manifest["configuration"], "Qwen/Qwen3-8B × H100 × TP1");
     assert!(manifest["expected_error"].as_str().unwrap().contains("ΔE"));
 }
+
+#[test]
+fn validate_json_reports_the_transfer() {
+    let (Some(root), Some(lb_dir)) = (
+        common::shared("measured"),
+        common::shared("mlenergy-leaderboard"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let train = runs_under(&root, "arrival_rate_qwen3-8b_a100_r2p5")[0]
+        .dir
+        .clone();
+    let target = runs_under(&root, "validate_qwen3-8b")[0].dir.clone();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_validate"))
+        .arg("--train")
+        .arg(&train)
+        .arg("--target")
+        .arg(&target)
+        .arg("--leaderboard")
+        .arg(&lb_dir)
+        .arg("--out")
+        .arg(tmp.path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run = &v["runs"][0];
+    assert_eq!(run["transfer"]["mode"], "direct");
+    let de = run["metrics"]["powersynth"]["energy_error_pct"]
+        .as_f64()
+        .unwrap();
+    let tdp = run["metrics"]["tdp"]["energy_error_pct"].as_f64().unwrap();
+    assert!(de < tdp, "{de} vs TDP {tdp}");
+    assert!(tmp.path().join("transfer_errors.json").is_file());
+    assert!(tmp.path().join("report.html").is_file());
+}

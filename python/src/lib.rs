@@ -337,10 +337,15 @@ fn synthesize(
             ("power_w".into(), f64s(series.power_w.iter().copied())),
         ],
     )?;
+    let mut warnings = powersynth::workload::window_warnings(&workload, t0, duration_s);
+    if let Some(env) = &learned.training_traffic {
+        warnings.extend(env.warnings(&workload));
+    }
     let info = serde_json::json!({
         "configuration": learned.configuration,
         "training_runs": learned.training_runs,
         "transfer": report,
+        "warnings": warnings,
     });
     Ok((table, info.to_string()))
 }

@@ -18,7 +18,7 @@ use powersynth::transfer::{
     model_for, transfer, ModelFacts, ReferenceChoice, TransferErrors, TransferOptions,
     TransferReport,
 };
-use powersynth::workload::{SessionModel, Workload};
+use powersynth::workload::{window_warnings, SessionModel, Workload};
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
 
@@ -47,8 +47,8 @@ struct Args {
     /// A learned model written earlier by --model-out, used instead of learning from --train.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// SERVING.json: model, hardware, tp, max_num_seqs, max_num_batched_tokens,
-    /// enable_chunked_prefill, enable_prefix_caching.
+    /// The serving settings: a SERVING.json (docs/serving.md) or a measured run's
+    /// manifest.json.
     #[arg(long)]
     serving: PathBuf,
     /// REQUESTS.json with request_timestamps (unix s), input_lens and output_lens, and
@@ -116,6 +116,9 @@ fn main() -> Result<()> {
         println!("expected error of this transfer: {e}");
         e
     });
+    for w in synthesis_warnings(&model, &workload, &args) {
+        eprintln!("warning: {w}");
+    }
     let (series, _) = synthesize(
         &model,
         &serving,
@@ -155,6 +158,16 @@ fn main() -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// What the user should know before trusting the trace: requests outside the window, traffic
+/// beyond what the model was learned on.
+fn synthesis_warnings(model: &LearnedModel, workload: &Workload, args: &Args) -> Vec<String> {
+    let mut out = window_warnings(workload, args.t0, args.duration_s);
+    if let Some(env) = &model.training_traffic {
+        out.extend(env.warnings(workload));
+    }
+    out
 }
 
 /// The requests to serve: the log replayed, or its sessions from closed-loop clients.

@@ -87,6 +87,11 @@ struct Args {
     #[arg(long, default_value_t = 0.25)]
     dt_s: f64,
 
+    /// Print the results as one JSON object on stdout (per run: metrics of every method,
+    /// measured noise, engine check, cache hits, transfer) instead of the text table.
+    #[arg(long)]
+    json: bool,
+
     /// The power meter's trailing window in grid steps (1: a point reading, as A100
     /// `power.draw`; 0: learn it from the training runs, 1–8 steps)
     #[arg(long, default_value_t = 1)]
@@ -124,8 +129,12 @@ fn main() -> Result<()> {
     }
     write_transfer_outputs(&args.out, &results)?;
     let table = write_validation(&args.out, &results)?;
-    print!("{table}");
-    print!("{}", powersynth::report::format_cache_hits(&results));
+    if args.json {
+        println!("{}", powersynth::validate::results_json(&results));
+    } else {
+        print!("{table}");
+        print!("{}", powersynth::report::format_cache_hits(&results));
+    }
     eprintln!("wrote {}", args.out.join("report.html").display());
     Ok(())
 }
