@@ -165,7 +165,7 @@ fn streamed_result_equals_the_in_memory_run() {
     coord.run(&mut w).unwrap();
     let t = ParquetTable::read(&dir.path().join("dc_dc.parquet")).unwrap();
     let a = t.floats("power_a_w").unwrap();
-    let m = t.floats("ModelB.power_w").unwrap();
+    let m = t.floats("ModelB__power_w").unwrap();
     assert_eq!(a.len(), 200);
     for (i, s) in mem.dc_states[0].iter().enumerate() {
         assert_eq!(a[i].to_bits(), s.power_w.a.to_bits());

@@ -156,19 +156,19 @@ impl DcColumns {
         for (m, label) in self.models.iter().enumerate() {
             t = t
                 .with(
-                    &format!("{label}.power_w"),
+                    &format!("{label}__power_w"),
                     Column::F64(std::mem::take(&mut self.model_power_w[m])),
                 )
                 .with(
-                    &format!("{label}.active_replicas"),
+                    &format!("{label}__active_replicas"),
                     Column::I64(std::mem::take(&mut self.model_replicas[m])),
                 )
                 .with(
-                    &format!("{label}.batch_size"),
+                    &format!("{label}__batch_size"),
                     Column::I64(std::mem::take(&mut self.model_batch[m])),
                 )
                 .with(
-                    &format!("{label}.observed_itl_s"),
+                    &format!("{label}__observed_itl_s"),
                     Column::F64(std::mem::take(&mut self.model_itl_s[m])),
                 );
         }
