@@ -272,6 +272,13 @@ impl CompactFits {
     }
 }
 
+/// [`leaderboard_configs`] for an optional path (a command's `--leaderboard`).
+pub fn leaderboard_configs_opt(
+    path: Option<&Path>,
+) -> Result<Option<(String, Vec<LeaderboardConfig>)>> {
+    path.map(leaderboard_configs).transpose()
+}
+
 /// Leaderboard configurations from what a user has: a leaderboard folder (`<task>.json`
 /// files), a compact fits file (`fits/default_fits.json` of a `build-dataset` output, or the
 /// embedded `data/default/fits.json`), or a `build-dataset` output folder holding one.

@@ -555,31 +555,8 @@ impl TrafficEnvelope {
     }
 }
 
-/// Requests per second between the first and the last arrival (0 for fewer than two).
-fn rate_per_s(w: &Workload) -> f64 {
-    let t: Vec<f64> = w
-        .requests
-        .iter()
-        .map(|r| r.arrival_s)
-        .filter(|t| t.is_finite())
-        .collect();
-    if t.len() < 2 {
-        return 0.0;
-    }
-    let (lo, hi) = t
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
-    if hi > lo {
-        (t.len() - 1) as f64 / (hi - lo)
-    } else {
-        0.0
-    }
-}
-
-/// The most arrivals within any window of one second.
-fn peak_arrivals_per_s(w: &Workload) -> u32 {
+/// The finite arrival times of a workload, sorted.
+fn arrival_times(w: &Workload) -> Vec<f64> {
     let mut t: Vec<f64> = w
         .requests
         .iter()
@@ -587,6 +564,21 @@ fn peak_arrivals_per_s(w: &Workload) -> u32 {
         .filter(|t| t.is_finite())
         .collect();
     t.sort_by(f64::total_cmp);
+    t
+}
+
+/// Requests per second between the first and the last arrival (0 for fewer than two).
+fn rate_per_s(w: &Workload) -> f64 {
+    let t = arrival_times(w);
+    match (t.first(), t.last()) {
+        (Some(lo), Some(hi)) if hi > lo => (t.len() - 1) as f64 / (hi - lo),
+        _ => 0.0,
+    }
+}
+
+/// The most arrivals within any window of one second.
+fn peak_arrivals_per_s(w: &Workload) -> u32 {
+    let t = arrival_times(w);
     let (mut best, mut lo) = (0usize, 0usize);
     for hi in 0..t.len() {
         while t[hi] - t[lo] >= 1.0 {
@@ -599,15 +591,8 @@ fn peak_arrivals_per_s(w: &Workload) -> u32 {
 
 /// Why a synthesis window [t0, t0 + duration) would come out idle or cut traffic, if it would.
 pub fn window_warnings(w: &Workload, t0_s: f64, duration_s: f64) -> Vec<String> {
-    let t: Vec<f64> = w
-        .requests
-        .iter()
-        .map(|r| r.arrival_s)
-        .filter(|t| t.is_finite())
-        .collect();
-    let Some((lo, hi)) = t.iter().fold(None, |acc: Option<(f64, f64)>, &x| {
-        Some(acc.map_or((x, x), |(a, b)| (a.min(x), b.max(x))))
-    }) else {
+    let t = arrival_times(w);
+    let (Some(&lo), Some(&hi)) = (t.first(), t.last()) else {
         return vec!["the request log holds no request: the trace is idle".into()];
     };
     let t1 = t0_s + duration_s;

@@ -101,14 +101,11 @@ fn main() -> Result<()> {
     let serving = ServingConfig::from_file(&args.serving)?;
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
     let workload = workload(&args)?;
-    let leaderboard = match &args.leaderboard {
-        Some(path) => {
-            let (what, configs) = powersynth::pipeline::leaderboard_configs(path)?;
+    let leaderboard = powersynth::pipeline::leaderboard_configs_opt(args.leaderboard.as_deref())?
+        .map(|(what, configs)| {
             eprintln!("leaderboard data: {what}, {} configurations", configs.len());
-            Some(configs)
-        }
-        None => None,
-    };
+            configs
+        });
     let (model, report) = model(&args, &serving, leaderboard.as_deref(), &topts)?;
     let expected = report.as_ref().map(|r| {
         eprint!("{}", r.summary());

@@ -110,14 +110,11 @@ fn main() -> Result<()> {
         realizations: args.realizations,
     };
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
-    let leaderboard = match &args.leaderboard {
-        Some(path) => {
-            let (what, configs) = powersynth::pipeline::leaderboard_configs(path)?;
+    let leaderboard = powersynth::pipeline::leaderboard_configs_opt(args.leaderboard.as_deref())?
+        .map(|(what, configs)| {
             eprintln!("leaderboard data: {what}, {} configurations", configs.len());
-            Some(configs)
-        }
-        None => None,
-    };
+            configs
+        });
     let (results, skipped) = validations(&args, &opts, draws, &topts, leaderboard.as_deref())?;
     for v in &results {
         if let Some(t) = &v.transfer {
