@@ -42,6 +42,14 @@ impl Column {
         match self {
             Column::Str(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
             Column::I64(v) => (DataType::Int64, Arc::new(Int64Array::from(v.clone()))),
+            // NaN means "no value" in the toolkit; in a table it is a null (SQL and dataframe
+            // engines treat it so), built only when a column has one.
+            Column::F64(v) if v.iter().any(|x| x.is_nan()) => (
+                DataType::Float64,
+                Arc::new(Float64Array::from_iter(
+                    v.iter().map(|x| (!x.is_nan()).then_some(*x)),
+                )),
+            ),
             Column::F64(v) => (DataType::Float64, Arc::new(Float64Array::from(v.clone()))),
             Column::Bool(v) => (DataType::Boolean, Arc::new(BooleanArray::from(v.clone()))),
         }
@@ -81,7 +89,8 @@ pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
         .iter()
         .map(|(name, c)| {
             let (dt, a) = c.to_arrow();
-            (Field::new(name, dt, false), a)
+            let nullable = dt == DataType::Float64;
+            (Field::new(name, dt, nullable), a)
         })
         .unzip();
     let schema = Arc::new(Schema::new(fields));
@@ -128,7 +137,11 @@ impl ParquetStream {
             .map_err(|e| Error::io(&dir, e))?;
         let fields: Vec<Field> = columns
             .iter()
-            .map(|(name, c)| Field::new(name, c.to_arrow().0, false))
+            .map(|(name, c)| {
+                let dt = c.to_arrow().0;
+                let nullable = dt == DataType::Float64;
+                Field::new(name, dt, nullable)
+            })
             .collect();
         let schema = Arc::new(Schema::new(fields));
         // Per-step float series: dictionaries never pay off and cost most of the encoding time.
@@ -349,6 +362,16 @@ mod tests {
         assert_eq!(r.strings("name").unwrap()[1].as_deref(), Some("b"));
         assert_eq!(r.integers("n").unwrap(), vec![1, 2]);
         assert!(r.floats("x").unwrap()[1].is_nan());
+        // Stored as a null (what SQL and dataframe engines read as "no value").
+        let file = std::fs::File::open(&path).unwrap();
+        let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.column_by_name("x").unwrap().null_count(), 1);
         assert_eq!(r.bools("ok", false).unwrap(), vec![true, false]);
         let e = r.floats("missing").unwrap_err().to_string();
         assert!(
