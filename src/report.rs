@@ -15,22 +15,26 @@ use crate::synth::downsample_mean;
 use crate::table::{write_parquet, Column, Table};
 use crate::validate::{RunValidation, METHODS};
 
-/// Writes `t_s, power_w` as CSV or parquet, chosen by the extension of `path`.
+/// Writes `t_s` (s since the series' start), `time_unix_s` (t0 + t_s) and `power_w` as CSV or
+/// parquet, chosen by the extension of `path`.
 pub fn write_power_series(path: &Path, t0_s: f64, dt_s: f64, power_w: &[f64]) -> Result<()> {
-    let t: Vec<f64> = (0..power_w.len()).map(|i| t0_s + i as f64 * dt_s).collect();
+    let t: Vec<f64> = (0..power_w.len()).map(|i| i as f64 * dt_s).collect();
+    let unix: Vec<f64> = t.iter().map(|t| t0_s + t).collect();
     match path.extension().and_then(|e| e.to_str()) {
         Some("parquet") => write_parquet(
             path,
             &Table::new()
                 .with("t_s", Column::F64(t))
+                .with("time_unix_s", Column::F64(unix))
                 .with("power_w", Column::F64(power_w.to_vec())),
         ),
         Some("csv") => write_atomic(path, |f| {
             let mut w = csv::Writer::from_writer(f);
             let err = |e: csv::Error| Error::content(path, e.to_string());
-            w.write_record(["t_s", "power_w"]).map_err(err)?;
-            for (t, p) in t.iter().zip(power_w) {
-                w.write_record([format!("{t:.3}"), format!("{p:.3}")])
+            w.write_record(["t_s", "time_unix_s", "power_w"])
+                .map_err(err)?;
+            for ((t, u), p) in t.iter().zip(&unix).zip(power_w) {
+                w.write_record([format!("{t:.3}"), format!("{u:.3}"), format!("{p:.3}")])
                     .map_err(err)?;
             }
             w.flush().map_err(|e| Error::io(path, e))
@@ -440,11 +444,11 @@ pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String>
     let table = metrics_table(results);
     write_parquet(&dir.join("metrics.parquet"), &table)?;
     for v in results {
-        let t: Vec<f64> = (0..v.measured_w.len())
-            .map(|i| v.t0_s + i as f64 * v.dt_s)
-            .collect();
+        let t: Vec<f64> = (0..v.measured_w.len()).map(|i| i as f64 * v.dt_s).collect();
+        let unix: Vec<f64> = t.iter().map(|t| v.t0_s + t).collect();
         let mut tab = Table::new()
             .with("t_s", Column::F64(t))
+            .with("time_unix_s", Column::F64(unix))
             .with("measured_w", Column::F64(v.measured_w.clone()));
         for (m, s) in METHODS.iter().zip(&v.series_w) {
             tab = tab.with(&format!("{m}_w"), Column::F64(s.clone()));

@@ -309,11 +309,9 @@ fn synthesize_command_is_byte_deterministic_and_rejects_bad_input() {
     assert_eq!(a, std::fs::read(tmp.path().join("b.csv")).unwrap());
     let text = String::from_utf8(a).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("t_s,power_w"));
-    assert_eq!(
-        lines.next().unwrap().split(',').next(),
-        Some("1784415440.000")
-    );
+    assert_eq!(lines.next(), Some("t_s,time_unix_s,power_w"));
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(first[..2], ["0.000", "1784415440.000"]);
     assert_eq!(text.lines().count(), 1 + 240);
 
     // A bad output name and a bad serving file: clear errors, nothing written.

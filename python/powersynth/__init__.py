@@ -65,7 +65,8 @@ def synthesize(
     stand_in: Optional[Mapping[str, str]] = None,
     task: Optional[str] = None,
 ) -> pa.Table:
-    """Power of one serving replica for a request log, as a table ``t_s`` (unix s), ``power_w``.
+    """Power of one serving replica for a request log: a table ``t_s`` (s since ``t0``),
+    ``time_unix_s`` and ``power_w`` (W, total over the replica's GPUs).
 
     ``serving``: model, hardware, tp, max_num_seqs, max_num_batched_tokens,
     enable_chunked_prefill, enable_prefix_caching. ``requests``: a request log (docs/requests.md).

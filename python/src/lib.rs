@@ -332,6 +332,10 @@ fn synthesize(
         vec![
             (
                 "t_s".into(),
+                f64s((0..series.power_w.len()).map(|i| i as f64 * series.dt_s)),
+            ),
+            (
+                "time_unix_s".into(),
                 f64s((0..series.power_w.len()).map(|i| series.t_s(i))),
             ),
             ("power_w".into(), f64s(series.power_w.iter().copied())),

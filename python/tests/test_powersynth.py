@@ -87,7 +87,8 @@ def test_synthesize_learns_and_transfers():
     requests = target / "requests_summary.json"
     t0 = json.loads(requests.read_text())["request_timestamps"][0]
     t = ps.synthesize(serving, requests, t0, 60.0, train=[train], seed=3)
-    assert t.column_names == ["t_s", "power_w"] and t.num_rows == 240
+    assert t.column_names == ["t_s", "time_unix_s", "power_w"] and t.num_rows == 240
+    assert t.column("t_s")[0].as_py() == 0.0 and t.column("time_unix_s")[0].as_py() == t0
     again = ps.synthesize(serving, requests, t0, 60.0, train=[train], seed=3)
     assert t.equals(again)
     p = t.column("power_w").to_pylist()

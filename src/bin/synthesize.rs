@@ -68,7 +68,8 @@ struct Args {
     /// Seed of the power draws (same inputs and seed → identical output bytes).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output file: .csv or .parquet with columns t_s, power_w (W, total over the replica).
+    /// Output file: .csv or .parquet with columns t_s (s since --t0), time_unix_s, power_w (W,
+    /// total over the replica).
     #[arg(long)]
     out: PathBuf,
     /// Also write the learned model (JSON) here.
