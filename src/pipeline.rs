@@ -366,7 +366,6 @@ fn spec_for(
 pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     cfg.validate()?;
     let out = &opts.out_dir;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut inputs: Vec<PathBuf> = Vec::new();
     let mut benchmark: Option<BenchmarkRuns> = None;
     let pick = |p: &PathBuf| opts.source_path.clone().unwrap_or_else(|| p.clone());
@@ -448,6 +447,9 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             "the source {source} yields no model groups"
         )));
     }
+    // The output folder appears only once the source has been read and yields groups: a run
+    // that fails on its inputs leaves no empty folder.
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // 2. Per group: ensure the spec folder.
     let store = SpecStore::new(out.join("specs"));
     let itl_opts = ItlFitOptions {

@@ -300,3 +300,24 @@ fn percentile_itl_fits_reproduce_the_published_percentiles() {
     );
     assert!(median < 0.02, "median worst-percentile error {median}");
 }
+
+#[test]
+fn a_pipeline_that_fails_on_its_source_leaves_no_output_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let cfg = PipelineConfig::from_file(Path::new("pipelines/leaderboard.toml")).unwrap();
+    let err = pipeline::run(
+        &cfg,
+        &RunOptions {
+            out_dir: out.clone(),
+            force: false,
+            source_path: Some(tmp.path().join("no-such-leaderboard")),
+            measured_path: None,
+            pipeline_file: None,
+            progress: &common::Quiet,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no-such-leaderboard"), "{err}");
+    assert!(!out.exists(), "an empty output folder was left behind");
+}
