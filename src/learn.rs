@@ -1300,17 +1300,10 @@ fn empirical_cdf(q: &[f64], v: f64) -> f64 {
     ((below - 1) as f64 + (v - lo) / (hi - lo)) / m
 }
 
-/// Learns a synthesis model from runs of one configuration.
-pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> {
-    if runs.is_empty() {
-        return Err(Error::config("train", "no training runs"));
-    }
-    let aligned: Vec<AlignedRun> = runs
-        .iter()
-        .map(|r| align(r, opts.dt_s))
-        .collect::<Result<_>>()?;
+/// Every training run must be of the first one's model × GPU × TP.
+fn check_one_configuration(runs: &[MeasuredRun], aligned: &[AlignedRun]) -> Result<()> {
     let first = &aligned[0].serving;
-    for (r, a) in runs.iter().zip(&aligned) {
+    for (r, a) in runs.iter().zip(aligned) {
         let s = &a.serving;
         if (s.model.as_str(), s.hardware.as_str(), s.tp)
             != (first.model.as_str(), first.hardware.as_str(), first.tp)
@@ -1325,6 +1318,38 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
             ));
         }
     }
+    Ok(())
+}
+
+/// How the engine simulation of each training run follows its counters: the running gauge
+/// as counted, and decode tokens.
+fn engine_checks(aligned: &[AlignedRun], simulations: &[Simulation]) -> Vec<EngineCheck> {
+    aligned
+        .iter()
+        .zip(simulations)
+        .map(|(a, sim)| {
+            let running = running_as_counted(a, &sim.outcomes);
+            EngineCheck {
+                run_id: a.run_id.clone(),
+                running_corr: correlation(&running, &a.engine.running),
+                running_mae: mean_abs_error(&running, &a.engine.running),
+                decode_tokens_corr: correlation(&sim.trace.decode_tokens, &a.engine.decode_tokens),
+            }
+        })
+        .collect()
+}
+
+/// Learns a synthesis model from runs of one configuration.
+pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> {
+    if runs.is_empty() {
+        return Err(Error::config("train", "no training runs"));
+    }
+    let aligned: Vec<AlignedRun> = runs
+        .iter()
+        .map(|r| align(r, opts.dt_s))
+        .collect::<Result<_>>()?;
+    check_one_configuration(runs, &aligned)?;
+    let first = &aligned[0].serving;
     let timing = calibrate_timing(&aligned, opts.timing_iters);
     // The KV capacity from the usage counters (a first simulation, nothing evicted), then one
     // simulation per training run serves both the features and the engine check.
@@ -1340,11 +1365,7 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         .iter()
         .map(|a| simulate_run(a, &timing, &kv_cache))
         .collect::<Result<_>>()?;
-    let counted: Vec<Vec<f64>> = aligned
-        .iter()
-        .zip(&simulations)
-        .map(|(a, s)| running_as_counted(a, &s.outcomes))
-        .collect();
+    let engine_checks = engine_checks(&aligned, &simulations);
     let simulated: Vec<EngineTrace> = simulations.into_iter().map(|s| s.trace).collect();
     let power = match opts.features_from {
         FeatureSource::Simulated => fit_power(&aligned, &simulated, &timing, opts)?,
@@ -1353,16 +1374,6 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
             fit_power(&aligned, &measured, &timing, opts)?
         }
     };
-    let engine_checks = aligned
-        .iter()
-        .zip(simulated.iter().zip(&counted))
-        .map(|(a, (sim, running))| EngineCheck {
-            run_id: a.run_id.clone(),
-            running_corr: correlation(running, &a.engine.running),
-            running_mae: mean_abs_error(running, &a.engine.running),
-            decode_tokens_corr: correlation(&sim.decode_tokens, &a.engine.decode_tokens),
-        })
-        .collect();
     let baselines = baseline_levels(&aligned);
     Ok(LearnedModel {
         schema: LEARNED_MODEL_SCHEMA.into(),

@@ -175,7 +175,8 @@ pub enum PowerSource {
         /// The GPU model; default: the training runs'.
         #[serde(default)]
         hardware: Option<String>,
-        /// ML.ENERGY leaderboard folder (relative to the scenario file).
+        /// ML.ENERGY leaderboard folder, or build-dataset compact fits (relative to the
+        /// scenario file): what `synthesize --leaderboard` takes.
         #[serde(default)]
         leaderboard: Option<PathBuf>,
         #[serde(default)]
@@ -612,7 +613,7 @@ fn templates_for(
             serving.model = served_model.clone().unwrap_or(serving.model);
             serving.hardware = hardware.clone().unwrap_or(serving.hardware);
             let lb = match leaderboard {
-                Some(d) => Some(crate::sources::leaderboard::load_dir(&base_dir.join(d), None)?.1),
+                Some(d) => Some(crate::pipeline::leaderboard_configs(&base_dir.join(d))?.1),
                 None => None,
             };
             if lb.is_some() {

@@ -217,6 +217,21 @@ pub fn synthesize(
     ))
 }
 
+/// What a user should know before trusting a synthesized trace: requests outside the window
+/// [t0, t0 + duration), traffic beyond what the model was learned on.
+pub fn synthesis_warnings(
+    model: &LearnedModel,
+    workload: &Workload,
+    t0_s: f64,
+    duration_s: f64,
+) -> Vec<String> {
+    let mut out = crate::workload::window_warnings(workload, t0_s, duration_s);
+    if let Some(env) = &model.training_traffic {
+        out.extend(env.warnings(workload));
+    }
+    out
+}
+
 /// A model learned for one configuration synthesizes only that configuration.
 pub fn check_serving(model: &LearnedModel, serving: &ServingConfig) -> Result<()> {
     if serving.model != model.model || serving.hardware != model.hardware || serving.tp != model.tp

@@ -38,20 +38,29 @@ impl Column {
             Column::Bool(v) => v.len(),
         }
     }
-    fn to_arrow(&self) -> (DataType, ArrayRef) {
+    /// The column's field: its type; floats nullable (a NaN is written as a null).
+    fn field(&self, name: &str) -> Field {
+        let dt = match self {
+            Column::Str(_) => DataType::Utf8,
+            Column::I64(_) => DataType::Int64,
+            Column::F64(_) => DataType::Float64,
+            Column::Bool(_) => DataType::Boolean,
+        };
+        let nullable = dt == DataType::Float64;
+        Field::new(name, dt, nullable)
+    }
+
+    fn to_array(&self) -> ArrayRef {
         match self {
-            Column::Str(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
-            Column::I64(v) => (DataType::Int64, Arc::new(Int64Array::from(v.clone()))),
+            Column::Str(v) => Arc::new(StringArray::from(v.clone())),
+            Column::I64(v) => Arc::new(Int64Array::from(v.clone())),
             // NaN means "no value" in the toolkit; in a table it is a null (SQL and dataframe
             // engines treat it so), built only when a column has one.
-            Column::F64(v) if v.iter().any(|x| x.is_nan()) => (
-                DataType::Float64,
-                Arc::new(Float64Array::from_iter(
-                    v.iter().map(|x| (!x.is_nan()).then_some(*x)),
-                )),
-            ),
-            Column::F64(v) => (DataType::Float64, Arc::new(Float64Array::from(v.clone()))),
-            Column::Bool(v) => (DataType::Boolean, Arc::new(BooleanArray::from(v.clone()))),
+            Column::F64(v) if v.iter().any(|x| x.is_nan()) => Arc::new(Float64Array::from_iter(
+                v.iter().map(|x| (!x.is_nan()).then_some(*x)),
+            )),
+            Column::F64(v) => Arc::new(Float64Array::from(v.clone())),
+            Column::Bool(v) => Arc::new(BooleanArray::from(v.clone())),
         }
     }
 }
@@ -87,11 +96,7 @@ pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
     let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = table
         .columns
         .iter()
-        .map(|(name, c)| {
-            let (dt, a) = c.to_arrow();
-            let nullable = dt == DataType::Float64;
-            (Field::new(name, dt, nullable), a)
-        })
+        .map(|(name, c)| (c.field(name), c.to_array()))
         .unzip();
     let schema = Arc::new(Schema::new(fields));
     let pq_err = |e: &dyn std::fmt::Display| Error::Parquet {
@@ -135,14 +140,7 @@ impl ParquetStream {
             .suffix(".tmp")
             .tempfile_in(&dir)
             .map_err(|e| Error::io(&dir, e))?;
-        let fields: Vec<Field> = columns
-            .iter()
-            .map(|(name, c)| {
-                let dt = c.to_arrow().0;
-                let nullable = dt == DataType::Float64;
-                Field::new(name, dt, nullable)
-            })
-            .collect();
+        let fields: Vec<Field> = columns.iter().map(|(name, c)| c.field(name)).collect();
         let schema = Arc::new(Schema::new(fields));
         // Per-step float series: dictionaries never pay off and cost most of the encoding time.
         let props = WriterProperties::builder()
@@ -177,7 +175,7 @@ impl ParquetStream {
                 self.schema.fields().len()
             )));
         }
-        let arrays: Vec<ArrayRef> = table.columns.iter().map(|(_, c)| c.to_arrow().1).collect();
+        let arrays: Vec<ArrayRef> = table.columns.iter().map(|(_, c)| c.to_array()).collect();
         let batch =
             RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| pq_err(e.to_string()))?;
         self.writer.write(&batch).map_err(|e| pq_err(e.to_string()))

@@ -8,7 +8,8 @@
 //! 2. **Levels.** *Direct*, when the leaderboard has the target model (or its stand-in) on the
 //!    target GPU: the target's steady power P_T(b) at running batch b is the leaderboard's
 //!    average power, exact at each measured batch size, linear in log2 b between them and
-//!    following the group's logistic fit outside ([`BatchCurve`]). A synthesized active reading
+//!    below the smallest along the first segment's slope, above along the group's logistic
+//!    fit ([`BatchCurve`]). A synthesized active reading
 //!    p_R of the reference maps to idle_T + (p_R − idle_R)·(P_T(b) − idle_T)/(D_R − idle_R),
 //!    D_R the reference's steady decode reading in the bin's state (cell mean plus the
 //!    leakage of a GPU held at it): a decode reading lands on P_T(b) on average, a prefill
@@ -16,9 +17,10 @@
 //!    no leaderboard data but the reference was measured on it: the reference's readings are
 //!    scaled by the ratio of dynamic power (above idle) of the target model to the reference
 //!    model at the same batch on a GPU where the leaderboard has both.
-//!    Idle readings scale with the board limit (the idle share of the board is assumed the
-//!    same across GPUs); an averaging meter (H100/B200: one second) is applied over the
-//!    mapped point readings; averaged readings are capped at the board limit.
+//!    The target's idle is the reference's idle share of its steady decode reading at the
+//!    leaderboard's smallest batch, times the target's power there; an averaging meter
+//!    (H100/B200: one second) is applied over the mapped point readings; averaged readings
+//!    are capped at the board limit.
 //! 3. **Timing.** Decode steps scale so that the transferred step at the leaderboard's batch
 //!    sizes (≤ [`TIMING_MAX_BATCH`]) matches its median ITL (base and per-sequence costs, least
 //!    squares on relative error); composed: by the target ÷ reference ITL ratio on the shared
@@ -182,10 +184,7 @@ fn reason_for(target: &ServingConfig, target_facts: Option<&ModelFacts>, c: &Can
 }
 
 fn same_gpu(a: &str, b: &str) -> bool {
-    match (gpu_spec(a), gpu_spec(b)) {
-        (Some(x), Some(y)) => x.name == y.name,
-        _ => a.eq_ignore_ascii_case(b),
-    }
+    canonical_gpu(a).eq_ignore_ascii_case(&canonical_gpu(b))
 }
 
 /// The leaderboard's power, median ITL and throughput of one group versus batch size.
@@ -294,6 +293,11 @@ impl TransferOptions {
         })
     }
 
+    /// The leaderboard model whose data stand for `model`: its stand-in, else itself.
+    fn leaderboard_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.stand_ins.get(model).map_or(model, String::as_str)
+    }
+
     fn task(&self) -> &str {
         if self.task.is_empty() {
             DEFAULT_TASK
@@ -307,14 +311,14 @@ impl TransferOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchCheck {
     pub batch: f64,
-    /// The target's steady power there (W; composed: the reference's decode level scaled).
+    /// The target's steady power there (W; NaN when composed: the levels are ratios).
     pub power_w: f64,
     /// The leaderboard's median ITL of the timing basis (s; composed: the stand-in model's on
     /// the shared GPU times the reference's transferred step ratio).
     pub itl_s: f64,
     /// The transferred decode step at this batch (s).
     pub step_s: f64,
-    /// The leaderboard's output throughput and batch / step (tokens/s).
+    /// The leaderboard's output throughput (NaN when composed) and batch / step (tokens/s).
     pub throughput_tps: f64,
     pub decode_throughput_tps: f64,
 }
@@ -408,7 +412,7 @@ pub fn transfer(
     let (gpu_t, gpu_r) = (spec(&target.hardware)?, spec(&reference.hardware)?);
     let task = opts.task();
     let stand_in = opts.stand_ins.get(&target.model).cloned();
-    let lb_model = stand_in.clone().unwrap_or_else(|| target.model.clone());
+    let lb_model = opts.leaderboard_model(&target.model).to_string();
     let all: Vec<LeaderboardGroup> = groups(leaderboard)
         .into_iter()
         .filter(|g| g.task == task)
@@ -532,8 +536,7 @@ impl Plan {
         self.checks
             .iter()
             .map(|&(b, power_w, itl_s, throughput_tps)| {
-                let step_s =
-                    timing.step_s(b.round() as u32, 0, (b * self.decode_context) as u64, 0.0);
+                let step_s = decode_step_s(timing, b, self.decode_context);
                 BatchCheck {
                     batch: b,
                     power_w,
@@ -548,13 +551,14 @@ impl Plan {
 }
 
 impl Context<'_> {
-    /// The reference's idle reading as a share of its steady decode reading at `curve`'s
-    /// smallest batch with `context` tokens per request.
-    fn idle_share(&self, curve: &BatchCurve, context: f64) -> f64 {
+    /// The idle of a replica whose power versus batch is `curve` ([`IDLE_ASSUMPTION`]): the
+    /// reference's idle reading as a share of its steady decode reading at the curve's
+    /// smallest batch with `context` tokens per request, times the curve there.
+    fn idle_like(&self, curve: &BatchCurve, context: f64) -> f64 {
         let b = curve.batch[0];
         let f = [1.0, 1.0, b, 0.0, 0.0, b * context * 1e-3, 1.0];
         let decode_w = self.reference.power.steady_decode_w(&f);
-        (self.idle_r / decode_w.max(1.0)).min(1.0)
+        (self.idle_r / decode_w.max(1.0)).min(1.0) * curve.eval(b)
     }
 
     /// Active-parameter ratio target ÷ reference (1 when either is unknown).
@@ -633,10 +637,7 @@ impl Context<'_> {
         Ok(Plan {
             mode: "direct",
             basis: vec![curves.label.clone()],
-            target_idle_w: self.idle_share(&power_w, decode_context) * {
-                let lowest = power_w.batch[0];
-                power_w.eval(lowest)
-            },
+            target_idle_w: self.idle_like(&power_w, decode_context),
             levels: Levels::Absolute { power_w },
             base_ratio,
             per_seq_ratio,
@@ -698,10 +699,9 @@ impl Context<'_> {
             GroupCurves::of(m).ok_or_else(|| Error::config("leaderboard", m.label()))?,
             GroupCurves::of(rm).ok_or_else(|| Error::config("leaderboard", rm.label()))?,
         );
-        let lb_context = decode_context(cm.avg_output_len, &mut Vec::new());
-        let idle_g = self.idle_share(&cr.power_w, lb_context)
-            * cr.power_w.eval(cr.power_w.batch[0])
-            / cr.num_gpus as f64;
+        let mut context_note = Vec::new();
+        let decode_context = decode_context(cm.avg_output_len, &mut context_note);
+        let idle_g = self.idle_like(&cr.power_w, decode_context) / cr.num_gpus as f64;
         let ratio = dynamic_ratio(&cm, &cr, idle_g, t.tp, r.tp)?;
         let speed: Vec<f64> = timing_points(&cm.itl_s)
             .iter()
@@ -721,7 +721,7 @@ impl Context<'_> {
             ),
         ];
         let prefill_ratio = self.active_ratio(&mut assumptions) * r.tp as f64 / t.tp as f64;
-        let decode_context = decode_context(cm.avg_output_len, &mut assumptions);
+        assumptions.extend(context_note);
         let checks = cm
             .itl_s
             .batch
@@ -731,8 +731,7 @@ impl Context<'_> {
                     b,
                     f64::NAN,
                     cm.itl_s.eval(b) / cr.itl_s.eval(b)
-                        * r.timing
-                            .step_s(b.round() as u32, 0, (b * decode_context) as u64, 0.0),
+                        * decode_step_s(&r.timing, b, decode_context),
                     f64::NAN,
                 )
             })
@@ -847,6 +846,11 @@ fn dynamic_ratio(
             .collect(),
     )
     .ok_or_else(|| Error::config("leaderboard", "no batch sizes to compose"))
+}
+
+/// A decode step of `batch` requests holding `context` tokens each (s).
+fn decode_step_s(timing: &StepTiming, batch: f64, context: f64) -> f64 {
+    timing.step_s(batch.round() as u32, 0, (batch * context) as u64, 0.0)
 }
 
 /// Tokens of context a leaderboard request holds on average while it decodes.
@@ -976,8 +980,7 @@ pub fn model_for(
     };
     let groups: Vec<&Vec<MeasuredRun>> = by_config.values().collect();
     let candidates = candidates_of(&groups, lb);
-    let lb_model = opts.stand_ins.get(&target.model).unwrap_or(&target.model);
-    let target_facts = ModelFacts::from_leaderboard(lb, lb_model);
+    let target_facts = ModelFacts::from_leaderboard(lb, opts.leaderboard_model(&target.model));
     let (_, choice) = choose_reference(target, target_facts.as_ref(), &candidates)
         .ok_or_else(|| Error::config("train", "no training runs"))?;
     // The best reference the leaderboard can place: candidates in rank order, the first whose
@@ -1020,6 +1023,32 @@ pub fn model_for(
             failures.join("; ")
         ),
     ))
+}
+
+/// A model already learned (read from a file, say) for `target`: as is when it is of the
+/// target's configuration or was itself transferred (synthesis then names any mismatch);
+/// else, with a leaderboard, transferred from it as the reference (`source` says where it
+/// came from, for the report).
+pub fn adapt(
+    model: LearnedModel,
+    source: &str,
+    target: &ServingConfig,
+    leaderboard: Option<&[LeaderboardConfig]>,
+    opts: &TransferOptions,
+) -> Result<(LearnedModel, Option<TransferReport>)> {
+    let own =
+        model.model == target.model && model.hardware == target.hardware && model.tp == target.tp;
+    let Some(lb) = leaderboard.filter(|_| !own && model.transfer.is_none()) else {
+        return Ok((model, None));
+    };
+    let choice = ReferenceChoice {
+        configuration: model.configuration.clone(),
+        reason: format!("given by {source}"),
+        ranked: vec![model.configuration.clone()],
+    };
+    let facts = ModelFacts::from_leaderboard(lb, &model.model);
+    let (m, r) = transfer(&model, facts.as_ref(), choice, target, lb, opts)?;
+    Ok((m, Some(r)))
 }
 
 /// Runs grouped by configuration (model, GPU as the table names it, TP).

@@ -272,14 +272,27 @@ pub fn leave_one_configuration_out(
     let (mut out, mut skipped) = (Vec::new(), Vec::new());
     for c in &configs {
         let train: Vec<MeasuredRun> = runs.iter().filter(|r| config(r) != *c).cloned().collect();
-        for target in runs.iter().filter(|r| config(r) == *c) {
-            match validate_transfer(&train, target, leaderboard, topts, opts, draws) {
-                Ok(v) => {
-                    on_done(&v);
-                    out.push(v);
+        let targets: Vec<&MeasuredRun> = runs.iter().filter(|r| config(r) == *c).collect();
+        // One model per configuration: the transfer depends on its model × GPU × TP only.
+        let serving = crate::engine::ServingConfig::from_manifest(&targets[0].manifest);
+        match model_for(&serving, &train, Some(leaderboard), topts, opts) {
+            Ok((model, report)) => {
+                for target in targets {
+                    match validate_with_model(model.clone(), target, opts, draws) {
+                        Ok(mut v) => {
+                            v.transfer = report.clone();
+                            on_done(&v);
+                            out.push(v);
+                        }
+                        Err(e) => skipped.push(format!("{}: {e}", target.manifest.run_id)),
+                    }
                 }
-                Err(e) => skipped.push(format!("{}: {e}", target.manifest.run_id)),
             }
+            Err(e) => skipped.extend(
+                targets
+                    .iter()
+                    .map(|t| format!("{}: {e}", t.manifest.run_id)),
+            ),
         }
     }
     Ok((out, skipped))

@@ -25,7 +25,7 @@ use powersynth::fits::logistic::{self, LogisticFit};
 use powersynth::learn::{LearnOptions, LearnedModel};
 use powersynth::scenario::{build, Overrides, Scenario};
 use powersynth::sources::measured::load_run;
-use powersynth::transfer::{model_for, TransferOptions};
+use powersynth::transfer::{adapt, model_for, TransferOptions};
 use powersynth::workload::Workload;
 
 create_exception!(_powersynth, PowersynthError, PyException);
@@ -267,6 +267,33 @@ impl PyItlMixture {
     }
 }
 
+/// The model for `serving`: read from `model` (transferred when it is of another
+/// configuration and a leaderboard is given), or learned / transferred from `train` runs.
+fn learned_model(
+    py: Python<'_>,
+    serving: &ServingConfig,
+    model: Option<PathBuf>,
+    train: Option<Vec<PathBuf>>,
+    lb: Option<&[powersynth::sources::leaderboard::LeaderboardConfig]>,
+    topts: &TransferOptions,
+) -> PyResult<(LearnedModel, Option<powersynth::transfer::TransferReport>)> {
+    if let Some(p) = model {
+        let m = LearnedModel::read_json(&p).map_err(err)?;
+        let source = format!("model={}", p.display());
+        return adapt(m, &source, serving, lb, topts).map_err(err);
+    }
+    let Some(dirs) = train else {
+        return Err(err("give train=[run dirs] or model=path"));
+    };
+    let runs = dirs
+        .iter()
+        .map(|d| load_run(d))
+        .collect::<powersynth::error::Result<Vec<_>>>()
+        .map_err(err)?;
+    py.allow_threads(|| model_for(serving, &runs, lb, topts, &LearnOptions::default()))
+        .map_err(err)
+}
+
 /// Synthesizes a replica's power for a request log; returns (table t_s/power_w, info JSON).
 #[pyfunction]
 #[pyo3(signature = (serving, requests, t0, duration_s, dt_s=0.25, seed=0, train=None, model=None, leaderboard=None, stand_in=None, task=None))]
@@ -301,27 +328,7 @@ fn synthesize(
         task: task.unwrap_or_default(),
         stand_ins: stand_in.unwrap_or_default(),
     };
-    let (learned, report) = match (&model, &train) {
-        (Some(p), _) => (LearnedModel::read_json(p).map_err(err)?, None),
-        (None, Some(dirs)) => {
-            let runs = dirs
-                .iter()
-                .map(|d| load_run(d))
-                .collect::<powersynth::error::Result<Vec<_>>>()
-                .map_err(err)?;
-            py.allow_threads(|| {
-                model_for(
-                    &serving,
-                    &runs,
-                    lb.as_deref(),
-                    &topts,
-                    &LearnOptions::default(),
-                )
-            })
-            .map_err(err)?
-        }
-        (None, None) => return Err(err("give train=[run dirs] or model=path")),
-    };
+    let (learned, report) = learned_model(py, &serving, model, train, lb.as_deref(), &topts)?;
     let (series, _) = py
         .allow_threads(|| {
             powersynth::synth::synthesize(&learned, &serving, &workload, t0, duration_s, dt_s, seed)
@@ -341,10 +348,7 @@ fn synthesize(
             ("power_w".into(), f64s(series.power_w.iter().copied())),
         ],
     )?;
-    let mut warnings = powersynth::workload::window_warnings(&workload, t0, duration_s);
-    if let Some(env) = &learned.training_traffic {
-        warnings.extend(env.warnings(&workload));
-    }
+    let warnings = powersynth::synth::synthesis_warnings(&learned, &workload, t0, duration_s);
     let info = serde_json::json!({
         "configuration": learned.configuration,
         "training_runs": learned.training_runs,

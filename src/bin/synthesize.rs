@@ -6,19 +6,15 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use powersynth::engine::ServingConfig;
-use powersynth::engine::ServingConfig as Serving;
 use powersynth::learn::{LearnOptions, LearnedModel};
 use powersynth::report::write_power_series;
 use powersynth::sources::leaderboard::LeaderboardConfig;
 use powersynth::sources::measured::load_run;
 use powersynth::sources::measured::read_request_log;
 use powersynth::store::write_json;
-use powersynth::synth::synthesize;
-use powersynth::transfer::{
-    model_for, transfer, ModelFacts, ReferenceChoice, TransferErrors, TransferOptions,
-    TransferReport,
-};
-use powersynth::workload::{window_warnings, SessionModel, Workload};
+use powersynth::synth::{synthesis_warnings, synthesize};
+use powersynth::transfer::{adapt, model_for, TransferErrors, TransferOptions, TransferReport};
+use powersynth::workload::{SessionModel, Workload};
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
 
@@ -114,7 +110,7 @@ fn main() -> Result<()> {
         println!("expected error of this transfer: {e}");
         e
     });
-    for w in synthesis_warnings(&model, &workload, &args) {
+    for w in synthesis_warnings(&model, &workload, args.t0, args.duration_s) {
         eprintln!("warning: {w}");
     }
     let (series, _) = synthesize(
@@ -158,16 +154,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// What the user should know before trusting the trace: requests outside the window, traffic
-/// beyond what the model was learned on.
-fn synthesis_warnings(model: &LearnedModel, workload: &Workload, args: &Args) -> Vec<String> {
-    let mut out = window_warnings(workload, args.t0, args.duration_s);
-    if let Some(env) = &model.training_traffic {
-        out.extend(env.warnings(workload));
-    }
-    out
-}
-
 /// The requests to serve: the log replayed, or its sessions from closed-loop clients.
 fn workload(args: &Args) -> Result<Workload> {
     let Some(clients) = args.closed_loop_clients else {
@@ -189,12 +175,14 @@ fn workload(args: &Args) -> Result<Workload> {
 /// configuration has no training run and a leaderboard is given.
 fn model(
     args: &Args,
-    serving: &Serving,
+    serving: &ServingConfig,
     leaderboard: Option<&[LeaderboardConfig]>,
     topts: &TransferOptions,
 ) -> Result<(LearnedModel, Option<TransferReport>)> {
     if let Some(p) = &args.model {
-        return model_from_file(p, serving, leaderboard, topts);
+        let model = LearnedModel::read_json(p)?;
+        let source = format!("--model {}", p.display());
+        return Ok(adapt(model, &source, serving, leaderboard, topts)?);
     }
     let runs = args
         .train
@@ -208,33 +196,4 @@ fn model(
         topts,
         &LearnOptions::default(),
     )?)
-}
-
-/// A model read from --model: as is when it is of the serving configuration, else (with a
-/// leaderboard) transferred from it.
-fn model_from_file(
-    path: &std::path::Path,
-    serving: &Serving,
-    leaderboard: Option<&[LeaderboardConfig]>,
-    topts: &TransferOptions,
-) -> Result<(LearnedModel, Option<TransferReport>)> {
-    let model = LearnedModel::read_json(path)?;
-    if model.transfer.is_some()
-        || (model.model == serving.model
-            && model.hardware == serving.hardware
-            && model.tp == serving.tp)
-    {
-        return Ok((model, None));
-    }
-    let Some(lb) = leaderboard else {
-        return Ok((model, None)); // synthesize() names the mismatch
-    };
-    let choice = ReferenceChoice {
-        configuration: model.configuration.clone(),
-        reason: format!("given by --model {}", path.display()),
-        ranked: vec![model.configuration.clone()],
-    };
-    let facts = ModelFacts::from_leaderboard(lb, &model.model);
-    let (m, r) = transfer(&model, facts.as_ref(), choice, serving, lb, topts)?;
-    Ok((m, Some(r)))
 }

@@ -61,9 +61,6 @@ impl BatchCurve {
         let x = batch.max(1.0).log2();
         let n = self.batch.len();
         let xs = |i: usize| self.batch[i].log2();
-        let edge = |i: usize| {
-            self.values[i] + self.logistic.map_or(0.0, |l| l.eval_x(x) - l.eval_x(xs(i)))
-        };
         if x <= xs(0) {
             let slope = if n >= 2 {
                 ((self.values[1] - self.values[0]) / (xs(1) - xs(0))).max(0.0)
@@ -73,7 +70,11 @@ impl BatchCurve {
             return self.values[0] - slope * (xs(0) - x);
         }
         if x >= xs(n - 1) {
-            return edge(n - 1);
+            let last = self.values[n - 1];
+            return last
+                + self
+                    .logistic
+                    .map_or(0.0, |l| l.eval_x(x) - l.eval_x(xs(n - 1)));
         }
         let i = self.batch.partition_point(|&b| b.log2() <= x) - 1;
         let w = (x - xs(i)) / (xs(i + 1) - xs(i));
