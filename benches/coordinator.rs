@@ -18,6 +18,7 @@ fn steps(c: &mut Criterion) {
             gpus: Some(gpus),
             duration_s: Some(600.0),
             seed: None,
+            shard: None,
         };
         let mut built = build(&sc, path.parent().expect("folder"), &ov).expect("build");
         let coord = &mut built.coordinator;

@@ -35,6 +35,7 @@ pub mod prefix_cache;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod shard;
 pub mod site;
 pub mod sources;
 pub mod spec;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::shard::Shard;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use rand_pcg::Pcg64;
@@ -288,6 +289,23 @@ pub struct Overrides {
     pub gpus: Option<u64>,
     pub duration_s: Option<f64>,
     pub seed: Option<u64>,
+    /// Simulate only this share of the facility (`simulate --shard I/N`).
+    pub shard: Option<Shard>,
+}
+
+impl Overrides {
+    /// What identifies a run of the scenario file at `path` with these overrides (its SHA-256
+    /// and the overrides, the shard aside): every shard of one run shares it.
+    pub fn run_key(&self, path: &Path) -> Result<String> {
+        let digest = crate::store::sha256_file(path)?;
+        Ok(format!(
+            "scenario sha256 {}, gpus {:?}, duration_s {:?}, seed {:?}",
+            &digest[..16],
+            self.gpus,
+            self.duration_s,
+            self.seed
+        ))
+    }
 }
 
 impl Scenario {
@@ -338,6 +356,7 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
         pue: d.pue,
         servers_per_rack: d.servers_per_rack,
         racks_per_row: d.racks_per_row,
+        shard: ov.shard.unwrap_or_default(),
     };
     let topts = TemplateOptions {
         duration_s: sc.templates.duration_s.unwrap_or(to_f64(duration)),

@@ -328,6 +328,31 @@ impl ParquetTable {
             .collect()
     }
 
+    /// The whole table as writable [`Column`]s (strings, 64-bit integers, floats with nulls as
+    /// NaN, booleans), in file order: what a merge reads, combines and writes back.
+    pub fn to_table(&self) -> Result<Table> {
+        let mut t = Table::new();
+        for f in self.schema.fields() {
+            let name = f.name();
+            let col = match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Column::Str(
+                    self.strings(name)?
+                        .into_iter()
+                        .map(Option::unwrap_or_default)
+                        .collect(),
+                ),
+                DataType::Int64 | DataType::Int32 | DataType::UInt32 => {
+                    Column::I64(self.integers(name)?)
+                }
+                DataType::Float64 | DataType::Float32 => Column::F64(self.floats(name)?),
+                DataType::Boolean => Column::Bool(self.bools(name, false)?),
+                other => return Err(self.type_error(name, "string, integer, float or boolean", other)),
+            };
+            t = t.with(name, col);
+        }
+        Ok(t)
+    }
+
     /// A boolean column; nulls become `default`.
     pub fn bools(&self, name: &str, default: bool) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(self.num_rows());

@@ -62,6 +62,7 @@ fn parity(gpus: u64, duration_s: f64) -> (RunLog, Coordinator) {
         gpus: Some(gpus),
         duration_s: Some(duration_s),
         seed: None,
+        shard: None,
     };
     let mut built = build(&sc, path.parent().unwrap(), &ov).unwrap();
     let log = run_all(&mut built.coordinator);
@@ -152,6 +153,7 @@ fn second_run_after_reset_is_bit_identical() {
         gpus: Some(1000),
         duration_s: Some(30.0),
         seed: Some(7),
+        ..Overrides::default()
     };
     let c = run_all(&mut build(&sc, path.parent().unwrap(), &ov).unwrap().coordinator);
     assert!(!same_bits(&a.dc_states[0], &c.dc_states[0]));
@@ -163,23 +165,33 @@ fn streamed_result_equals_the_in_memory_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = ParquetRunWriter::new(dir.path());
     coord.run(&mut w).unwrap();
-    let t = ParquetTable::read(&dir.path().join("dc_dc.parquet")).unwrap();
+    let t = ParquetTable::read(&dir.path().join("steps/part-0.parquet")).unwrap();
     let a = t.floats("power_a_w").unwrap();
-    let m = t.floats("ModelB__power_w").unwrap();
     assert_eq!(a.len(), 200);
+    let m = ParquetTable::read(&dir.path().join("models/part-0.parquet")).unwrap();
+    let (labels, mp) = (m.strings("model").unwrap(), m.floats("power_w").unwrap());
+    assert_eq!(mp.len(), 400);
     for (i, s) in mem.dc_states[0].iter().enumerate() {
         assert_eq!(a[i].to_bits(), s.power_w.a.to_bits());
-        assert_eq!(m[i].to_bits(), s.models[1].power_w.to_bits());
+        assert_eq!(labels[2 * i + 1].as_deref(), Some("ModelB"));
+        assert_eq!(mp[2 * i + 1].to_bits(), s.models[1].power_w.to_bits());
     }
-    let f = ParquetTable::read(&dir.path().join("facility.parquet")).unwrap();
+    let f = ParquetTable::read(&dir.path().join("facility/part-0.parquet")).unwrap();
     let res = f.floats("resolution_s").unwrap();
     assert_eq!(res.iter().filter(|&&r| r == 1.0).count(), 20);
-    // No temporary files left behind.
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    // No temporary files left behind, and no rack tables without a rack layout.
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        names.push(e.file_name().to_string_lossy().into_owned());
+        if e.path().is_dir() {
+            for f in std::fs::read_dir(e.path()).unwrap() {
+                names.push(f.unwrap().file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
     assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+    assert!(!names.iter().any(|n| n == "racks" || n == "rows"), "{names:?}");
 }
 
 fn flat_dc(models: Vec<ModelDeployment>, capacity: u64) -> OfflineDatacenter {
@@ -595,7 +607,7 @@ fn facility_aggregation_racks_rows_non_gpu_power_and_pue() {
     // Every rack holds at least its servers' non-GPU power and idle GPUs.
     assert!(s.rack_power_w.iter().all(|&p| p >= 100.0));
     // Rack means over 60 s windows, two windows, equal to the (flat) per-step rack power.
-    let racks = ParquetTable::read(&dir.path().join("racks_site.parquet")).unwrap();
+    let racks = ParquetTable::read(&dir.path().join("racks/part-0.parquet")).unwrap();
     assert_eq!(racks.num_rows(), 6);
     let p = racks.floats("power_w").unwrap();
     assert!((p[0] - s.rack_power_w[0]).abs() < 1e-6);

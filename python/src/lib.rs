@@ -374,6 +374,7 @@ fn run_scenario(
         gpus,
         duration_s,
         seed,
+        shard: None,
     };
     let log = py
         .allow_threads(|| -> powersynth::error::Result<RunLog> {

@@ -11,6 +11,7 @@ use powersynth::coordinator::clock::to_f64;
 use powersynth::coordinator::sink::{ParquetRunWriter, StatsSink};
 use powersynth::coordinator::RunSink;
 use powersynth::scenario::{build, Overrides, Scenario};
+use powersynth::shard::Shard;
 
 /// Simulate a datacenter scenario (models, templates or synthesized power, server pool,
 /// replica schedules, training overlay, controllers) with the embedded coordinator.
@@ -41,6 +42,12 @@ struct Args {
     /// Do not write a run result (only the final JSON line): for timing and sweeps.
     #[arg(long)]
     no_output: bool,
+    /// Simulate shard I of N (0 ≤ I < N; e.g. a Slurm array or Kubernetes completion index):
+    /// whole racks (or servers, without a rack layout) split evenly in index order. The tables
+    /// go to `shard=I` partitions of the output folder; `merge-shards DIR --out OUT` then
+    /// writes what the unsplit run writes (equal within float summation order, same seed).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
 }
 
 fn main() -> Result<()> {
@@ -55,7 +62,12 @@ fn main() -> Result<()> {
         gpus: args.gpus,
         duration_s: args.duration_s,
         seed: args.seed,
+        shard: args.shard,
     };
+    let shard = args.shard.unwrap_or_default();
+    if !shard.is_whole() && (args.no_output || (args.out.is_none() && sc.outputs.dir.is_none())) {
+        anyhow::bail!("--shard {shard} needs an output folder (--out DIR or outputs.dir) for merge-shards to read");
+    }
     let t_build = Instant::now();
     let mut built =
         build(&sc, &base, &ov).with_context(|| format!("building {}", args.scenario.display()))?;
@@ -67,9 +79,12 @@ fn main() -> Result<()> {
     };
     let out_dir = if args.no_output { None } else { out_dir };
     let rack_window_s = sc.outputs.rack_window_s.unwrap_or(60.0);
-    let mut writer = out_dir
-        .as_ref()
-        .map(|d| ParquetRunWriter::new(d).with_rack_window_s(rack_window_s));
+    let run_key = ov.run_key(&args.scenario)?;
+    let mut writer = out_dir.as_ref().map(|d| {
+        ParquetRunWriter::new(d)
+            .with_rack_window_s(rack_window_s)
+            .with_shard(shard, &run_key)
+    });
     let ticks = built.coordinator.total_ticks();
     let bar = ProgressBar::new(ticks);
     bar.set_style(
@@ -90,7 +105,7 @@ fn main() -> Result<()> {
     let (min_kw, max_kw) = (stats.facility_min_w / 1000.0, stats.facility_max_w / 1000.0);
     let per_second = std::mem::take(&mut stats.per_second);
     drop(stats);
-    if let Some(dir) = &out_dir {
+    if let Some(dir) = out_dir.as_ref().filter(|_| shard.is_whole()) {
         let html = powersynth::report::simulation_report(
             &format!("powersynth simulation: {}", args.scenario.display()),
             &per_second.facility_w,
@@ -118,6 +133,7 @@ fn main() -> Result<()> {
         "commands": counts.commands,
         "events": counts.events,
         "out": out_dir.map(|d| d.display().to_string()),
+        "shard": args.shard.map(|s| s.to_string()),
     });
     println!("{line}");
     Ok(())

@@ -15,6 +15,7 @@
 
 pub mod clock;
 pub mod controllers;
+pub mod merge;
 pub mod sink;
 
 use serde::Serialize;

@@ -2,8 +2,10 @@
 //! [`ParquetRunWriter`] streams per-step datacenter states to parquet in row groups and keeps
 //! only the facility power series (8 bytes per step) for the facility metrics, so memory does
 //! not grow with the number of GPUs or models. Output files (see docs/outputs.md):
-//! `dc_<name>.parquet`, `commands.parquet`, `events.parquet`, `facility.parquet`,
-//! `facility_metrics.json`; each appears whole at the end of a successful run or not at all.
+//! one folder per table (`steps/`, `models/`, `rows/`, `racks/`, `facility/`, `commands/`,
+//! `events/`, each `part-0.parquet` or, for a shard, `shard=I/part-0.parquet`) and
+//! `facility_metrics.json`; each file appears whole at the end of a successful run or not at
+//! all.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,7 @@ use super::{Command, Datacenter, DcState, RunSink, SimEvent, TickOutput};
 use crate::error::Result;
 use crate::site::{facility_metrics_multi, FacilityMetrics};
 use crate::synth::downsample_mean;
+use crate::shard::Shard;
 use crate::table::{write_parquet, Column, ParquetStream, Table};
 
 /// A command as recorded: tick, time and JSON of the command.
@@ -72,28 +75,159 @@ impl RunSink for RunLog {
 
 const ROW_GROUP: usize = 65_536;
 
-/// Column buffers of one datacenter's states.
-struct DcColumns {
-    stream: Option<ParquetStream>,
-    models: Vec<String>,
-    rows: usize,
-    tick: Vec<i64>,
-    t_s: Vec<f64>,
-    phase: [Vec<f64>; 3],
-    facility_w: Vec<f64>,
-    training_w: Vec<f64>,
-    row_w: Vec<Vec<f64>>,
-    model_power_w: Vec<Vec<f64>>,
-    model_replicas: Vec<Vec<i64>>,
-    model_batch: Vec<Vec<i64>>,
-    model_itl_s: Vec<Vec<f64>>,
-    /// Facility power of every step, for the facility metrics.
-    facility_series_w: Vec<f64>,
-    dt_s: f64,
-    racks: RackWindows,
+/// The tables of a run result, one folder each so that every folder holds one schema
+/// (`read_parquet('out/steps/**/*.parquet')` works in DuckDB, polars and pandas).
+pub const RUN_TABLES: [&str; 7] = [
+    "steps", "models", "rows", "racks", "facility", "commands", "events",
+];
+
+/// Where table `name` of a run in `dir` goes: `dir/name/part-0.parquet`, or in a shard's hive
+/// partition `dir/name/shard=I/part-0.parquet`.
+pub fn table_path(dir: &Path, name: &str, shard: Shard) -> PathBuf {
+    let mut p = dir.join(name);
+    if !shard.is_whole() {
+        p = p.join(shard.partition());
+    }
+    p.join("part-0.parquet")
 }
 
-/// Per-rack mean power over fixed windows, streamed to `racks.parquet`.
+/// Where shard I's record goes: `dir/shards/shard=I.json`.
+pub fn shard_record_path(dir: &Path, shard: Shard) -> PathBuf {
+    dir.join("shards").join(format!("{}.json", shard.partition()))
+}
+
+/// Row buffers of one streamed table.
+trait Rows {
+    fn len(&self) -> usize;
+    /// The buffered rows as a table (an empty one gives the schema); the buffers are emptied.
+    fn take(&mut self) -> Table;
+}
+
+/// A table streamed to parquet in row groups; visible under its name only after `finish`.
+struct Streamed<R: Rows> {
+    rows: R,
+    stream: ParquetStream,
+}
+
+impl<R: Rows> Streamed<R> {
+    fn create(path: &Path, mut rows: R) -> Result<Self> {
+        let schema = rows.take().columns;
+        Ok(Streamed {
+            stream: ParquetStream::create(path, &schema)?,
+            rows,
+        })
+    }
+    fn flush_if_full(&mut self) -> Result<()> {
+        if self.rows.len() >= ROW_GROUP {
+            self.stream.write(&self.rows.take())?;
+        }
+        Ok(())
+    }
+    fn finish(mut self) -> Result<()> {
+        if self.rows.len() > 0 {
+            self.stream.write(&self.rows.take())?;
+        }
+        self.stream.finish()
+    }
+}
+
+fn take<T>(v: &mut Vec<T>) -> Vec<T> {
+    std::mem::take(v)
+}
+
+/// `steps`: one row per datacenter step.
+#[derive(Default)]
+struct StepRows {
+    datacenter: Vec<String>,
+    tick: Vec<i64>,
+    t_s: Vec<f64>,
+    phase_w: [Vec<f64>; 3],
+    facility_w: Vec<f64>,
+    training_w: Vec<f64>,
+}
+
+impl Rows for StepRows {
+    fn len(&self) -> usize {
+        self.tick.len()
+    }
+    fn take(&mut self) -> Table {
+        let [a, b, c] = &mut self.phase_w;
+        Table::new()
+            .with("datacenter", Column::Str(take(&mut self.datacenter)))
+            .with("tick", Column::I64(take(&mut self.tick)))
+            .with("t_s", Column::F64(take(&mut self.t_s)))
+            .with("power_a_w", Column::F64(take(a)))
+            .with("power_b_w", Column::F64(take(b)))
+            .with("power_c_w", Column::F64(take(c)))
+            .with("facility_power_w", Column::F64(take(&mut self.facility_w)))
+            .with("training_power_w", Column::F64(take(&mut self.training_w)))
+    }
+}
+
+/// `models`: one row per (datacenter step, model).
+#[derive(Default)]
+struct ModelRows {
+    datacenter: Vec<String>,
+    tick: Vec<i64>,
+    t_s: Vec<f64>,
+    model: Vec<String>,
+    power_w: Vec<f64>,
+    active_replicas: Vec<i64>,
+    batch_size: Vec<i64>,
+    observed_itl_s: Vec<f64>,
+}
+
+impl Rows for ModelRows {
+    fn len(&self) -> usize {
+        self.tick.len()
+    }
+    fn take(&mut self) -> Table {
+        Table::new()
+            .with("datacenter", Column::Str(take(&mut self.datacenter)))
+            .with("tick", Column::I64(take(&mut self.tick)))
+            .with("t_s", Column::F64(take(&mut self.t_s)))
+            .with("model", Column::Str(take(&mut self.model)))
+            .with("power_w", Column::F64(take(&mut self.power_w)))
+            .with("active_replicas", Column::I64(take(&mut self.active_replicas)))
+            .with("batch_size", Column::I64(take(&mut self.batch_size)))
+            .with("observed_itl_s", Column::F64(take(&mut self.observed_itl_s)))
+    }
+}
+
+/// `rows` (one row per datacenter step and row of racks) and `racks` (one row per rack
+/// window and rack): the same columns but the rack number.
+#[derive(Default)]
+struct LayoutRows {
+    with_rack: bool,
+    datacenter: Vec<String>,
+    tick: Vec<i64>,
+    t_s: Vec<f64>,
+    rack: Vec<i64>,
+    row: Vec<i64>,
+    power_w: Vec<f64>,
+}
+
+impl Rows for LayoutRows {
+    fn len(&self) -> usize {
+        self.t_s.len()
+    }
+    fn take(&mut self) -> Table {
+        let mut t = Table::new().with("datacenter", Column::Str(take(&mut self.datacenter)));
+        if self.with_rack {
+            t = t
+                .with("t_s", Column::F64(take(&mut self.t_s)))
+                .with("rack", Column::I64(take(&mut self.rack)));
+        } else {
+            t = t
+                .with("tick", Column::I64(take(&mut self.tick)))
+                .with("t_s", Column::F64(take(&mut self.t_s)));
+        }
+        t.with("row", Column::I64(take(&mut self.row)))
+            .with("power_w", Column::F64(take(&mut self.power_w)))
+    }
+}
+
+/// Per-rack mean power over fixed windows of one datacenter.
 struct RackWindows {
     racks_per_row: usize,
     steps_per_window: usize,
@@ -101,11 +235,10 @@ struct RackWindows {
     sum_w: Vec<f64>,
     steps: usize,
     window: usize,
-    out: (Vec<f64>, Vec<i64>, Vec<i64>, Vec<f64>),
 }
 
 impl RackWindows {
-    fn push(&mut self, rack_w: &[f64]) {
+    fn push(&mut self, dc: &str, rack_w: &[f64], out: &mut LayoutRows) {
         if self.sum_w.is_empty() {
             return;
         }
@@ -115,102 +248,29 @@ impl RackWindows {
         self.steps += 1;
         if self.steps == self.steps_per_window {
             for (r, a) in self.sum_w.iter_mut().enumerate() {
-                self.out.0.push(self.window as f64 * self.window_s);
-                self.out.1.push(r as i64);
-                self.out.2.push((r / self.racks_per_row.max(1)) as i64);
-                self.out.3.push(*a / self.steps as f64);
+                out.datacenter.push(dc.to_string());
+                out.t_s.push(self.window as f64 * self.window_s);
+                out.rack.push(r as i64);
+                out.row.push((r / self.racks_per_row.max(1)) as i64);
+                out.power_w.push(*a / self.steps as f64);
                 *a = 0.0;
             }
             self.steps = 0;
             self.window += 1;
         }
     }
-    fn table(&mut self) -> Table {
-        Table::new()
-            .with("t_s", Column::F64(std::mem::take(&mut self.out.0)))
-            .with("rack", Column::I64(std::mem::take(&mut self.out.1)))
-            .with("row", Column::I64(std::mem::take(&mut self.out.2)))
-            .with("power_w", Column::F64(std::mem::take(&mut self.out.3)))
-    }
 }
 
-impl DcColumns {
-    fn table(&mut self) -> Table {
-        let mut t = Table::new()
-            .with("tick", Column::I64(std::mem::take(&mut self.tick)))
-            .with("t_s", Column::F64(std::mem::take(&mut self.t_s)))
-            .with("power_a_w", Column::F64(std::mem::take(&mut self.phase[0])))
-            .with("power_b_w", Column::F64(std::mem::take(&mut self.phase[1])))
-            .with("power_c_w", Column::F64(std::mem::take(&mut self.phase[2])))
-            .with(
-                "facility_power_w",
-                Column::F64(std::mem::take(&mut self.facility_w)),
-            )
-            .with(
-                "training_power_w",
-                Column::F64(std::mem::take(&mut self.training_w)),
-            );
-        for (r, v) in self.row_w.iter_mut().enumerate() {
-            t = t.with(&format!("row_{r}_power_w"), Column::F64(std::mem::take(v)));
-        }
-        for (m, label) in self.models.iter().enumerate() {
-            t = t
-                .with(
-                    &format!("{label}__power_w"),
-                    Column::F64(std::mem::take(&mut self.model_power_w[m])),
-                )
-                .with(
-                    &format!("{label}__active_replicas"),
-                    Column::I64(std::mem::take(&mut self.model_replicas[m])),
-                )
-                .with(
-                    &format!("{label}__batch_size"),
-                    Column::I64(std::mem::take(&mut self.model_batch[m])),
-                )
-                .with(
-                    &format!("{label}__observed_itl_s"),
-                    Column::F64(std::mem::take(&mut self.model_itl_s[m])),
-                );
-        }
-        t
-    }
-
-    fn push(&mut self, tick: u64, s: &DcState) -> Result<()> {
-        self.tick.push(tick as i64);
-        self.t_s.push(s.time_s);
-        self.phase[0].push(s.power_w.a);
-        self.phase[1].push(s.power_w.b);
-        self.phase[2].push(s.power_w.c);
-        self.facility_w.push(s.facility_power_w);
-        self.training_w.push(s.training_power_w);
-        self.facility_series_w.push(s.facility_power_w);
-        self.racks.push(&s.rack_power_w);
-        for (r, v) in self.row_w.iter_mut().enumerate() {
-            v.push(s.row_power_w.get(r).copied().unwrap_or(0.0));
-        }
-        for (m, ms) in s.models.iter().enumerate() {
-            self.model_power_w[m].push(ms.power_w);
-            self.model_replicas[m].push(ms.active_replicas as i64);
-            self.model_batch[m].push(ms.batch_size as i64);
-            self.model_itl_s[m].push(ms.observed_itl_s);
-        }
-        self.rows += 1;
-        if self.rows == ROW_GROUP {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.rows > 0 {
-            let t = self.table();
-            if let Some(s) = &mut self.stream {
-                s.write(&t)?;
-            }
-            self.rows = 0;
-        }
-        Ok(())
-    }
+/// What the writer keeps of one datacenter.
+struct DcRun {
+    name: String,
+    models: Vec<String>,
+    dt_s: f64,
+    racks: usize,
+    racks_per_row: usize,
+    /// Facility power of every step, for the facility metrics.
+    facility_series_w: Vec<f64>,
+    rack_windows: RackWindows,
 }
 
 /// Facility metrics of one datacenter at its step and at 1 s, 1 min, 15 min.
@@ -222,6 +282,59 @@ pub struct DcFacilitySummary {
     pub metrics: Vec<FacilityMetrics>,
 }
 
+/// One datacenter's facility power series (one value per datacenter step).
+pub struct FacilitySeries<'a> {
+    pub datacenter: &'a str,
+    pub dt_s: f64,
+    pub power_w: &'a [f64],
+}
+
+/// Writes `facility/part-0.parquet` (facility power at 1 s, 1 min and 15 min: the
+/// resolutions that are whole multiples of the step and fit the run) and
+/// `facility_metrics.json`; returns the summaries.
+pub fn write_facility_outputs(
+    dir: &Path,
+    series: &[FacilitySeries<'_>],
+) -> Result<Vec<DcFacilitySummary>> {
+    let mut fac = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut summaries = Vec::new();
+    for s in series {
+        let (dt_s, w) = (s.dt_s, s.power_w);
+        for target in [1.0, 60.0, 900.0] {
+            let k = (target / dt_s).round();
+            if target < dt_s || (k * dt_s - target).abs() > 1e-9 || k as usize > w.len() {
+                continue;
+            }
+            for (j, v) in downsample_mean(w, k as usize).into_iter().enumerate() {
+                fac.0.push(s.datacenter.to_string());
+                fac.1.push(target);
+                fac.2.push(j as f64 * target);
+                fac.3.push(v);
+            }
+        }
+        summaries.push(DcFacilitySummary {
+            datacenter: s.datacenter.to_string(),
+            steps: w.len(),
+            mean_facility_power_w: w.iter().sum::<f64>() / w.len().max(1) as f64,
+            metrics: if w.is_empty() {
+                Vec::new()
+            } else {
+                facility_metrics_multi(w, dt_s)
+            },
+        });
+    }
+    write_parquet(
+        &table_path(dir, "facility", Shard::WHOLE),
+        &Table::new()
+            .with("datacenter", Column::Str(fac.0))
+            .with("resolution_s", Column::F64(fac.1))
+            .with("t_s", Column::F64(fac.2))
+            .with("facility_power_w", Column::F64(fac.3)),
+    )?;
+    crate::store::write_json(&dir.join("facility_metrics.json"), &summaries)?;
+    Ok(summaries)
+}
+
 /// A table with the `tick` and `t_s` columns of time-stamped records.
 fn stamped(stamps: impl Iterator<Item = (u64, f64)>) -> Table {
     let (ticks, times): (Vec<i64>, Vec<f64>) = stamps.map(|(k, t)| (k as i64, t)).unzip();
@@ -230,12 +343,42 @@ fn stamped(stamps: impl Iterator<Item = (u64, f64)>) -> Table {
         .with("t_s", Column::F64(times))
 }
 
-/// Streams a run to a folder.
+/// What a shard of a run records for the merge (`shards/shard=I.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ShardRecord {
+    pub schema: String,
+    pub shard_index: u32,
+    pub shard_count: u32,
+    /// What the run was (scenario digest and overrides): shards of different runs do not merge.
+    pub run_key: String,
+    pub datacenters: Vec<ShardDatacenter>,
+}
+
+/// A datacenter as a shard saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ShardDatacenter {
+    pub name: String,
+    pub dt_s: f64,
+    pub models: Vec<String>,
+    pub racks: usize,
+    pub racks_per_row: usize,
+    pub steps: usize,
+}
+
+pub const SHARD_RECORD_SCHEMA: &str = "powersynth.shard.v1";
+
+/// Streams a run to a folder, one folder per table (docs/outputs.md); a shard's tables go to
+/// its hive partition and the facility outputs are left to the merge.
 pub struct ParquetRunWriter {
     dir: PathBuf,
+    shard: Shard,
+    run_key: String,
     rack_window_s: f64,
-    rack_streams: Vec<Option<ParquetStream>>,
-    dcs: Vec<(String, DcColumns)>,
+    steps: Option<Streamed<StepRows>>,
+    models: Option<Streamed<ModelRows>>,
+    rows: Option<Streamed<LayoutRows>>,
+    racks: Option<Streamed<LayoutRows>>,
+    dcs: Vec<DcRun>,
     commands: Vec<RecordedCommand>,
     events: Vec<SimEvent>,
     summaries: Vec<DcFacilitySummary>,
@@ -245,166 +388,116 @@ impl ParquetRunWriter {
     pub fn new(dir: &Path) -> Self {
         ParquetRunWriter {
             dir: dir.to_path_buf(),
+            shard: Shard::WHOLE,
+            run_key: String::new(),
             rack_window_s: 60.0,
-            rack_streams: Vec::new(),
+            steps: None,
+            models: None,
+            rows: None,
+            racks: None,
             dcs: Vec::new(),
             commands: Vec::new(),
             events: Vec::new(),
             summaries: Vec::new(),
         }
     }
-    /// Window of the per-rack mean power in `racks_<dc>.parquet` (s; default 60, rounded to
-    /// whole datacenter steps).
+    /// Window of the per-rack mean power in `racks/` (s; default 60, rounded to whole
+    /// datacenter steps).
     pub fn with_rack_window_s(mut self, window_s: f64) -> Self {
         self.rack_window_s = window_s;
         self
     }
 
-    /// Facility summaries, after [`RunSink::finish`].
+    /// Writes shard `shard` of a run: tables in their `shard=I` partitions and
+    /// `shards/shard=I.json` with `run_key`, which every shard of one run must share.
+    pub fn with_shard(mut self, shard: Shard, run_key: &str) -> Self {
+        self.shard = shard;
+        self.run_key = run_key.to_string();
+        self
+    }
+
+    /// Facility summaries, after [`RunSink::finish`] (none for a shard).
     pub fn summaries(&self) -> &[DcFacilitySummary] {
         &self.summaries
     }
-}
 
-impl RunSink for ParquetRunWriter {
-    fn begin(&mut self, datacenters: &[Box<dyn Datacenter>]) -> Result<()> {
-        self.dcs.clear();
-        self.commands.clear();
-        self.events.clear();
-        self.summaries.clear();
-        self.rack_streams.clear();
-        for d in datacenters {
-            let models: Vec<String> = d.model_labels().to_vec();
-            let n = models.len();
-            let mut cols = DcColumns {
-                stream: None,
-                models,
-                rows: 0,
-                tick: Vec::new(),
-                t_s: Vec::new(),
-                phase: Default::default(),
-                facility_w: Vec::new(),
-                training_w: Vec::new(),
-                row_w: Vec::new(),
-                model_power_w: vec![Vec::new(); n],
-                model_replicas: vec![Vec::new(); n],
-                model_batch: vec![Vec::new(); n],
-                model_itl_s: vec![Vec::new(); n],
-                facility_series_w: Vec::new(),
-                dt_s: super::clock::to_f64(d.dt_s()),
-                racks: RackWindows {
-                    racks_per_row: 0,
-                    steps_per_window: 1,
-                    window_s: 0.0,
-                    sum_w: Vec::new(),
-                    steps: 0,
-                    window: 0,
-                    out: Default::default(),
-                },
-            };
-            let (racks, racks_per_row) = d.rack_layout();
-            cols.row_w = vec![Vec::new(); racks.div_ceil(racks_per_row.max(1))];
-            let dt_s = super::clock::to_f64(d.dt_s());
-            let steps = (self.rack_window_s / dt_s).round().max(1.0) as usize;
-            cols.racks = RackWindows {
+    fn dc_run(&self, d: &dyn Datacenter) -> DcRun {
+        let (racks, racks_per_row) = d.rack_layout();
+        let dt_s = super::clock::to_f64(d.dt_s());
+        let steps = (self.rack_window_s / dt_s).round().max(1.0) as usize;
+        DcRun {
+            name: d.name().to_string(),
+            models: d.model_labels().to_vec(),
+            dt_s,
+            racks,
+            racks_per_row,
+            facility_series_w: Vec::new(),
+            rack_windows: RackWindows {
                 racks_per_row,
                 steps_per_window: steps,
                 window_s: steps as f64 * dt_s,
                 sum_w: vec![0.0; racks],
                 steps: 0,
                 window: 0,
-                out: Default::default(),
-            };
-            self.rack_streams.push(if racks > 0 {
-                Some(ParquetStream::create(
-                    &self.dir.join(format!("racks_{}.parquet", d.name())),
-                    &cols.racks.table().columns,
-                )?)
-            } else {
-                None
-            });
-            let schema = cols.table().columns;
-            cols.stream = Some(ParquetStream::create(
-                &self.dir.join(format!("dc_{}.parquet", d.name())),
-                &schema,
-            )?);
-            self.dcs.push((d.name().to_string(), cols));
+            },
         }
+    }
+
+    fn push_state(&mut self, i: usize, tick: u64, s: &DcState) -> Result<()> {
+        let dc = &mut self.dcs[i];
+        let name = &dc.name;
+        if let Some(st) = &mut self.steps {
+            let r = &mut st.rows;
+            r.datacenter.push(name.clone());
+            r.tick.push(tick as i64);
+            r.t_s.push(s.time_s);
+            for (v, p) in r.phase_w.iter_mut().zip([s.power_w.a, s.power_w.b, s.power_w.c]) {
+                v.push(p);
+            }
+            r.facility_w.push(s.facility_power_w);
+            r.training_w.push(s.training_power_w);
+            st.flush_if_full()?;
+        }
+        if let Some(st) = &mut self.models {
+            let r = &mut st.rows;
+            for (label, ms) in dc.models.iter().zip(&s.models) {
+                r.datacenter.push(name.clone());
+                r.tick.push(tick as i64);
+                r.t_s.push(s.time_s);
+                r.model.push(label.clone());
+                r.power_w.push(ms.power_w);
+                r.active_replicas.push(ms.active_replicas as i64);
+                r.batch_size.push(ms.batch_size as i64);
+                r.observed_itl_s.push(ms.observed_itl_s);
+            }
+            st.flush_if_full()?;
+        }
+        if let Some(st) = &mut self.rows {
+            let r = &mut st.rows;
+            for (row, p) in s.row_power_w.iter().enumerate() {
+                r.datacenter.push(name.clone());
+                r.tick.push(tick as i64);
+                r.t_s.push(s.time_s);
+                r.row.push(row as i64);
+                r.power_w.push(*p);
+            }
+            st.flush_if_full()?;
+        }
+        if let Some(st) = &mut self.racks {
+            dc.rack_windows.push(name, &s.rack_power_w, &mut st.rows);
+            st.flush_if_full()?;
+        }
+        dc.facility_series_w.push(s.facility_power_w);
         Ok(())
     }
 
-    fn record(&mut self, tick: &TickOutput<'_>) -> Result<()> {
-        for (i, d) in tick.datacenters.iter().enumerate() {
-            if tick.dc_stepped[i] {
-                if let Some(s) = d.state() {
-                    let cols = &mut self.dcs[i].1;
-                    cols.push(tick.tick, s)?;
-                    if cols.racks.out.0.len() >= ROW_GROUP {
-                        if let Some(st) = &mut self.rack_streams[i] {
-                            st.write(&cols.racks.table())?;
-                        }
-                    }
-                }
-            }
-        }
-        record_commands_and_events(tick, &mut self.commands, &mut self.events);
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        let mut fac = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let rack_streams = std::mem::take(&mut self.rack_streams);
-        for ((name, mut cols), rack_stream) in
-            std::mem::take(&mut self.dcs).into_iter().zip(rack_streams)
-        {
-            cols.flush()?;
-            if let Some(mut st) = rack_stream {
-                st.write(&cols.racks.table())?;
-                st.finish()?;
-            }
-            let series = std::mem::take(&mut cols.facility_series_w);
-            let dt_s = cols.dt_s;
-            for target in [1.0, 60.0, 900.0] {
-                let k = (target / dt_s).round();
-                if target < dt_s || (k * dt_s - target).abs() > 1e-9 || k as usize > series.len() {
-                    continue;
-                }
-                for (j, w) in downsample_mean(&series, k as usize).into_iter().enumerate() {
-                    fac.0.push(name.clone());
-                    fac.1.push(target);
-                    fac.2.push(j as f64 * target);
-                    fac.3.push(w);
-                }
-            }
-            let mean = series.iter().sum::<f64>() / series.len().max(1) as f64;
-            self.summaries.push(DcFacilitySummary {
-                datacenter: name,
-                steps: series.len(),
-                mean_facility_power_w: mean,
-                metrics: if series.is_empty() {
-                    Vec::new()
-                } else {
-                    facility_metrics_multi(&series, dt_s)
-                },
-            });
-            if let Some(s) = cols.stream.take() {
-                s.finish()?;
-            }
-        }
-        write_parquet(
-            &self.dir.join("facility.parquet"),
-            &Table::new()
-                .with("datacenter", Column::Str(fac.0))
-                .with("resolution_s", Column::F64(fac.1))
-                .with("t_s", Column::F64(fac.2))
-                .with("facility_power_w", Column::F64(fac.3)),
-        )?;
+    fn write_log(&self) -> Result<()> {
         let cmd_json = |c: &Command| serde_json::to_string(c).unwrap_or_default();
         let commands = stamped(self.commands.iter().map(|c| (c.tick, c.t_s))).with(
             "command",
             Column::Str(self.commands.iter().map(|c| cmd_json(&c.command)).collect()),
         );
-        write_parquet(&self.dir.join("commands.parquet"), &commands)?;
+        write_parquet(&table_path(&self.dir, "commands", self.shard), &commands)?;
         let events = stamped(self.events.iter().map(|e| (e.tick, e.t_s)))
             .with(
                 "source",
@@ -423,8 +516,91 @@ impl RunSink for ParquetRunWriter {
                 "data",
                 Column::Str(self.events.iter().map(|e| e.data.to_string()).collect()),
             );
-        write_parquet(&self.dir.join("events.parquet"), &events)?;
-        crate::store::write_json(&self.dir.join("facility_metrics.json"), &self.summaries)?;
+        write_parquet(&table_path(&self.dir, "events", self.shard), &events)
+    }
+}
+
+impl RunSink for ParquetRunWriter {
+    fn begin(&mut self, datacenters: &[Box<dyn Datacenter>]) -> Result<()> {
+        self.commands.clear();
+        self.events.clear();
+        self.summaries.clear();
+        self.dcs = datacenters.iter().map(|d| self.dc_run(d.as_ref())).collect();
+        let path = |t: &str| table_path(&self.dir, t, self.shard);
+        self.steps = Some(Streamed::create(&path("steps"), StepRows::default())?);
+        self.models = Some(Streamed::create(&path("models"), ModelRows::default())?);
+        let layout = self.dcs.iter().any(|d| d.racks > 0);
+        self.rows = None;
+        self.racks = None;
+        if layout {
+            self.rows = Some(Streamed::create(&path("rows"), LayoutRows::default())?);
+            let racks = LayoutRows {
+                with_rack: true,
+                ..LayoutRows::default()
+            };
+            self.racks = Some(Streamed::create(&path("racks"), racks)?);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, tick: &TickOutput<'_>) -> Result<()> {
+        for (i, d) in tick.datacenters.iter().enumerate() {
+            if tick.dc_stepped[i] {
+                if let Some(s) = d.state() {
+                    self.push_state(i, tick.tick, s)?;
+                }
+            }
+        }
+        record_commands_and_events(tick, &mut self.commands, &mut self.events);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if let Some(s) = self.steps.take() {
+            s.finish()?;
+        }
+        if let Some(s) = self.models.take() {
+            s.finish()?;
+        }
+        if let Some(s) = self.rows.take() {
+            s.finish()?;
+        }
+        if let Some(s) = self.racks.take() {
+            s.finish()?;
+        }
+        self.write_log()?;
+        if self.shard.is_whole() {
+            let series: Vec<FacilitySeries<'_>> = self
+                .dcs
+                .iter()
+                .map(|d| FacilitySeries {
+                    datacenter: &d.name,
+                    dt_s: d.dt_s,
+                    power_w: &d.facility_series_w,
+                })
+                .collect();
+            self.summaries = write_facility_outputs(&self.dir, &series)?;
+        } else {
+            let record = ShardRecord {
+                schema: SHARD_RECORD_SCHEMA.to_string(),
+                shard_index: self.shard.index,
+                shard_count: self.shard.count,
+                run_key: self.run_key.clone(),
+                datacenters: self
+                    .dcs
+                    .iter()
+                    .map(|d| ShardDatacenter {
+                        name: d.name.clone(),
+                        dt_s: d.dt_s,
+                        models: d.models.clone(),
+                        racks: d.racks,
+                        racks_per_row: d.racks_per_row,
+                        steps: d.facility_series_w.len(),
+                    })
+                    .collect(),
+            };
+            crate::store::write_json(&shard_record_path(&self.dir, self.shard), &record)?;
+        }
         Ok(())
     }
 }
@@ -455,7 +631,16 @@ pub struct PerSecond {
 
 impl PerSecond {
     fn add(&mut self, s: &DcState) {
-        let k = s.time_s.max(0.0).floor() as usize;
+        self.add_values(
+            s.time_s,
+            s.facility_power_w,
+            [s.power_w.a, s.power_w.b, s.power_w.c],
+        );
+    }
+
+    /// Adds one datacenter step at `time_s` (facility and per-phase power, W).
+    pub fn add_values(&mut self, time_s: f64, facility_w: f64, phase_w: [f64; 3]) {
+        let k = time_s.max(0.0).floor() as usize;
         if k >= self.counts.len() {
             self.counts.resize(k + 1, 0);
             self.facility_w.resize(k + 1, 0.0);
@@ -464,12 +649,8 @@ impl PerSecond {
             }
         }
         self.counts[k] += 1;
-        self.facility_w[k] += s.facility_power_w;
-        for (p, v) in self
-            .phase_w
-            .iter_mut()
-            .zip([s.power_w.a, s.power_w.b, s.power_w.c])
-        {
+        self.facility_w[k] += facility_w;
+        for (p, v) in self.phase_w.iter_mut().zip(phase_w) {
             p[k] += v;
         }
     }

@@ -10,8 +10,16 @@
 //!   rounding never over-subscribes a pool whose GPU capacity suffices;
 //! - `ShiftReplicas` and `SetBatchSize` are checked when applied (capacity, known model, batch
 //!   with a template and an ITL fit), not at the next step;
-//! - noise is drawn per allocated server slot from counter-based streams (seed, step, block),
-//!   so results do not depend on the number of threads.
+//! - noise is drawn per (server, model) slot from a counter-based stream keyed by (seed,
+//!   step, server, model), so results depend neither on the number of threads nor on how the
+//!   facility is split into shards.
+//!
+//! Sharding (`DatacenterConfig::shard`): every shard builds the same pool and allocation (they
+//! are cheap and global) and draws power only for the servers it owns: whole racks with a rack
+//! layout, else a contiguous range of servers. Shard 0 also carries the base load and the
+//! training overlay, so per-phase, per-model, per-rack and facility power of the shards sum to
+//! the unsplit run's. Replicas, batch sizes and observed ITLs are global: every shard reports
+//! the same.
 //!
 //! Facility extensions (all default to the peer's behaviour): non-GPU power per server, idle
 //! power per unallocated GPU, PUE, and a rack/row layout with rack and row power per step
@@ -26,7 +34,7 @@ use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
-use rand_pcg::{Pcg64, Pcg64Mcg};
+use rand_pcg::Pcg64;
 use rayon::prelude::*;
 
 use crate::coordinator::{
@@ -35,6 +43,7 @@ use crate::coordinator::{
 };
 use crate::error::{Error, Result};
 use crate::fits::itl_mixture::ItlMixture;
+use crate::shard::Shard;
 pub use pool::ServerPool;
 pub use schedule::ReplicaSchedule;
 pub use training::{TrainingRun, TrainingSchedule, TrainingTrace, TrainingTraceParams};
@@ -56,6 +65,8 @@ pub struct DatacenterConfig {
     /// Rack layout for rack and row power (0 = none).
     pub servers_per_rack: u32,
     pub racks_per_row: u32,
+    /// The share of the facility this process simulates (default: all of it).
+    pub shard: Shard,
 }
 
 impl Default for DatacenterConfig {
@@ -71,6 +82,7 @@ impl Default for DatacenterConfig {
             pue: 1.0,
             servers_per_rack: 0,
             racks_per_row: 0,
+            shard: Shard::WHOLE,
         }
     }
 }
@@ -97,6 +109,7 @@ const PARALLEL_MIN_SLOTS: usize = 4 * BLOCK;
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     model: u32,
+    server: u32,
     phase: u8,
     rack: u32,
     /// The server's stagger reduced modulo the model's current template length.
@@ -135,6 +148,8 @@ pub struct OfflineDatacenter {
     racks: usize,
     racks_per_row: usize,
     rack_of_server: Vec<u32>,
+    /// The servers this shard draws power for.
+    owned: std::ops::Range<usize>,
     // Per-run state.
     k: u64,
     latency_rng: Pcg64,
@@ -209,6 +224,30 @@ fn check_batch(m: &ModelDeployment, b: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// SplitMix64 as a random source: a counter-based stream, seeded per slot and step for the
+/// noise (cheap to seed, one multiply-xorshift per draw).
+struct SplitMix64(u64);
+
+impl rand::RngCore for SplitMix64 {
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        splitmix(self.0)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> std::result::Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -330,6 +369,13 @@ impl OfflineDatacenter {
         } else {
             (0, vec![0; pool.servers()])
         };
+        let owned = if racks > 0 {
+            let r = cfg.shard.range(racks);
+            let per_rack = cfg.servers_per_rack as usize;
+            (r.start * per_rack).min(pool.servers())..(r.end * per_rack).min(pool.servers())
+        } else {
+            cfg.shard.range(pool.servers())
+        };
         let runtimes = models
             .into_iter()
             .map(|d| {
@@ -358,6 +404,7 @@ impl OfflineDatacenter {
             racks,
             racks_per_row,
             rack_of_server,
+            owned,
             k: 0,
             latency_rng: Pcg64::seed_from_u64(seed.wrapping_add(54_321)),
             demand: vec![0; n],
@@ -398,8 +445,12 @@ impl OfflineDatacenter {
             for &(srv, gpus) in a {
                 let s = srv as usize;
                 used[s] += gpus;
+                if !self.owned.contains(&s) {
+                    continue;
+                }
                 self.slots.push(Slot {
                     model: m as u32,
+                    server: srv,
                     phase: self.pool.phase[s],
                     rack: self.rack_of_server[s],
                     stagger: (self.pool.stagger[s] % len as u64) as u32,
@@ -412,6 +463,9 @@ impl OfflineDatacenter {
         self.static_phase_w = [0.0; 3];
         self.static_rack_w = vec![0.0; self.racks];
         for (s, &u) in used.iter().enumerate() {
+            if !self.owned.contains(&s) {
+                continue;
+            }
             let w = self.cfg.non_gpu_w_per_server + self.cfg.idle_w_per_gpu * (g - u.min(g)) as f64;
             self.static_phase_w[self.pool.phase[s] as usize] += w;
             if self.racks > 0 {
@@ -437,11 +491,9 @@ impl OfflineDatacenter {
             m.base = (k % m.template.len() as u64) as usize;
         }
         let models = &self.models;
-        let work =
-            |(bi, ((chunk, sums), outs)): (usize, ((&[Slot], &mut BlockSums), &mut [f64]))| {
+        let work = |((chunk, sums), outs): ((&[Slot], &mut BlockSums), &mut [f64])| {
                 sums.phase = [0.0; 3];
                 sums.model.iter_mut().for_each(|v| *v = 0.0);
-                let mut rng = Pcg64Mcg::seed_from_u64(noise_seed ^ splitmix(bi as u64));
                 for (sl, out) in chunk.iter().zip(outs.iter_mut()) {
                     let m = &models[sl.model as usize];
                     let tpl = &m.template;
@@ -451,6 +503,8 @@ impl OfflineDatacenter {
                     }
                     let mut p = tpl[idx] * sl.scale;
                     if nu > 0.0 {
+                        let key = ((sl.server as u64) << 20) ^ sl.model as u64;
+                        let mut rng = SplitMix64(noise_seed ^ splitmix(key));
                         let z: f64 = StandardNormal.sample(&mut rng);
                         p += z * nu * p.max(1.0);
                         p = p.max(0.0);
@@ -460,21 +514,19 @@ impl OfflineDatacenter {
                     *out = p;
                 }
             };
-        // Fixed blocks, each with its own noise stream and partial sums: the same result
-        // on one thread or many.
+        // Fixed blocks with their own partial sums, noise keyed per slot: the same result on
+        // one thread or many.
         if self.slots.len() >= PARALLEL_MIN_SLOTS {
             self.slots
                 .par_chunks(BLOCK)
                 .zip(self.scratch.par_iter_mut())
                 .zip(self.slot_power_w.par_chunks_mut(BLOCK))
-                .enumerate()
                 .for_each(work);
         } else {
             self.slots
                 .chunks(BLOCK)
                 .zip(self.scratch.iter_mut())
                 .zip(self.slot_power_w.chunks_mut(BLOCK))
-                .enumerate()
                 .for_each(work);
         }
     }
@@ -558,12 +610,18 @@ impl Datacenter for OfflineDatacenter {
                 st.row_power_w[r / self.racks_per_row] += p;
             }
         }
-        let training_w = if self.training.is_empty() {
+        // Facility-wide loads belong to shard 0 (the shards' sums are the whole facility).
+        let first_shard = self.cfg.shard.index == 0;
+        let training_w = if self.training.is_empty() || !first_shard {
             0.0
         } else {
             self.training.power_w(t)
         };
-        let base_w = 1000.0 * self.cfg.base_kw_per_phase;
+        let base_w = if first_shard {
+            1000.0 * self.cfg.base_kw_per_phase
+        } else {
+            0.0
+        };
         let it_w = phase.iter().sum::<f64>() + training_w;
         st.time_s = t;
         st.training_power_w = training_w;
