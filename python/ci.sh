@@ -7,7 +7,7 @@ python3 -m venv target/pyenv
 # shellcheck disable=SC1091
 . target/pyenv/bin/activate
 pip install --quiet --upgrade pip
-pip install --quiet "maturin>=1.5,<2" pytest pyarrow pandas numpy
+pip install --quiet "maturin>=1.5,<2" pytest pyarrow pandas numpy duckdb pyyaml
 (cd python && maturin build --quiet --out ../target/wheels)
 pip install --quiet target/wheels/powersynth-*.whl
 # The installed wheel, not the source tree, is what the tests import.

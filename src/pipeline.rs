@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::fits::itl_mixture::{self, ItlFitMode, ItlFitOptions, ItlMixture};
 use crate::fits::{itl_percentiles, logistic};
 use crate::progress::Progress;
+use crate::shard::Shard;
 use crate::sources::leaderboard::{self, LeaderboardConfig};
 use crate::sources::measured;
 use crate::sources::mlenergy::{BenchmarkRuns, HubOptions, PowerMetric, RunRecord};
@@ -495,10 +496,16 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     let group_results: Vec<GroupResult> = results.iter().map(|r| r.0.clone()).collect();
     let (lt, it) = fit_tables(&group_results);
     let fits_dir = out.join("fits");
-    write_parquet(&fits_dir.join("logistic_fits.parquet"), &lt)?;
-    outputs.push(("fits/logistic_fits.parquet".to_string(), lt.num_rows()));
-    write_parquet(&fits_dir.join("itl_mixtures.parquet"), &it)?;
-    outputs.push(("fits/itl_mixtures.parquet".to_string(), it.num_rows()));
+    write_parquet(&Shard::WHOLE.table_path(&fits_dir, "logistic_fits"), &lt)?;
+    outputs.push((
+        "fits/logistic_fits/part-0.parquet".to_string(),
+        lt.num_rows(),
+    ));
+    write_parquet(&Shard::WHOLE.table_path(&fits_dir, "itl_mixtures"), &it)?;
+    outputs.push((
+        "fits/itl_mixtures/part-0.parquet".to_string(),
+        it.num_rows(),
+    ));
     let input_hashes: Vec<Value> = inputs
         .iter()
         .map(|p| Ok(json!({"file": p.file_name().map(|f| f.to_string_lossy().to_string()), "sha256": store::sha256_file(p)?})))
@@ -564,8 +571,11 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             }
         }
         let (table, quality, traces) = measured_outputs(&runs, &itl_opts)?;
-        write_parquet(&out.join("measured/runs.parquet"), &table)?;
-        outputs.push(("measured/runs.parquet".to_string(), table.num_rows()));
+        write_parquet(
+            &Shard::WHOLE.table_path(&out.join("measured"), "runs"),
+            &table,
+        )?;
+        outputs.push(("measured/runs/part-0.parquet".to_string(), table.num_rows()));
         let q = &quality;
         let quality_col = |f: fn(&itl_mixture::ItlFitQuality) -> f64| {
             Column::F64(q.iter().map(|r| f(&r.quality)).collect())
@@ -589,9 +599,12 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             .with("p50_err_pct", quality_col(|q| q.p50_err_pct))
             .with("p90_err_pct", quality_col(|q| q.p90_err_pct))
             .with("p99_err_pct", quality_col(|q| q.p99_err_pct));
-        write_parquet(&out.join("measured/itl_fit_quality.parquet"), &qt)?;
+        write_parquet(
+            &Shard::WHOLE.table_path(&out.join("measured"), "itl_fit_quality"),
+            &qt,
+        )?;
         outputs.push((
-            "measured/itl_fit_quality.parquet".to_string(),
+            "measured/itl_fit_quality/part-0.parquet".to_string(),
             qt.num_rows(),
         ));
         let entries: Vec<(String, u32, &InferenceTrace)> =

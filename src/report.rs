@@ -437,8 +437,8 @@ pub fn write_html(path: &Path, html: &str) -> Result<()> {
     })
 }
 
-/// Writes `metrics.parquet`, `report.html` and one `power_<run>.parquet` per run into `dir`;
-/// returns the printed table.
+/// Writes `metrics.parquet`, `report.html` and one `power/<run>.parquet` per run (one schema
+/// in the folder, the run in a `run_id` column) into `dir`; returns the printed table.
 pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let table = metrics_table(results);
@@ -447,6 +447,7 @@ pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String>
         let t: Vec<f64> = (0..v.measured_w.len()).map(|i| i as f64 * v.dt_s).collect();
         let unix: Vec<f64> = t.iter().map(|t| v.t0_s + t).collect();
         let mut tab = Table::new()
+            .with("run_id", Column::Str(vec![v.run_id.clone(); unix.len()]))
             .with("t_s", Column::F64(t))
             .with("time_unix_s", Column::F64(unix))
             .with("measured_w", Column::F64(v.measured_w.clone()));
@@ -462,8 +463,8 @@ pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String>
                 "running_simulated",
                 Column::F64(v.simulated_running.clone()),
             );
-        let name = format!("power_{}.parquet", crate::store::sanitize(&v.run_id));
-        write_parquet(&dir.join(name), &tab)?;
+        let name = format!("{}.parquet", crate::store::sanitize(&v.run_id));
+        write_parquet(&dir.join("power").join(name), &tab)?;
     }
     write_html(&dir.join("report.html"), &html_report(results, &table))?;
     Ok(format_table(&table))

@@ -1,10 +1,11 @@
 //! One share of a run split over several processes (`simulate --shard I/N`,
 //! `build-dataset --shard I/N`): which contiguous part of a list of units (servers, racks,
-//! model groups) shard I of N owns, and the hive partition (`shard=I`) its files go to.
+//! model groups) shard I of N owns, and where its tables go (`name/shard=I/part-0.parquet`).
 //! Plain data and arithmetic: no I/O.
 
 use std::fmt;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
@@ -52,6 +53,17 @@ impl Shard {
     /// The hive partition folder name, `shard=I`.
     pub fn partition(&self) -> String {
         format!("shard={}", self.index)
+    }
+
+    /// Where table `name` goes under `dir`: one folder per table, so that every folder holds
+    /// one schema: `dir/name/part-0.parquet`, or in this shard's hive partition
+    /// `dir/name/shard=I/part-0.parquet`.
+    pub fn table_path(&self, dir: &Path, name: &str) -> PathBuf {
+        let mut p = dir.join(name);
+        if !self.is_whole() {
+            p = p.join(self.partition());
+        }
+        p.join("part-0.parquet")
     }
 }
 
@@ -101,7 +113,10 @@ mod tests {
 
     #[test]
     fn parses_and_refuses() {
-        assert_eq!("2/4".parse::<Shard>().unwrap(), Shard { index: 2, count: 4 });
+        assert_eq!(
+            "2/4".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 4 }
+        );
         assert_eq!(Shard::WHOLE.partition(), "shard=0");
         for bad in ["4/4", "1/0", "a/2", "3", "-1/2", ""] {
             let e = bad.parse::<Shard>().unwrap_err().to_string();

@@ -272,8 +272,9 @@ impl SpecStore {
 }
 
 /// A folder of traces: `manifest.parquet` (model_label, batch_size, measured_gpus, file,
-/// duration_s, mean_power_w) and one parquet file per trace (t_s, power_w), paths relative to
-/// the manifest's folder.
+/// duration_s, mean_power_w) and one parquet file per trace in `series/` (model_label,
+/// batch_size, t_s, power_w: one schema for the folder), paths relative to the manifest's
+/// folder (stores written before `series/` existed load too).
 pub struct TraceStore;
 
 impl TraceStore {
@@ -282,10 +283,13 @@ impl TraceStore {
     pub fn save(dir: &Path, entries: &[(String, u32, &InferenceTrace)]) -> Result<()> {
         let mut files = Vec::new();
         for (label, batch, trace) in entries {
-            let file = format!("{}_batch_{batch}.parquet", sanitize(label));
+            let file = format!("series/{}_batch_{batch}.parquet", sanitize(label));
+            let n = trace.t_s.len();
             write_parquet(
                 &dir.join(&file),
                 &Table::new()
+                    .with("model_label", Column::Str(vec![label.clone(); n]))
+                    .with("batch_size", Column::I64(vec![*batch as i64; n]))
                     .with("t_s", Column::F64(trace.t_s.clone()))
                     .with("power_w", Column::F64(trace.power_w.clone())),
             )?;

@@ -346,7 +346,9 @@ impl ParquetTable {
                 }
                 DataType::Float64 | DataType::Float32 => Column::F64(self.floats(name)?),
                 DataType::Boolean => Column::Bool(self.bools(name, false)?),
-                other => return Err(self.type_error(name, "string, integer, float or boolean", other)),
+                other => {
+                    return Err(self.type_error(name, "string, integer, float or boolean", other))
+                }
             };
             t = t.with(name, col);
         }

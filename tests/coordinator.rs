@@ -191,7 +191,10 @@ fn streamed_result_equals_the_in_memory_run() {
         }
     }
     assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
-    assert!(!names.iter().any(|n| n == "racks" || n == "rows"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "racks" || n == "rows"),
+        "{names:?}"
+    );
 }
 
 fn flat_dc(models: Vec<ModelDeployment>, capacity: u64) -> OfflineDatacenter {

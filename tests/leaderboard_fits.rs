@@ -134,7 +134,7 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
         "README of the leaderboard data: 38+28+6+26+16 groups"
     );
 
-    let t = ParquetTable::read(&out.path().join("fits/logistic_fits.parquet")).unwrap();
+    let t = ParquetTable::read(&out.path().join("fits/logistic_fits/part-0.parquet")).unwrap();
     let (task, model, gpu, ng, metric) = (
         t.strings("task").unwrap(),
         t.strings("model_id").unwrap(),
@@ -197,7 +197,7 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
     );
 
     // A second run reuses every spec folder and writes identical tables.
-    let before = std::fs::read(out.path().join("fits/logistic_fits.parquet")).unwrap();
+    let before = std::fs::read(out.path().join("fits/logistic_fits/part-0.parquet")).unwrap();
     let again = pipeline::run(
         &cfg,
         &RunOptions {
@@ -211,7 +211,7 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
     )
     .unwrap();
     assert_eq!((again.groups_built, again.groups_loaded), (0, 114));
-    let after = std::fs::read(out.path().join("fits/logistic_fits.parquet")).unwrap();
+    let after = std::fs::read(out.path().join("fits/logistic_fits/part-0.parquet")).unwrap();
     assert!(
         before == after,
         "tables differ after reusing the spec cache"

@@ -178,7 +178,10 @@ fn four_processes_and_merge_shards_as_the_readme_runs_them() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("shards [2] of 4 are missing"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("shards [2] of 4 are missing"),
+        "{err}"
+    );
     // A shard of another run (another seed) is refused.
     let o = simulate(&shards, &["--shard", "2/4", "--seed", "5"])
         .wait_with_output()
@@ -196,7 +199,12 @@ fn four_processes_and_merge_shards_as_the_readme_runs_them() {
         "{err}"
     );
     // And a bad shard is refused by simulate itself.
-    let o = simulate(&shards, &["--shard", "4/4"]).wait_with_output().unwrap();
+    let o = simulate(&shards, &["--shard", "4/4"])
+        .wait_with_output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("need 0 ≤ I < N"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("need 0 ≤ I < N"),
+        "{err}"
+    );
 }

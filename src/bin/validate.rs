@@ -24,7 +24,7 @@ use powersynth::validate::{
 /// the TDP, mean and two-level prefill/decode baselines. With --leave-one-out DIR: every run
 /// below DIR is the target once, the others train. With --time-split RUN...: each run learns on
 /// its first part and is validated on the rest. Writes DIR/metrics.parquet (per run and
-/// median), power_<run>.parquet (measured, synthesized and baseline series) and report.html
+/// median), power/<run>.parquet (measured, synthesized and baseline series) and report.html
 /// (power over time, CDFs, ACFs, running requests); prints the table and, where a prefix
 /// cache served hits, the simulated hit tokens against the measured `prefix_cache_hits_total`
 /// increase. Its `measured_noise`

@@ -129,7 +129,9 @@ fn merge_tables(tables: &[Table], paths: &[std::path::PathBuf]) -> Result<Table>
                         return Err(Error::row(
                             path,
                             row,
-                            format!("column {name:?} differs from shard 0's: not shards of one run"),
+                            format!(
+                                "column {name:?} differs from shard 0's: not shards of one run"
+                            ),
                         ));
                     }
                 }

@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use super::{Command, Datacenter, DcState, RunSink, SimEvent, TickOutput};
 use crate::error::Result;
+use crate::shard::Shard;
 use crate::site::{facility_metrics_multi, FacilityMetrics};
 use crate::synth::downsample_mean;
-use crate::shard::Shard;
 use crate::table::{write_parquet, Column, ParquetStream, Table};
 
 /// A command as recorded: tick, time and JSON of the command.
@@ -81,19 +81,15 @@ pub const RUN_TABLES: [&str; 7] = [
     "steps", "models", "rows", "racks", "facility", "commands", "events",
 ];
 
-/// Where table `name` of a run in `dir` goes: `dir/name/part-0.parquet`, or in a shard's hive
-/// partition `dir/name/shard=I/part-0.parquet`.
+/// Where table `name` of a run in `dir` goes (see [`Shard::table_path`]).
 pub fn table_path(dir: &Path, name: &str, shard: Shard) -> PathBuf {
-    let mut p = dir.join(name);
-    if !shard.is_whole() {
-        p = p.join(shard.partition());
-    }
-    p.join("part-0.parquet")
+    shard.table_path(dir, name)
 }
 
 /// Where shard I's record goes: `dir/shards/shard=I.json`.
 pub fn shard_record_path(dir: &Path, shard: Shard) -> PathBuf {
-    dir.join("shards").join(format!("{}.json", shard.partition()))
+    dir.join("shards")
+        .join(format!("{}.json", shard.partition()))
 }
 
 /// Row buffers of one streamed table.
@@ -188,9 +184,15 @@ impl Rows for ModelRows {
             .with("t_s", Column::F64(take(&mut self.t_s)))
             .with("model", Column::Str(take(&mut self.model)))
             .with("power_w", Column::F64(take(&mut self.power_w)))
-            .with("active_replicas", Column::I64(take(&mut self.active_replicas)))
+            .with(
+                "active_replicas",
+                Column::I64(take(&mut self.active_replicas)),
+            )
             .with("batch_size", Column::I64(take(&mut self.batch_size)))
-            .with("observed_itl_s", Column::F64(take(&mut self.observed_itl_s)))
+            .with(
+                "observed_itl_s",
+                Column::F64(take(&mut self.observed_itl_s)),
+            )
     }
 }
 
@@ -451,7 +453,11 @@ impl ParquetRunWriter {
             r.datacenter.push(name.clone());
             r.tick.push(tick as i64);
             r.t_s.push(s.time_s);
-            for (v, p) in r.phase_w.iter_mut().zip([s.power_w.a, s.power_w.b, s.power_w.c]) {
+            for (v, p) in r
+                .phase_w
+                .iter_mut()
+                .zip([s.power_w.a, s.power_w.b, s.power_w.c])
+            {
                 v.push(p);
             }
             r.facility_w.push(s.facility_power_w);
@@ -525,7 +531,10 @@ impl RunSink for ParquetRunWriter {
         self.commands.clear();
         self.events.clear();
         self.summaries.clear();
-        self.dcs = datacenters.iter().map(|d| self.dc_run(d.as_ref())).collect();
+        self.dcs = datacenters
+            .iter()
+            .map(|d| self.dc_run(d.as_ref()))
+            .collect();
         let path = |t: &str| table_path(&self.dir, t, self.shard);
         self.steps = Some(Streamed::create(&path("steps"), StepRows::default())?);
         self.models = Some(Streamed::create(&path("models"), ModelRows::default())?);

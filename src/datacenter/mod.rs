@@ -492,28 +492,28 @@ impl OfflineDatacenter {
         }
         let models = &self.models;
         let work = |((chunk, sums), outs): ((&[Slot], &mut BlockSums), &mut [f64])| {
-                sums.phase = [0.0; 3];
-                sums.model.iter_mut().for_each(|v| *v = 0.0);
-                for (sl, out) in chunk.iter().zip(outs.iter_mut()) {
-                    let m = &models[sl.model as usize];
-                    let tpl = &m.template;
-                    let mut idx = m.base + sl.stagger as usize;
-                    if idx >= tpl.len() {
-                        idx -= tpl.len();
-                    }
-                    let mut p = tpl[idx] * sl.scale;
-                    if nu > 0.0 {
-                        let key = ((sl.server as u64) << 20) ^ sl.model as u64;
-                        let mut rng = SplitMix64(noise_seed ^ splitmix(key));
-                        let z: f64 = StandardNormal.sample(&mut rng);
-                        p += z * nu * p.max(1.0);
-                        p = p.max(0.0);
-                    }
-                    sums.phase[sl.phase as usize] += p;
-                    sums.model[sl.model as usize] += p;
-                    *out = p;
+            sums.phase = [0.0; 3];
+            sums.model.iter_mut().for_each(|v| *v = 0.0);
+            for (sl, out) in chunk.iter().zip(outs.iter_mut()) {
+                let m = &models[sl.model as usize];
+                let tpl = &m.template;
+                let mut idx = m.base + sl.stagger as usize;
+                if idx >= tpl.len() {
+                    idx -= tpl.len();
                 }
-            };
+                let mut p = tpl[idx] * sl.scale;
+                if nu > 0.0 {
+                    let key = ((sl.server as u64) << 20) ^ sl.model as u64;
+                    let mut rng = SplitMix64(noise_seed ^ splitmix(key));
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    p += z * nu * p.max(1.0);
+                    p = p.max(0.0);
+                }
+                sums.phase[sl.phase as usize] += p;
+                sums.model[sl.model as usize] += p;
+                *out = p;
+            }
+        };
         // Fixed blocks with their own partial sums, noise keyed per slot: the same result on
         // one thread or many.
         if self.slots.len() >= PARALLEL_MIN_SLOTS {

@@ -23,7 +23,7 @@ pub struct LogisticFit {
     pub b0: f64,
 }
 
-/// A fit with its quality figures, as written to `fits/logistic_fits.parquet`.
+/// A fit with its quality figures, as written to `fits/logistic_fits/part-0.parquet`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogisticFitReport {
     pub fit: LogisticFit,
