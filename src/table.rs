@@ -7,16 +7,18 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow_array::types::UInt32Type;
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
-    Int8Array, LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt32Array,
-    UInt64Array,
+    Array, ArrayRef, BooleanArray, DictionaryArray, Float32Array, Float64Array, Int16Array,
+    Int32Array, Int64Array, Int8Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+    UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 
@@ -24,6 +26,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Column {
     Str(Vec<String>),
+    /// Strings from a small set (names repeated on every row): codes into `values`, written as
+    /// a dictionary-encoded string column (read back as strings by every engine).
+    Cat(Vec<u32>, Arc<[String]>),
     I64(Vec<i64>),
     F64(Vec<f64>),
     Bool(Vec<bool>),
@@ -33,6 +38,7 @@ impl Column {
     fn len(&self) -> usize {
         match self {
             Column::Str(v) => v.len(),
+            Column::Cat(v, _) => v.len(),
             Column::I64(v) => v.len(),
             Column::F64(v) => v.len(),
             Column::Bool(v) => v.len(),
@@ -42,6 +48,9 @@ impl Column {
     fn field(&self, name: &str) -> Field {
         let dt = match self {
             Column::Str(_) => DataType::Utf8,
+            Column::Cat(..) => {
+                DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
+            }
             Column::I64(_) => DataType::Int64,
             Column::F64(_) => DataType::Float64,
             Column::Bool(_) => DataType::Boolean,
@@ -53,6 +62,10 @@ impl Column {
     fn to_array(&self) -> ArrayRef {
         match self {
             Column::Str(v) => Arc::new(StringArray::from(v.clone())),
+            Column::Cat(codes, values) => Arc::new(DictionaryArray::<UInt32Type>::new(
+                UInt32Array::from(codes.clone()),
+                Arc::new(StringArray::from_iter_values(values.iter())),
+            )),
             Column::I64(v) => Arc::new(Int64Array::from(v.clone())),
             // NaN means "no value" in the toolkit; in a table it is a null (SQL and dataframe
             // engines treat it so), built only when a column has one.
@@ -142,11 +155,17 @@ impl ParquetStream {
             .map_err(|e| Error::io(&dir, e))?;
         let fields: Vec<Field> = columns.iter().map(|(name, c)| c.field(name)).collect();
         let schema = Arc::new(Schema::new(fields));
-        // Per-step float series: dictionaries never pay off and cost most of the encoding time.
-        let props = WriterProperties::builder()
+        // Per-step float series: dictionaries never pay off and cost most of the encoding time;
+        // names repeated on every row (`Column::Cat`) keep theirs.
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_dictionary_enabled(false)
-            .build();
+            .set_dictionary_enabled(false);
+        for (name, c) in columns {
+            if matches!(c, Column::Cat(..)) {
+                props = props.set_column_dictionary_enabled(ColumnPath::from(name.as_str()), true);
+            }
+        }
+        let props = props.build();
         let file = tmp.reopen().map_err(|e| Error::io(path, e))?;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| {
             Error::Parquet {
@@ -274,6 +293,16 @@ impl ParquetTable {
                 out.extend(s.iter().map(|v| v.map(str::to_string)));
             } else if let Some(s) = any.downcast_ref::<StringViewArray>() {
                 out.extend(s.iter().map(|v| v.map(str::to_string)));
+            } else if let Some(d) = any.downcast_ref::<DictionaryArray<UInt32Type>>() {
+                let values = d.values().as_any().downcast_ref::<StringArray>();
+                let Some(values) = values else {
+                    return Err(self.type_error(name, "string", a.data_type()));
+                };
+                out.extend(
+                    d.keys()
+                        .iter()
+                        .map(|k| k.map(|k| values.value(k as usize).to_string())),
+                );
             } else {
                 return Err(self.type_error(name, "string", a.data_type()));
             }
@@ -335,6 +364,22 @@ impl ParquetTable {
         for f in self.schema.fields() {
             let name = f.name();
             let col = match f.data_type() {
+                DataType::Dictionary(..) => {
+                    let mut values: Vec<String> = Vec::new();
+                    let mut index = std::collections::HashMap::new();
+                    let codes = self
+                        .strings(name)?
+                        .into_iter()
+                        .map(|v| {
+                            let v = v.unwrap_or_default();
+                            *index.entry(v.clone()).or_insert_with(|| {
+                                values.push(v);
+                                values.len() as u32 - 1
+                            })
+                        })
+                        .collect();
+                    Column::Cat(codes, values.into())
+                }
                 DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Column::Str(
                     self.strings(name)?
                         .into_iter()

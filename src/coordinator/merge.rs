@@ -148,6 +148,9 @@ fn first_difference(a: &Column, b: &Column) -> Option<usize> {
     }
     match (a, b) {
         (Column::Str(a), Column::Str(b)) => first(a, b, |x, y| x == y),
+        (Column::Cat(a, va), Column::Cat(b, vb)) => {
+            first(a, b, |x, y| va[*x as usize] == vb[*y as usize])
+        }
         (Column::I64(a), Column::I64(b)) => first(a, b, |x, y| x == y),
         (Column::F64(a), Column::F64(b)) => {
             first(a, b, |x, y| x == y || (x.is_nan() && y.is_nan()))
@@ -211,6 +214,9 @@ pub fn merge_shards(dir: &Path, out: &Path) -> Result<MergeSummary> {
     })?;
     let names: Vec<&str> = match steps.columns.iter().find(|(n, _)| n == "datacenter") {
         Some((_, Column::Str(v))) => v.iter().map(String::as_str).collect(),
+        Some((_, Column::Cat(codes, values))) => {
+            codes.iter().map(|&c| values[c as usize].as_str()).collect()
+        }
         _ => Vec::new(),
     };
     let (t_s, facility_w) = (f64s(&steps, "t_s"), f64s(&steps, "facility_power_w"));

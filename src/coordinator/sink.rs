@@ -8,6 +8,7 @@
 //! all.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -134,7 +135,8 @@ fn take<T>(v: &mut Vec<T>) -> Vec<T> {
 /// `steps`: one row per datacenter step.
 #[derive(Default)]
 struct StepRows {
-    datacenter: Vec<String>,
+    names: Arc<[String]>,
+    datacenter: Vec<u32>,
     tick: Vec<i64>,
     t_s: Vec<f64>,
     phase_w: [Vec<f64>; 3],
@@ -148,8 +150,9 @@ impl Rows for StepRows {
     }
     fn take(&mut self) -> Table {
         let [a, b, c] = &mut self.phase_w;
+        let names = self.names.clone();
         Table::new()
-            .with("datacenter", Column::Str(take(&mut self.datacenter)))
+            .with("datacenter", Column::Cat(take(&mut self.datacenter), names))
             .with("tick", Column::I64(take(&mut self.tick)))
             .with("t_s", Column::F64(take(&mut self.t_s)))
             .with("power_a_w", Column::F64(take(a)))
@@ -163,10 +166,13 @@ impl Rows for StepRows {
 /// `models`: one row per (datacenter step, model).
 #[derive(Default)]
 struct ModelRows {
-    datacenter: Vec<String>,
+    names: Arc<[String]>,
+    /// Every datacenter's model labels, one after the other.
+    labels: Arc<[String]>,
+    datacenter: Vec<u32>,
     tick: Vec<i64>,
     t_s: Vec<f64>,
-    model: Vec<String>,
+    model: Vec<u32>,
     power_w: Vec<f64>,
     active_replicas: Vec<i64>,
     batch_size: Vec<i64>,
@@ -178,11 +184,12 @@ impl Rows for ModelRows {
         self.tick.len()
     }
     fn take(&mut self) -> Table {
+        let (names, labels) = (self.names.clone(), self.labels.clone());
         Table::new()
-            .with("datacenter", Column::Str(take(&mut self.datacenter)))
+            .with("datacenter", Column::Cat(take(&mut self.datacenter), names))
             .with("tick", Column::I64(take(&mut self.tick)))
             .with("t_s", Column::F64(take(&mut self.t_s)))
-            .with("model", Column::Str(take(&mut self.model)))
+            .with("model", Column::Cat(take(&mut self.model), labels))
             .with("power_w", Column::F64(take(&mut self.power_w)))
             .with(
                 "active_replicas",
@@ -201,7 +208,8 @@ impl Rows for ModelRows {
 #[derive(Default)]
 struct LayoutRows {
     with_rack: bool,
-    datacenter: Vec<String>,
+    names: Arc<[String]>,
+    datacenter: Vec<u32>,
     tick: Vec<i64>,
     t_s: Vec<f64>,
     rack: Vec<i64>,
@@ -214,7 +222,8 @@ impl Rows for LayoutRows {
         self.t_s.len()
     }
     fn take(&mut self) -> Table {
-        let mut t = Table::new().with("datacenter", Column::Str(take(&mut self.datacenter)));
+        let names = self.names.clone();
+        let mut t = Table::new().with("datacenter", Column::Cat(take(&mut self.datacenter), names));
         if self.with_rack {
             t = t
                 .with("t_s", Column::F64(take(&mut self.t_s)))
@@ -240,7 +249,7 @@ struct RackWindows {
 }
 
 impl RackWindows {
-    fn push(&mut self, dc: &str, rack_w: &[f64], out: &mut LayoutRows) {
+    fn push(&mut self, dc: u32, rack_w: &[f64], out: &mut LayoutRows) {
         if self.sum_w.is_empty() {
             return;
         }
@@ -250,7 +259,7 @@ impl RackWindows {
         self.steps += 1;
         if self.steps == self.steps_per_window {
             for (r, a) in self.sum_w.iter_mut().enumerate() {
-                out.datacenter.push(dc.to_string());
+                out.datacenter.push(dc);
                 out.t_s.push(self.window as f64 * self.window_s);
                 out.rack.push(r as i64);
                 out.row.push((r / self.racks_per_row.max(1)) as i64);
@@ -267,6 +276,8 @@ impl RackWindows {
 struct DcRun {
     name: String,
     models: Vec<String>,
+    /// Code of its first model in the `models` table's label dictionary.
+    model_offset: u32,
     dt_s: f64,
     racks: usize,
     racks_per_row: usize,
@@ -430,6 +441,7 @@ impl ParquetRunWriter {
         DcRun {
             name: d.name().to_string(),
             models: d.model_labels().to_vec(),
+            model_offset: 0,
             dt_s,
             racks,
             racks_per_row,
@@ -447,10 +459,10 @@ impl ParquetRunWriter {
 
     fn push_state(&mut self, i: usize, tick: u64, s: &DcState) -> Result<()> {
         let dc = &mut self.dcs[i];
-        let name = &dc.name;
+        let code = i as u32;
         if let Some(st) = &mut self.steps {
             let r = &mut st.rows;
-            r.datacenter.push(name.clone());
+            r.datacenter.push(code);
             r.tick.push(tick as i64);
             r.t_s.push(s.time_s);
             for (v, p) in r
@@ -466,11 +478,11 @@ impl ParquetRunWriter {
         }
         if let Some(st) = &mut self.models {
             let r = &mut st.rows;
-            for (label, ms) in dc.models.iter().zip(&s.models) {
-                r.datacenter.push(name.clone());
+            for (m, ms) in s.models.iter().enumerate().take(dc.models.len()) {
+                r.datacenter.push(code);
                 r.tick.push(tick as i64);
                 r.t_s.push(s.time_s);
-                r.model.push(label.clone());
+                r.model.push(dc.model_offset + m as u32);
                 r.power_w.push(ms.power_w);
                 r.active_replicas.push(ms.active_replicas as i64);
                 r.batch_size.push(ms.batch_size as i64);
@@ -481,7 +493,7 @@ impl ParquetRunWriter {
         if let Some(st) = &mut self.rows {
             let r = &mut st.rows;
             for (row, p) in s.row_power_w.iter().enumerate() {
-                r.datacenter.push(name.clone());
+                r.datacenter.push(code);
                 r.tick.push(tick as i64);
                 r.t_s.push(s.time_s);
                 r.row.push(row as i64);
@@ -490,7 +502,7 @@ impl ParquetRunWriter {
             st.flush_if_full()?;
         }
         if let Some(st) = &mut self.racks {
-            dc.rack_windows.push(name, &s.rack_power_w, &mut st.rows);
+            dc.rack_windows.push(code, &s.rack_power_w, &mut st.rows);
             st.flush_if_full()?;
         }
         dc.facility_series_w.push(s.facility_power_w);
@@ -535,16 +547,36 @@ impl RunSink for ParquetRunWriter {
             .iter()
             .map(|d| self.dc_run(d.as_ref()))
             .collect();
+        let mut labels = Vec::new();
+        for d in &mut self.dcs {
+            d.model_offset = labels.len() as u32;
+            labels.extend(d.models.iter().cloned());
+        }
+        let names: Arc<[String]> = self.dcs.iter().map(|d| d.name.clone()).collect();
         let path = |t: &str| table_path(&self.dir, t, self.shard);
-        self.steps = Some(Streamed::create(&path("steps"), StepRows::default())?);
-        self.models = Some(Streamed::create(&path("models"), ModelRows::default())?);
+        let steps = StepRows {
+            names: names.clone(),
+            ..StepRows::default()
+        };
+        self.steps = Some(Streamed::create(&path("steps"), steps)?);
+        let models = ModelRows {
+            names: names.clone(),
+            labels: labels.into(),
+            ..ModelRows::default()
+        };
+        self.models = Some(Streamed::create(&path("models"), models)?);
         let layout = self.dcs.iter().any(|d| d.racks > 0);
         self.rows = None;
         self.racks = None;
         if layout {
-            self.rows = Some(Streamed::create(&path("rows"), LayoutRows::default())?);
+            let rows = LayoutRows {
+                names: names.clone(),
+                ..LayoutRows::default()
+            };
+            self.rows = Some(Streamed::create(&path("rows"), rows)?);
             let racks = LayoutRows {
                 with_rack: true,
+                names,
                 ..LayoutRows::default()
             };
             self.racks = Some(Streamed::create(&path("racks"), racks)?);
