@@ -1375,6 +1375,13 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         }
     };
     let baselines = baseline_levels(&aligned);
+    tracing::debug!(
+        configuration = %first.configuration(),
+        runs = aligned.len(),
+        kv_capacity_tokens = ?kv_cache.capacity_tokens,
+        power_cells = power.cells.len(),
+        "learned model"
+    );
     Ok(LearnedModel {
         schema: LEARNED_MODEL_SCHEMA.into(),
         configuration: first.configuration(),

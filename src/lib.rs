@@ -20,6 +20,7 @@
 // Column-building code uses local tuples of column vectors; naming each would add noise.
 #![allow(clippy::type_complexity)]
 
+pub mod cli;
 pub mod coordinator;
 pub mod datacenter;
 pub mod engine;

@@ -198,6 +198,22 @@ fn four_processes_and_merge_shards_as_the_readme_runs_them() {
         !o.status.success() && err.contains("of another run"),
         "{err}"
     );
+    // -q: nothing on stderr (no progress bar, no info); -v: the merge's steps.
+    let o = simulate(&root.path().join("q"), &["-q"])
+        .wait_with_output()
+        .unwrap();
+    assert!(o.status.success() && o.stderr.is_empty(), "{:?}", o.stderr);
+    let o = bin("merge-shards")
+        .arg(&shards)
+        .args(["-v", "--out"])
+        .arg(root.path().join("m4"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("merging shards") || err.contains("of another run"),
+        "{err}"
+    );
     // And a bad shard is refused by simulate itself.
     let o = simulate(&shards, &["--shard", "4/4"])
         .wait_with_output()

@@ -39,9 +39,8 @@ struct Args {
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// No progress bars.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    log: powersynth::cli::LogArgs,
 }
 
 /// Progress bars on stderr, one per stage.
@@ -72,21 +71,20 @@ impl Progress for Bars {
         if let Some(b) = self.bar.lock().expect("progress lock").take() {
             b.finish_and_clear();
         }
-        if !self.quiet {
-            eprintln!("{summary}");
-        }
+        tracing::info!("{summary}");
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.log.init();
     let mut cfg = PipelineConfig::from_file(&args.pipeline)
         .with_context(|| format!("loading pipeline {}", args.pipeline.display()))?;
     if let Some(s) = args.seed {
         cfg.seed = s;
     }
     let bars = Bars {
-        quiet: args.quiet,
+        quiet: args.log.quiet,
         bar: Mutex::new(None),
     };
     let started = std::time::Instant::now();

@@ -23,10 +23,13 @@ struct Args {
     /// Folder for the merged run result (may not be DIR itself).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    log: powersynth::cli::LogArgs,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.log.init();
     if args.out == args.dir {
         anyhow::bail!(
             "--out {} is the shards' folder: give another folder for the merged result",

@@ -48,10 +48,13 @@ struct Args {
     /// writes what the unsplit run writes (equal within float summation order, same seed).
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
+    #[command(flatten)]
+    log: powersynth::cli::LogArgs,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.log.init();
     let sc = Scenario::from_file(&args.scenario)?;
     let base = args
         .scenario
@@ -86,7 +89,11 @@ fn main() -> Result<()> {
             .with_shard(shard, &run_key)
     });
     let ticks = built.coordinator.total_ticks();
-    let bar = ProgressBar::new(ticks);
+    let bar = if args.log.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(ticks)
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{bar:40}] {pos}/{len} ticks ({per_sec}, eta {eta})",

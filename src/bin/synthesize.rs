@@ -91,27 +91,30 @@ struct Args {
     /// the leaderboard lacks, e.g. of the same family and active parameters (repeatable).
     #[arg(long)]
     stand_in: Vec<String>,
+    #[command(flatten)]
+    log: powersynth::cli::LogArgs,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.log.init();
     let serving = ServingConfig::from_file(&args.serving)?;
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
     let workload = workload(&args)?;
     let leaderboard = powersynth::pipeline::leaderboard_configs_opt(args.leaderboard.as_deref())?
         .map(|(what, configs)| {
-            eprintln!("leaderboard data: {what}, {} configurations", configs.len());
+            tracing::info!("leaderboard data: {what}, {} configurations", configs.len());
             configs
         });
     let (model, report) = model(&args, &serving, leaderboard.as_deref(), &topts)?;
     let expected = report.as_ref().map(|r| {
-        eprint!("{}", r.summary());
+        tracing::info!("{}", r.summary().trim_end());
         let e = TransferErrors::embedded().expected(&r.kind());
         println!("expected error of this transfer: {e}");
         e
     });
     for w in synthesis_warnings(&model, &workload, args.t0, args.duration_s) {
-        eprintln!("warning: {w}");
+        tracing::warn!("{w}");
     }
     let (series, _) = synthesize(
         &model,
@@ -142,7 +145,7 @@ fn main() -> Result<()> {
         }),
     )?;
     let mean_w = series.power_w.iter().sum::<f64>() / series.power_w.len() as f64;
-    eprintln!(
+    tracing::info!(
         "{}: {} bins of {} s, mean {:.1} W, energy {:.3} kWh → {}",
         model.configuration,
         series.power_w.len(),
@@ -163,7 +166,7 @@ fn workload(args: &Args) -> Result<Workload> {
     let sessions = SessionModel::from_log(&log)?;
     let mut rng = Pcg64::seed_from_u64(args.seed);
     let w = sessions.closed_loop(clients, args.t0, args.duration_s, &mut rng)?;
-    eprintln!(
+    tracing::info!(
         "closed loop: {clients} clients replaying {} sessions of {}",
         sessions.sessions.len(),
         args.requests.display()

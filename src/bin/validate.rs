@@ -96,10 +96,13 @@ struct Args {
     /// `power.draw`; 0: learn it from the training runs, 1–8 steps)
     #[arg(long, default_value_t = 1)]
     meter_window_bins: usize,
+    #[command(flatten)]
+    log: powersynth::cli::LogArgs,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.log.init();
     let opts = LearnOptions {
         dt_s: args.dt_s,
         meter_window_bins: (args.meter_window_bins > 0).then_some(args.meter_window_bins),
@@ -112,7 +115,7 @@ fn main() -> Result<()> {
     let topts = TransferOptions::from_flags(&args.leaderboard_task, &args.stand_in)?;
     let leaderboard = powersynth::pipeline::leaderboard_configs_opt(args.leaderboard.as_deref())?
         .map(|(what, configs)| {
-            eprintln!("leaderboard data: {what}, {} configurations", configs.len());
+            tracing::info!("leaderboard data: {what}, {} configurations", configs.len());
             configs
         });
     let (results, skipped) = validations(&args, &opts, draws, &topts, leaderboard.as_deref())?;
@@ -122,7 +125,7 @@ fn main() -> Result<()> {
         }
     }
     for s in &skipped {
-        eprintln!("skipped (no transfer possible): {s}");
+        tracing::warn!("skipped (no transfer possible): {s}");
     }
     write_transfer_outputs(&args.out, &results)?;
     let table = write_validation(&args.out, &results)?;
@@ -132,7 +135,7 @@ fn main() -> Result<()> {
         print!("{table}");
         print!("{}", powersynth::report::format_cache_hits(&results));
     }
-    eprintln!("wrote {}", args.out.join("report.html").display());
+    tracing::info!("wrote {}", args.out.join("report.html").display());
     Ok(())
 }
 

@@ -195,10 +195,12 @@ fn f64s<'a>(t: &'a Table, name: &str) -> &'a [f64] {
 pub fn merge_shards(dir: &Path, out: &Path) -> Result<MergeSummary> {
     let records = read_shard_records(dir)?;
     let count = records[0].shard_count;
+    tracing::info!(shards = count, dir = %dir.display(), "merging shards");
     let mut tables = Vec::new();
     let mut steps = None;
     for name in ["steps", "models", "rows", "racks", "commands", "events"] {
         if let Some(t) = merge_table(dir, name, count)? {
+            tracing::debug!(table = name, rows = t.num_rows(), "merged");
             write_parquet(&table_path(out, name, Shard::WHOLE), &t)?;
             tables.push(name.to_string());
             if name == "steps" {

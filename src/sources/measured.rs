@@ -246,6 +246,14 @@ pub fn load_run(dir: &Path) -> Result<MeasuredRun> {
     let requests = load_requests(dir)?;
     let engine = load_engine(&dir.join("engine.csv"))?;
     let clock_skew_s = manifest.clock.reference_epoch_s.map(|r| power.t_s[0] - r);
+    tracing::debug!(
+        run = %dir.display(),
+        power_samples = power.t_s.len(),
+        requests = requests.request_timestamps.len(),
+        engine_rows = engine.t_s.len(),
+        clock_skew_s,
+        "loaded measured run"
+    );
     Ok(MeasuredRun {
         dir: dir.to_path_buf(),
         manifest,

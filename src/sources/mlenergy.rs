@@ -173,6 +173,7 @@ impl HubFiles {
 impl RunFiles for HubFiles {
     fn fetch(&self, rel: &str) -> Result<PathBuf> {
         if let Some(p) = self.cache.repo(self.repo.clone()).get(rel) {
+            tracing::debug!(file = rel, "hub file from the local cache");
             return Ok(p);
         }
         if self.opts.offline {
@@ -183,6 +184,7 @@ impl RunFiles for HubFiles {
             }
             .into());
         }
+        tracing::info!(file = rel, repo = %self.opts.repo_id, "downloading from the hub");
         self.api
             .repo(self.repo.clone())
             .get(rel)
