@@ -376,6 +376,35 @@ impl TemplateStore {
         Ok(TemplateStore { options, templates })
     }
 
+    /// Reads the templates of a `templates.parquet` into `self` (rows of a template in step
+    /// order; a template already present is replaced, as a later trace replaces it in
+    /// [`TemplateStore::build`]).
+    pub fn extend_from_file(&mut self, path: &Path) -> Result<()> {
+        let t = ParquetTable::read(path)?;
+        let labels = t.strings("model_label")?;
+        let batches = t.integers("batch_size")?;
+        let steps = t.integers("step")?;
+        let power = t.floats("power_w_per_gpu")?;
+        let mut read: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
+        for i in 0..t.num_rows() {
+            let key = (
+                labels[i].clone().unwrap_or_default(),
+                batches[i].max(0) as u32,
+            );
+            let v = read.entry(key).or_default();
+            if steps[i] != v.len() as i64 {
+                return Err(Error::row(
+                    path,
+                    i,
+                    format!("step {} out of order (expected {})", steps[i], v.len()),
+                ));
+            }
+            v.push(power[i]);
+        }
+        self.templates.extend(read);
+        Ok(())
+    }
+
     /// `templates.parquet`: model_label, batch_size, step, t_s, power_w_per_gpu.
     pub fn save(&self, path: &Path) -> Result<()> {
         let (mut label, mut batch, mut step, mut t, mut p) =

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use powersynth::pipeline::{self, CompactFits, PipelineConfig, RunOptions};
+use powersynth::shard::Shard;
 use powersynth::table::ParquetTable;
 
 type Key = (String, String, String, i64);
@@ -126,6 +127,7 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
             measured_path: None,
             pipeline_file: None,
             progress: &common::Quiet,
+            shard: Default::default(),
         },
     )
     .unwrap();
@@ -207,6 +209,7 @@ fn refined_logistic_fits_beat_the_grid_on_real_leaderboard() {
             measured_path: None,
             pipeline_file: None,
             progress: &common::Quiet,
+            shard: Default::default(),
         },
     )
     .unwrap();
@@ -315,9 +318,75 @@ fn a_pipeline_that_fails_on_its_source_leaves_no_output_folder() {
             measured_path: None,
             pipeline_file: None,
             progress: &common::Quiet,
+            shard: Default::default(),
         },
     )
     .unwrap_err();
     assert!(err.to_string().contains("no-such-leaderboard"), "{err}");
     assert!(!out.exists(), "an empty output folder was left behind");
+}
+
+#[test]
+fn sharded_pipeline_merges_to_the_unsplit_outputs_byte_for_byte() {
+    let (Some(board), Some(measured)) = (
+        common::shared("mlenergy-leaderboard"),
+        common::shared("measured"),
+    ) else {
+        return;
+    };
+    // Two measured runs (request summaries only: no EM), so the templates come from traces.
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    for name in [
+        "arrival_pattern_qwen3-8b_a100_smooth",
+        "arrival_rate_qwen3-8b_a100_r2p5",
+    ] {
+        std::os::unix::fs::symlink(measured.join(name), runs.join(name)).unwrap();
+    }
+    let cfg = PipelineConfig::from_file(Path::new("pipelines/leaderboard.toml")).unwrap();
+    let opts = |out: &Path, shard: Shard| RunOptions {
+        out_dir: out.to_path_buf(),
+        force: false,
+        source_path: Some(board.clone()),
+        measured_path: Some(runs.clone()),
+        pipeline_file: None,
+        progress: &common::Quiet,
+        shard,
+    };
+    let (whole, split) = (tmp.path().join("whole"), tmp.path().join("split"));
+    let unsplit = pipeline::run(&cfg, &opts(&whole, Shard::WHOLE)).unwrap();
+    // Merging before every shard ran is refused, naming the missing ones.
+    pipeline::run(&cfg, &opts(&split, Shard::new(0, 3).unwrap())).unwrap();
+    let err = pipeline::shards::merge(&cfg, &opts(&split, Shard::WHOLE))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shards [1, 2] of 3 are missing"), "{err}");
+    let mut groups = 0;
+    for i in 0..3 {
+        let s = pipeline::run(&cfg, &opts(&split, Shard::new(i, 3).unwrap())).unwrap();
+        groups += s.groups;
+    }
+    assert_eq!(groups, unsplit.groups);
+    let merged = pipeline::shards::merge(&cfg, &opts(&split, Shard::WHOLE)).unwrap();
+    assert_eq!(merged.groups, unsplit.groups);
+    assert_eq!(
+        merged.refined_strictly_better,
+        unsplit.refined_strictly_better
+    );
+    assert_eq!(merged.outputs, unsplit.outputs);
+    for (file, _) in &unsplit.outputs {
+        let (a, b) = (
+            std::fs::read(whole.join(file)).unwrap(),
+            std::fs::read(split.join(file)).unwrap(),
+        );
+        assert!(a == b, "{file} differs");
+    }
+    assert!(unsplit
+        .outputs
+        .iter()
+        .any(|(f, rows)| f == "templates/templates.parquet" && *rows > 0));
+    // Nothing of the shards is left beside the merged files.
+    assert!(!split.join("shards").exists());
+    assert!(!split.join("fits/logistic_fits/shard=0").exists());
 }

@@ -203,6 +203,7 @@ fn mirror_pipeline_fits_traces_and_templates() {
             measured_path: None,
             pipeline_file: None,
             progress: &common::Quiet,
+            shard: Default::default(),
         },
     )
     .unwrap();

@@ -176,3 +176,22 @@ def test_kubernetes_manifest_is_an_indexed_job_and_a_merge():
     assert m["containers"][0]["command"][:2] == ["merge-shards", "/data/run/shards"]
     wait = m["initContainers"][0]
     assert next(e["value"] for e in wait["env"] if e["name"] == "SHARDS") == n
+
+
+def test_slurm_array_script_runs_a_sharded_pipeline(tmp_path):
+    need(BIN / "build-dataset")
+    script = ROOT / "deploy" / "slurm-array.sh"
+    pipeline = ROOT / "pipelines" / "default.toml"
+    whole = tmp_path / "whole"
+    run(BIN / "build-dataset", "-q", "--pipeline", pipeline, "--out", whole)
+    out = tmp_path / "split"
+    for i in range(3):
+        env = slurm_env(i, 3)
+        env["KIND"] = "build-dataset"
+        run("bash", script, pipeline, out, env=env)
+    env["MERGE"] = "1"
+    run("bash", script, pipeline, out, env=env)
+    for f in ["fits/logistic_fits/part-0.parquet", "fits/itl_mixtures/part-0.parquet",
+              "fits/default_fits.json"]:
+        assert (whole / f).read_bytes() == (out / f).read_bytes(), f
+    assert not (out / "shards").exists()

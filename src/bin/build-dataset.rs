@@ -39,6 +39,16 @@ struct Args {
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Run shard I of N of the pipeline's model groups (0 ≤ I < N; a Slurm array or
+    /// Kubernetes completion index): contiguous groups in source order, fitted into the common
+    /// spec store of --out; tables in `shard=I` partitions; the last shard also runs the
+    /// measured stage. Then `--merge-shards` with the same pipeline and --out.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge_shards")]
+    shard: Option<powersynth::shard::Shard>,
+    /// Merge the shards in --out (all of `--shard 0/N` … `N-1/N` of the same pipeline) into
+    /// what the unsplit run writes, and remove the partitions.
+    #[arg(long)]
+    merge_shards: bool,
     #[command(flatten)]
     log: powersynth::cli::LogArgs,
 }
@@ -88,18 +98,21 @@ fn main() -> anyhow::Result<()> {
         bar: Mutex::new(None),
     };
     let started = std::time::Instant::now();
-    let summary = pipeline::run(
-        &cfg,
-        &RunOptions {
-            out_dir: args.out.clone(),
-            force: args.force,
-            source_path: args.source_path.clone(),
-            measured_path: args.measured_path.clone(),
-            pipeline_file: Some(args.pipeline.clone()),
-            progress: &bars,
-        },
-    )
-    .with_context(|| format!("running pipeline {:?}", cfg.name))?;
+    let opts = RunOptions {
+        out_dir: args.out.clone(),
+        force: args.force,
+        source_path: args.source_path.clone(),
+        measured_path: args.measured_path.clone(),
+        pipeline_file: Some(args.pipeline.clone()),
+        progress: &bars,
+        shard: args.shard.unwrap_or_default(),
+    };
+    let summary = if args.merge_shards {
+        pipeline::shards::merge(&cfg, &opts)
+            .with_context(|| format!("merging the shards in {}", args.out.display()))?
+    } else {
+        pipeline::run(&cfg, &opts).with_context(|| format!("running pipeline {:?}", cfg.name))?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(());

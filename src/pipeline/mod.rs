@@ -5,6 +5,8 @@
 //! per group, "ensure" its spec folder (fit only what is missing or stale) → tables →
 //! measured runs (optional) → templates (optional) → `manifest.json` of the folder.
 
+pub mod shards;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -165,6 +167,8 @@ pub struct RunOptions<'a> {
     /// The pipeline file, for provenance.
     pub pipeline_file: Option<PathBuf>,
     pub progress: &'a dyn Progress,
+    /// Run only this share of the groups (`build-dataset --shard I/N`; default: all).
+    pub shard: Shard,
 }
 
 /// One fitted curve with its quality figures.
@@ -325,7 +329,7 @@ pub struct Summary {
 }
 
 /// ITL fit quality of one measured run for one mode.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItlQualityRow {
     pub run_id: String,
     pub mode: String,
@@ -363,14 +367,95 @@ fn spec_for(
     .build()
 }
 
-/// Executes a pipeline.
+/// Executes a pipeline (or, with `opts.shard`, shard I of N of it: see [`shards`]).
 pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     cfg.validate()?;
     let out = &opts.out_dir;
+    let shard = opts.shard;
     let mut inputs: Vec<PathBuf> = Vec::new();
-    let mut benchmark: Option<BenchmarkRuns> = None;
+    // 1. Source → groups (this shard's contiguous share of them).
+    let (source, groups, benchmark) = source_groups(cfg, opts, &mut inputs)?;
+    let total_groups = groups.len();
+    let range = shard.range(total_groups);
+    let groups: Vec<Group> = groups
+        .into_iter()
+        .skip(range.start)
+        .take(range.len())
+        .collect();
+    tracing::debug!(%shard, groups = groups.len(), of = total_groups, "groups of this run");
+    // The output folder appears only once the source has been read and yields groups: a run
+    // that fails on its inputs leaves no empty folder.
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // 2. Per group: ensure the spec folder.
+    let itl_opts = ItlFitOptions {
+        mode: cfg.itl.mode,
+        max_samples: cfg.itl.max_samples,
+        seed: cfg.seed,
+    };
+    let results = fit_groups(&groups, benchmark.as_ref(), cfg, opts, &itl_opts)?;
+    let built = results.iter().filter(|r| r.2).count();
+    // 3. Tables.
+    let mut outputs = Vec::new();
+    let group_results: Vec<GroupResult> = results.iter().map(|r| r.0.clone()).collect();
+    write_fit_tables(out, shard, &group_results, &mut outputs)?;
+    let derived_from = json!({"pipeline": cfg.name, "source_kind": source_kind(&cfg.source), "inputs": file_hashes(&inputs)?});
+    if shard.is_whole() {
+        write_compact_fits(out, &derived_from, group_results.clone(), &mut outputs)?;
+    }
+    let (strictly, warnings) = fit_quality(&group_results);
+    // 4. Traces of benchmark groups.
+    let mut all_traces: Vec<(String, u32, InferenceTrace)> = Vec::new();
+    for (g, art, _) in &results {
+        for (b, t) in &art.traces {
+            all_traces.push((g.model_label.clone(), *b, t.clone()));
+        }
+    }
+    // 5. Measured runs: the last shard's (so the templates keep the unsplit order).
+    let mut itl_quality = Vec::new();
+    let mut measured_runs = 0;
+    if let (Some(m), true) = (&cfg.measured, shard.index + 1 == shard.count) {
+        let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
+        let (n, quality, traces) =
+            measured_stage(&root, out, &itl_opts, opts, &mut inputs, &mut outputs)?;
+        measured_runs = n;
+        itl_quality = quality;
+        all_traces.extend(traces);
+    }
+    // 6. Templates.
+    if let Some(t) = &cfg.templates {
+        if !all_traces.is_empty() {
+            templates_stage(&all_traces, t, out, shard, opts, &mut outputs)?;
+        }
+    }
+    let summary = Summary {
+        pipeline: cfg.name.clone(),
+        source,
+        groups: results.len(),
+        groups_built: built,
+        groups_loaded: results.len() - built,
+        refined_strictly_better: strictly,
+        warnings,
+        outputs,
+        measured_runs,
+        itl_quality,
+    };
+    // 7. Folder manifest (written last), or this shard's record for the merge.
+    if shard.is_whole() {
+        write_manifest(cfg, opts, &summary, &inputs)?;
+    } else {
+        shards::write_record(cfg, opts, &summary, &group_results, &derived_from, &inputs)?;
+    }
+    Ok(summary)
+}
+
+/// Step 1: reads the source into model groups (an error when it yields none).
+fn source_groups(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    inputs: &mut Vec<PathBuf>,
+) -> Result<(String, Vec<Group>, Option<BenchmarkRuns>)> {
     let pick = |p: &PathBuf| opts.source_path.clone().unwrap_or_else(|| p.clone());
-    // 1. Source → groups.
+    let mut benchmark = None;
     let (source, groups): (String, Vec<Group>) = match &cfg.source {
         SourceConfig::Leaderboard { path, tasks } => {
             let path = pick(path);
@@ -448,16 +533,18 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             "the source {source} yields no model groups"
         )));
     }
-    // The output folder appears only once the source has been read and yields groups: a run
-    // that fails on its inputs leaves no empty folder.
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // 2. Per group: ensure the spec folder.
-    let store = SpecStore::new(out.join("specs"));
-    let itl_opts = ItlFitOptions {
-        mode: cfg.itl.mode,
-        max_samples: cfg.itl.max_samples,
-        seed: cfg.seed,
-    };
+    Ok((source, groups, benchmark))
+}
+
+/// Step 2: per group, its spec folder: loaded when current, fitted (rayon) when not.
+fn fit_groups(
+    groups: &[Group],
+    benchmark: Option<&BenchmarkRuns>,
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    itl_opts: &ItlFitOptions,
+) -> Result<Vec<(GroupResult, SpecArtifacts, bool)>> {
+    let store = SpecStore::new(opts.out_dir.join("specs"));
     opts.progress.begin("fit groups", groups.len() as u64);
     let results: Vec<(GroupResult, SpecArtifacts, bool)> = groups
         .par_iter()
@@ -470,7 +557,7 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             });
             let inputs_sha = store::sha256_bytes(key.to_string().as_bytes());
             let (art, built) = store.ensure(&g.spec, &inputs_sha, opts.force, || {
-                build_group(g, benchmark.as_ref(), cfg, &itl_opts)
+                build_group(g, benchmark, cfg, itl_opts)
             })?;
             let report = art
                 .report
@@ -491,35 +578,48 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         results.len(),
         results.len() - built
     ));
-    // 3. Tables.
-    let mut outputs = Vec::new();
-    let group_results: Vec<GroupResult> = results.iter().map(|r| r.0.clone()).collect();
-    let (lt, it) = fit_tables(&group_results);
-    let fits_dir = out.join("fits");
-    write_parquet(&Shard::WHOLE.table_path(&fits_dir, "logistic_fits"), &lt)?;
-    outputs.push((
-        "fits/logistic_fits/part-0.parquet".to_string(),
-        lt.num_rows(),
-    ));
-    write_parquet(&Shard::WHOLE.table_path(&fits_dir, "itl_mixtures"), &it)?;
-    outputs.push((
-        "fits/itl_mixtures/part-0.parquet".to_string(),
-        it.num_rows(),
-    ));
-    let input_hashes: Vec<Value> = inputs
-        .iter()
-        .map(|p| Ok(json!({"file": p.file_name().map(|f| f.to_string_lossy().to_string()), "sha256": store::sha256_file(p)?})))
-        .collect::<Result<_>>()?;
+    Ok(results)
+}
+
+/// Step 3: `fits/logistic_fits/` and `fits/itl_mixtures/` (in the shard's partition).
+fn write_fit_tables(
+    out: &Path,
+    shard: Shard,
+    groups: &[GroupResult],
+    outputs: &mut Vec<(String, usize)>,
+) -> Result<()> {
+    let (lt, it) = fit_tables(groups);
+    for (name, t) in [("logistic_fits", &lt), ("itl_mixtures", &it)] {
+        let path = shard.table_path(&out.join("fits"), name);
+        write_parquet(&path, t)?;
+        outputs.push((relative(out, &path), t.num_rows()));
+    }
+    Ok(())
+}
+
+/// `fits/default_fits.json`: the groups' results with what they were derived from.
+fn write_compact_fits(
+    out: &Path,
+    derived_from: &Value,
+    groups: Vec<GroupResult>,
+    outputs: &mut Vec<(String, usize)>,
+) -> Result<()> {
     let compact = CompactFits {
         schema: COMPACT_SCHEMA.to_string(),
-        derived_from: json!({"pipeline": cfg.name, "source_kind": source_kind(&cfg.source), "inputs": input_hashes}),
-        groups: group_results.clone(),
+        derived_from: derived_from.clone(),
+        groups,
     };
-    store::write_json(&fits_dir.join("default_fits.json"), &compact)?;
+    store::write_json(&out.join("fits").join("default_fits.json"), &compact)?;
     outputs.push(("fits/default_fits.json".to_string(), compact.groups.len()));
+    Ok(())
+}
+
+/// How many groups' refined fits beat the grid everywhere (of those with ≥ 3 points), and the
+/// fits' warnings.
+fn fit_quality(groups: &[GroupResult]) -> ((usize, usize), Vec<String>) {
     let mut warnings = Vec::new();
     let mut strictly = (0, 0);
-    for g in &group_results {
+    for g in groups {
         let curves: Vec<&CurveResult> = g.logistic.values().filter(|c| c.n_points >= 3).collect();
         if !curves.is_empty() {
             strictly.1 += 1;
@@ -533,109 +633,149 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             }
         }
     }
-    // 4. Traces and templates of benchmark groups.
-    let mut all_traces: Vec<(String, u32, InferenceTrace)> = Vec::new();
-    for (g, art, _) in &results {
-        for (b, t) in &art.traces {
-            all_traces.push((g.model_label.clone(), *b, t.clone()));
-        }
-    }
-    // 5. Measured runs.
-    let mut itl_quality = Vec::new();
-    let mut measured_runs = 0;
-    if let Some(m) = &cfg.measured {
-        let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
-        let dirs = measured::discover_runs(&root)?;
-        opts.progress.begin("measured runs", dirs.len() as u64);
-        let runs: Vec<measured::MeasuredRun> = dirs
-            .par_iter()
-            .map(|d| {
-                let r = measured::load_run(d);
-                opts.progress.advance(1);
-                r
-            })
-            .collect::<Result<_>>()?;
-        measured_runs = runs.len();
-        for r in &runs {
-            for f in [
-                "manifest.json",
-                "power.csv",
-                "engine.csv",
-                "requests.json",
-                "requests_summary.json",
-            ] {
-                let p = r.dir.join(f);
-                if p.is_file() {
-                    inputs.push(p);
-                }
+    (strictly, warnings)
+}
+
+/// Step 5: the measured runs under `root` → `measured/` tables and trace store; returns the
+/// number of runs, the ITL fit quality and their traces.
+fn measured_stage(
+    root: &Path,
+    out: &Path,
+    itl_opts: &ItlFitOptions,
+    opts: &RunOptions,
+    inputs: &mut Vec<PathBuf>,
+    outputs: &mut Vec<(String, usize)>,
+) -> Result<(usize, Vec<ItlQualityRow>, Vec<MeasuredTrace>)> {
+    let dirs = measured::discover_runs(root)?;
+    opts.progress.begin("measured runs", dirs.len() as u64);
+    let runs: Vec<measured::MeasuredRun> = dirs
+        .par_iter()
+        .map(|d| {
+            let r = measured::load_run(d);
+            opts.progress.advance(1);
+            r
+        })
+        .collect::<Result<_>>()?;
+    for r in &runs {
+        for f in [
+            "manifest.json",
+            "power.csv",
+            "engine.csv",
+            "requests.json",
+            "requests_summary.json",
+        ] {
+            let p = r.dir.join(f);
+            if p.is_file() {
+                inputs.push(p);
             }
         }
-        let (table, quality, traces) = measured_outputs(&runs, &itl_opts)?;
-        write_parquet(
-            &Shard::WHOLE.table_path(&out.join("measured"), "runs"),
-            &table,
-        )?;
-        outputs.push(("measured/runs/part-0.parquet".to_string(), table.num_rows()));
-        let q = &quality;
-        let quality_col = |f: fn(&itl_mixture::ItlFitQuality) -> f64| {
-            Column::F64(q.iter().map(|r| f(&r.quality)).collect())
-        };
-        let qt = Table::new()
-            .with(
-                "run_id",
-                Column::Str(q.iter().map(|r| r.run_id.clone()).collect()),
-            )
-            .with(
-                "mode",
-                Column::Str(q.iter().map(|r| r.mode.clone()).collect()),
-            )
-            .with(
-                "n_samples",
-                Column::I64(q.iter().map(|r| r.quality.n_samples as i64).collect()),
-            )
-            .with("sample_mean_s", quality_col(|q| q.sample_mean_s))
-            .with("fit_mean_s", quality_col(|q| q.fit_mean_s))
-            .with("mean_err_pct", quality_col(|q| q.mean_err_pct))
-            .with("p50_err_pct", quality_col(|q| q.p50_err_pct))
-            .with("p90_err_pct", quality_col(|q| q.p90_err_pct))
-            .with("p99_err_pct", quality_col(|q| q.p99_err_pct));
-        write_parquet(
-            &Shard::WHOLE.table_path(&out.join("measured"), "itl_fit_quality"),
-            &qt,
-        )?;
-        outputs.push((
-            "measured/itl_fit_quality/part-0.parquet".to_string(),
-            qt.num_rows(),
-        ));
-        let entries: Vec<(String, u32, &InferenceTrace)> =
-            traces.iter().map(|(l, b, t)| (l.clone(), *b, t)).collect();
-        TraceStore::save(&out.join("measured/traces"), &entries)?;
-        outputs.push((
-            "measured/traces/manifest.parquet".to_string(),
-            entries.len(),
-        ));
-        opts.progress.end(&format!("{} measured runs", runs.len()));
-        itl_quality = quality;
-        all_traces.extend(traces);
     }
-    if let Some(t) = &cfg.templates {
-        if !all_traces.is_empty() {
-            opts.progress.begin("templates", all_traces.len() as u64);
-            let ts = TemplateStore::build(&all_traces, *t)?;
-            ts.save(&out.join("templates/templates.parquet"))?;
-            outputs.push((
-                "templates/templates.parquet".to_string(),
-                ts.templates.len() * t.len(),
-            ));
-            opts.progress.end(&format!(
-                "{} templates × {} samples",
-                ts.templates.len(),
-                t.len()
-            ));
-        }
+    let (table, quality, traces) = measured_outputs(&runs, itl_opts)?;
+    let measured_dir = out.join("measured");
+    let path = Shard::WHOLE.table_path(&measured_dir, "runs");
+    write_parquet(&path, &table)?;
+    outputs.push((relative(out, &path), table.num_rows()));
+    let qt = itl_quality_table(&quality);
+    let path = Shard::WHOLE.table_path(&measured_dir, "itl_fit_quality");
+    write_parquet(&path, &qt)?;
+    outputs.push((relative(out, &path), qt.num_rows()));
+    let entries: Vec<(String, u32, &InferenceTrace)> =
+        traces.iter().map(|(l, b, t)| (l.clone(), *b, t)).collect();
+    TraceStore::save(&measured_dir.join("traces"), &entries)?;
+    outputs.push((
+        "measured/traces/manifest.parquet".to_string(),
+        entries.len(),
+    ));
+    opts.progress.end(&format!("{} measured runs", runs.len()));
+    Ok((runs.len(), quality, traces))
+}
+
+/// `measured/itl_fit_quality`: one row per run and mode.
+fn itl_quality_table(q: &[ItlQualityRow]) -> Table {
+    let quality_col = |f: fn(&itl_mixture::ItlFitQuality) -> f64| {
+        Column::F64(q.iter().map(|r| f(&r.quality)).collect())
+    };
+    Table::new()
+        .with(
+            "run_id",
+            Column::Str(q.iter().map(|r| r.run_id.clone()).collect()),
+        )
+        .with(
+            "mode",
+            Column::Str(q.iter().map(|r| r.mode.clone()).collect()),
+        )
+        .with(
+            "n_samples",
+            Column::I64(q.iter().map(|r| r.quality.n_samples as i64).collect()),
+        )
+        .with("sample_mean_s", quality_col(|q| q.sample_mean_s))
+        .with("fit_mean_s", quality_col(|q| q.fit_mean_s))
+        .with("mean_err_pct", quality_col(|q| q.mean_err_pct))
+        .with("p50_err_pct", quality_col(|q| q.p50_err_pct))
+        .with("p90_err_pct", quality_col(|q| q.p90_err_pct))
+        .with("p99_err_pct", quality_col(|q| q.p99_err_pct))
+}
+
+/// Where a shard's templates go: `templates/templates.parquet`, or in its partition
+/// `templates/shard=I/templates.parquet`.
+pub(crate) fn templates_path(out: &Path, shard: Shard) -> PathBuf {
+    let mut p = out.join("templates");
+    if !shard.is_whole() {
+        p = p.join(shard.partition());
     }
-    // 6. Folder manifest (written last).
-    let output_hashes: Vec<Value> = outputs
+    p.join("templates.parquet")
+}
+
+/// Step 6: the simulation templates of every trace.
+fn templates_stage(
+    traces: &[(String, u32, InferenceTrace)],
+    t: &TemplateOptions,
+    out: &Path,
+    shard: Shard,
+    opts: &RunOptions,
+    outputs: &mut Vec<(String, usize)>,
+) -> Result<()> {
+    opts.progress.begin("templates", traces.len() as u64);
+    let ts = TemplateStore::build(traces, *t)?;
+    let path = templates_path(out, shard);
+    ts.save(&path)?;
+    outputs.push((relative(out, &path), ts.templates.len() * t.len()));
+    opts.progress.end(&format!(
+        "{} templates × {} samples",
+        ts.templates.len(),
+        t.len()
+    ));
+    Ok(())
+}
+
+/// `path` relative to `out`, with `/` separators (as the manifest lists outputs).
+fn relative(out: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(out).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `[{file, sha256}]` of the source inputs (what compact fits are derived from).
+fn file_hashes(inputs: &[PathBuf]) -> Result<Vec<Value>> {
+    inputs
+        .iter()
+        .map(|p| Ok(json!({"file": p.file_name().map(|f| f.to_string_lossy().to_string()), "sha256": store::sha256_file(p)?})))
+        .collect()
+}
+
+/// Step 7: the folder's `manifest.json` (written last): what was run on what, and every
+/// output with its SHA-256.
+pub(crate) fn write_manifest(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    summary: &Summary,
+    inputs: &[PathBuf],
+) -> Result<()> {
+    let out = &opts.out_dir;
+    let output_hashes: Vec<Value> = summary
+        .outputs
         .iter()
         .map(|(f, rows)| {
             Ok(json!({"file": f, "rows": rows, "sha256": store::sha256_file(&out.join(f))?}))
@@ -658,25 +798,13 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
             "pipeline_file": pipeline_file,
             "parameters": cfg,
             "seed": cfg.seed,
-            "source": source,
+            "source": summary.source,
             "force": opts.force,
             "inputs": input_hashes,
             "outputs": output_hashes,
             "written_utc": store::now_utc(),
         }),
-    )?;
-    Ok(Summary {
-        pipeline: cfg.name.clone(),
-        source,
-        groups: results.len(),
-        groups_built: built,
-        groups_loaded: results.len() - built,
-        refined_strictly_better: strictly,
-        warnings,
-        outputs,
-        measured_runs,
-        itl_quality,
-    })
+    )
 }
 
 fn source_kind(s: &SourceConfig) -> &'static str {
