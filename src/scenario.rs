@@ -344,6 +344,9 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
     let dc_dt = sc.datacenter.dt_s.exact("datacenter.dt_s")?;
     let dt_s = to_f64(dc_dt);
     let d = &sc.datacenter;
+    if d.gpus_per_server == 0 {
+        return Err(Error::config("datacenter.gpus_per_server", "0 (need ≥ 1)"));
+    }
     let capacity = ov.gpus.unwrap_or(d.total_gpu_capacity);
     let cfg = DatacenterConfig {
         gpus_per_server: d.gpus_per_server,
@@ -552,10 +555,30 @@ fn templates_for(
             trace_dt_s,
             seed: trace_seed,
         } => {
-            if batch_sizes.is_empty() || !(*trace_dt_s > 0.0 && *trace_s > *trace_dt_s) {
+            if batch_sizes.is_empty()
+                || !(*trace_dt_s > 0.0 && *trace_s > *trace_dt_s && trace_s.is_finite())
+            {
                 return Err(Error::config(
                     &field,
                     "need batch_sizes and trace_s > trace_dt_s > 0",
+                ));
+            }
+            if let Some((lo, hi)) = clip_w {
+                if !(*lo >= 0.0 && lo <= hi && hi.is_finite()) {
+                    return Err(Error::config(
+                        format!("{field}.clip_w"),
+                        format!("[{lo}, {hi}] (need 0 ≤ lo ≤ hi, finite)"),
+                    ));
+                }
+            }
+            let finite = [level_w.0, level_w.1, *noise_sd_w]
+                .into_iter()
+                .chain(ripples.iter().flat_map(|r| [r.0, r.1]))
+                .all(f64::is_finite);
+            if !finite || ripples.iter().any(|r| !(r.1 > 0.0)) {
+                return Err(Error::config(
+                    &field,
+                    "level_w, ripples (amplitude, period > 0) and noise_sd_w must be finite",
                 ));
             }
             let bmin = *batch_sizes.iter().min().unwrap_or(&1);
@@ -762,5 +785,36 @@ mod tests {
         let bad = text.replace("replicas = 8", "replicas = 8\nreplicaz = 1");
         let err = toml::from_str::<Scenario>(&bad).unwrap_err().to_string();
         assert!(err.contains("replicaz"), "{err}");
+        // Values that used to panic (reversed or NaN clip limits, no GPUs per server) are
+        // errors naming the field.
+        for (from, to, field) in [
+            (
+                "trace_dt_s = 0.1 }",
+                "trace_dt_s = 0.1, clip_w = [600, 280] }",
+                "clip_w",
+            ),
+            (
+                "trace_dt_s = 0.1 }",
+                "trace_dt_s = 0.1, clip_w = [0, nan] }",
+                "clip_w",
+            ),
+            (
+                "trace_dt_s = 0.1 }",
+                "trace_dt_s = 0.1, ripples = [[5, 0]] }",
+                "power",
+            ),
+            (
+                "total_gpu_capacity = 16",
+                "total_gpu_capacity = 16\ngpus_per_server = 0",
+                "gpus_per_server",
+            ),
+        ] {
+            let sc: Scenario = toml::from_str(&text.replace(from, to)).unwrap();
+            let err = build(&sc, Path::new("."), &Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(field), "{to}: {err}");
+        }
     }
 }
