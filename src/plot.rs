@@ -110,8 +110,13 @@ pub fn line_chart_svg(chart: &LineChart) -> Result<String> {
         for (k, s) in chart.series.iter().enumerate() {
             let colour = COLOURS[k % COLOURS.len()];
             let y = 40 + 20 * k as i32;
+            let swatch = if s.light {
+                colour.mix(0.3).filled()
+            } else {
+                colour.filled()
+            };
             legend_area
-                .draw(&Rectangle::new([(8, y - 5), (28, y + 5)], colour.filled()))
+                .draw(&Rectangle::new([(8, y - 5), (28, y + 5)], swatch))
                 .map_err(|e| err(&e))?;
             legend_area
                 .draw(&Text::new(

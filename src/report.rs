@@ -356,10 +356,19 @@ pub fn html_report(results: &[RunValidation], table: &Table) -> String {
 pub const MAX_CHART_POINTS: usize = 20_000;
 
 /// Means over consecutive blocks of `k` seconds, with each block's start time.
+/// Means over windows of `k` seconds of a per-second series, as a step line (each mean held
+/// over its window, so a 15 min mean does not look 15 min late); `k = 1` gives the seconds'
+/// centres.
 fn blocks(v: &[f64], k: usize) -> (Vec<f64>, Vec<f64>) {
     let m = downsample_mean(v, k);
-    let t = (0..m.len()).map(|i| (i * k) as f64).collect();
-    (t, m)
+    if k == 1 {
+        return ((0..m.len()).map(|i| i as f64 + 0.5).collect(), m);
+    }
+    let n = v.len();
+    let t = (0..m.len())
+        .flat_map(|i| [(i * k) as f64, ((i + 1) * k).min(n) as f64])
+        .collect();
+    (t, m.iter().flat_map(|&w| [w, w]).collect())
 }
 
 /// The HTML report of a datacenter simulation: facility power at 1 s, 1 min and 15 min means,
@@ -373,7 +382,7 @@ pub fn simulation_report(title: &str, facility_w: &[f64], phase_w: [&[f64]; 3]) 
     let kw = |v: &[f64]| v.iter().map(|w| w / 1000.0).collect::<Vec<f64>>();
     let (t1, f1) = (
         (0..facility_w.len())
-            .map(|i| i as f64)
+            .map(|i| i as f64 + 0.5)
             .collect::<Vec<f64>>(),
         kw(facility_w),
     );
@@ -392,8 +401,13 @@ pub fn simulation_report(title: &str, facility_w: &[f64], phase_w: [&[f64]; 3]) 
             f1.len()
         );
     }
-    series.push(Series::new("1 min mean", &tm, &fm));
-    series.push(Series::new("15 min mean", &tq, &fq));
+    // A window mean is drawn when the run holds at least one whole window (as in facility/).
+    if f1.len() >= 60 {
+        series.push(Series::new("1 min mean", &tm, &fm));
+    }
+    if f1.len() >= 900 {
+        series.push(Series::new("15 min mean", &tq, &fq));
+    }
     h += &chart(LineChart {
         title: "Facility power",
         x_label: "time since start (s)",
