@@ -109,7 +109,8 @@ const PARALLEL_MIN_SLOTS: usize = 4 * BLOCK;
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     model: u32,
-    server: u32,
+    /// The slot's noise stream key: splitmix of (server, model), fixed per allocation.
+    noise_key: u64,
     phase: u8,
     rack: u32,
     /// The server's stagger reduced modulo the model's current template length.
@@ -450,7 +451,7 @@ impl OfflineDatacenter {
                 }
                 self.slots.push(Slot {
                     model: m as u32,
-                    server: srv,
+                    noise_key: splitmix(((srv as u64) << 20) ^ m as u64),
                     phase: self.pool.phase[s],
                     rack: self.rack_of_server[s],
                     stagger: (self.pool.stagger[s] % len as u64) as u32,
@@ -503,8 +504,7 @@ impl OfflineDatacenter {
                 }
                 let mut p = tpl[idx] * sl.scale;
                 if nu > 0.0 {
-                    let key = ((sl.server as u64) << 20) ^ sl.model as u64;
-                    let mut rng = SplitMix64(noise_seed ^ splitmix(key));
+                    let mut rng = SplitMix64(noise_seed ^ sl.noise_key);
                     let z: f64 = StandardNormal.sample(&mut rng);
                     p += z * nu * p.max(1.0);
                     p = p.max(0.0);
