@@ -34,6 +34,7 @@ use crate::workload::Workload;
 
 /// How a replica is served (the `SERVING.json` of `synthesize`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServingConfig {
     /// Hugging Face model id, e.g. `Qwen/Qwen3-8B`.
     pub model: String,
@@ -170,6 +171,19 @@ impl StepTiming {
     }
 }
 
+/// Memory a synthesis holds per bin (the engine trace's series, the fine power series and its
+/// draws): about 16 f64 values.
+const BYTES_PER_BIN: usize = 128;
+
+/// The largest grid a synthesis builds: 50 M bins (≈ 6 GB; 145 days at 0.25 s), or
+/// `POWERSYNTH_MAX_BINS`.
+fn max_bins() -> usize {
+    std::env::var("POWERSYNTH_MAX_BINS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000_000)
+}
+
 /// The regular grid the engine trace is binned on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BinGrid {
@@ -194,8 +208,37 @@ impl BinGrid {
         if !t0_s.is_finite() {
             return Err(Error::config("t0_s", format!("{t0_s}")));
         }
-        let bins = (duration_s / dt_s - 1e-9).ceil().max(1.0) as usize;
-        Ok(Self { t0_s, dt_s, bins })
+        // Every bin's start must be a distinct float: t0 + dt − t0 = dt to 1 ppm.
+        let end = t0_s + duration_s;
+        if ((t0_s + dt_s) - t0_s - dt_s).abs() > 1e-6 * dt_s
+            || (end - t0_s - duration_s).abs() > 1e-6 * duration_s
+        {
+            return Err(Error::config(
+                "t0_s",
+                format!(
+                    "{t0_s} s is too large for bins of {dt_s} s (times would not be distinct \
+                     floats): give t0 in unix seconds or seconds since a start"
+                ),
+            ));
+        }
+        let bins = (duration_s / dt_s - 1e-9).ceil().max(1.0);
+        let max = max_bins();
+        if bins > max as f64 {
+            return Err(Error::config(
+                "duration_s / dt_s",
+                format!(
+                    "{duration_s} s at {dt_s} s is {bins:.3e} bins, over the limit of {max} \
+                     (about {} GB of engine and power series): shorten the duration, widen the \
+                     step or split the window (raise the limit with POWERSYNTH_MAX_BINS)",
+                    max * BYTES_PER_BIN / 1_000_000_000
+                ),
+            ));
+        }
+        Ok(Self {
+            t0_s,
+            dt_s,
+            bins: bins as usize,
+        })
     }
 
     /// Start time of bin `i`.
@@ -663,6 +706,23 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn grids_refuse_indistinct_times_and_unbounded_sizes() {
+        assert_eq!(BinGrid::new(1.78e9, 60.0, 0.25).unwrap().bins, 240);
+        let e = BinGrid::new(1e16, 60.0, 0.25).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        let e = BinGrid::new(0.0, 1e12, 0.25).unwrap_err().to_string();
+        assert!(e.contains("bins, over the limit"), "{e}");
+        let e = serde_json::from_str::<ServingConfig>(
+            r#"{"model": "m", "hardware": "A100", "tp": 1, "max_num_seqs": 8,
+                "max_num_batched_tokens": 8192, "enable_chunked_prefill": true,
+                "enable_prefix_caching": false, "enable_prefix_cachng": true}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("enable_prefix_cachng"), "{e}");
+    }
     use crate::workload::Request;
 
     fn serving(max_num_seqs: u32, budget: u32) -> ServingConfig {

@@ -587,7 +587,17 @@ fn templates_for(
                 .map_err(|e| Error::config(&field, e.to_string()))?;
             let mut rng =
                 Pcg64::seed_from_u64(seed ^ trace_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let n = (trace_s / trace_dt_s + 1e-9).floor() as usize + 1;
+            let samples = trace_s / trace_dt_s;
+            if samples > crate::traces::MAX_TEMPLATE_SAMPLES as f64 {
+                return Err(Error::config(
+                    &field,
+                    format!(
+                        "trace_s / trace_dt_s = {samples:.3e} samples, over {}: shorten trace_s",
+                        crate::traces::MAX_TEMPLATE_SAMPLES
+                    ),
+                ));
+            }
+            let n = (samples + 1e-9).floor() as usize + 1;
             let t: Vec<f64> = (0..n).map(|i| i as f64 * trace_dt_s).collect();
             let mut out = BTreeMap::new();
             for &b in batch_sizes {
@@ -816,5 +826,33 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(field), "{to}: {err}");
         }
+        // Sizes that used to allocate without bound or run without end are refused before
+        // anything is allocated, saying what to change.
+        for (from, to, needle) in [
+            ("trace_s = 10,", "trace_s = 1e12,", "shorten trace_s"),
+            (
+                "duration_s = 60",
+                "duration_s = 60\n[templates]\nduration_s = 1e12",
+                "per template",
+            ),
+            ("dt_s = \"1/10\"", "dt_s = 0.123456789", "simple fraction"),
+            ("dt_s = \"1/10\"", "dt_s = 1e-9", "per template"),
+        ] {
+            let noop = "\n[[controllers]]\nkind = \"noop\"\ndt_s = 1\n";
+            let changed = text.replace(from, to) + noop;
+            assert_ne!(changed, text, "{from}");
+            let sc: Scenario = toml::from_str(&changed).unwrap();
+            let err = build(&sc, Path::new("."), &Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{to}: {err}");
+        }
+        let huge = Overrides {
+            gpus: Some(100_000_000_000),
+            ..Overrides::default()
+        };
+        let err = build(&sc, Path::new("."), &huge).err().unwrap().to_string();
+        assert!(err.contains("servers, over"), "{err}");
     }
 }

@@ -135,6 +135,9 @@ pub struct TemplateOptions {
     pub steady_skip_s: f64,
 }
 
+/// The most samples one template may hold (8 bytes each).
+pub const MAX_TEMPLATE_SAMPLES: usize = 50_000_000;
+
 impl TemplateOptions {
     pub fn validate(&self) -> Result<()> {
         if !(self.dt_s > 0.0 && self.dt_s.is_finite()) {
@@ -153,6 +156,20 @@ impl TemplateOptions {
             return Err(Error::config(
                 "templates.steady_skip_s",
                 format!("{} (must be ≥ 0)", self.steady_skip_s),
+            ));
+        }
+        let samples = self.duration_s / self.dt_s;
+        if samples > MAX_TEMPLATE_SAMPLES as f64 {
+            return Err(Error::config(
+                "templates.duration_s / dt_s",
+                format!(
+                    "{} s at {} s is {samples:.3e} samples per template, over {MAX_TEMPLATE_SAMPLES} \
+                     ({} MB each): shorten the template (a template repeats with its trace's \
+                     period; `periodic = true` keeps one period) or widen dt_s",
+                    self.duration_s,
+                    self.dt_s,
+                    MAX_TEMPLATE_SAMPLES * 8 / 1_000_000
+                ),
             ));
         }
         Ok(())

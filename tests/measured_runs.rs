@@ -103,6 +103,15 @@ fn copy_run(from: &Path, to: &Path) {
     }
 }
 
+/// `text` with field `col` of line `line` (0 = header) set to `value`, lines joined by `eol`.
+fn set_field(text: &str, line: usize, col: usize, value: &str, eol: &str) -> String {
+    let mut l: Vec<String> = text.lines().map(String::from).collect();
+    let mut f: Vec<String> = l[line].split(',').map(String::from).collect();
+    f[col] = value.to_string();
+    l[line] = f.join(",");
+    l.join(eol) + eol
+}
+
 #[test]
 fn bad_measured_input_names_file_and_line() {
     let Some(root) = common::shared("measured") else {
@@ -175,6 +184,23 @@ fn bad_measured_input_names_file_and_line() {
             "requests_summary.json",
             Box::new(|t: &str| t.replacen("\"input_lens\": [", "\"input_lens\": [-3, ", 1)),
             "input_lens",
+        ),
+        // Engine counters: NaN, negative and absurd values are refused with their CSV line,
+        // counted right in a CRLF file (the engine logger writes CRLF).
+        (
+            "engine.csv",
+            Box::new(|t: &str| set_field(t, 3, 1, "nan", "\r\n")),
+            "row 4: column \"num_requests_running\"",
+        ),
+        (
+            "engine.csv",
+            Box::new(|t: &str| set_field(t, 5, 4, "-5", "\r\n")),
+            "row 6: column \"prompt_tokens_total\": -5",
+        ),
+        (
+            "engine.csv",
+            Box::new(|t: &str| set_field(t, 7, 5, "1e308", "\n")),
+            "row 8: column \"generation_tokens_total\"",
         ),
     ];
     for (file, corrupt, needle) in cases {

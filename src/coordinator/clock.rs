@@ -58,10 +58,24 @@ pub fn seconds_from_f64(field: &str, value: f64) -> Result<Seconds> {
 }
 
 /// Greatest common divisor of two positive fractions: gcd(a/b, c/d) = gcd(ad, cb) / bd.
-pub fn gcd(a: Seconds, b: Seconds) -> Seconds {
+/// An error when the products overflow (periods whose ratio is no simple fraction).
+pub fn gcd(a: Seconds, b: Seconds) -> Result<Seconds> {
     let (an, ad) = (*a.numer(), *a.denom());
     let (bn, bd) = (*b.numer(), *b.denom());
-    Ratio::new((an * bd).gcd(&(bn * ad)), ad * bd)
+    let products = an
+        .checked_mul(bd)
+        .zip(bn.checked_mul(ad))
+        .zip(ad.checked_mul(bd));
+    match products {
+        Some(((x, y), d)) => Ok(Ratio::new(x.gcd(&y), d)),
+        None => Err(Error::config(
+            "periods",
+            format!(
+                "{a} s and {b} s have no common tick within 64-bit integers: give periods \
+                 whose ratio is a simple fraction (\"1/10\", 0.25, 1)"
+            ),
+        )),
+    }
 }
 
 /// Seconds as f64 (one rounding, from integers).
@@ -146,10 +160,17 @@ mod tests {
 
     #[test]
     fn gcd_of_periods() {
-        let g = gcd(Ratio::new(1, 10), Ratio::from_integer(1));
+        let g = gcd(Ratio::new(1, 10), Ratio::from_integer(1)).unwrap();
         assert_eq!(g, Ratio::new(1, 10));
-        assert_eq!(gcd(Ratio::new(1, 4), Ratio::new(1, 6)), Ratio::new(1, 12));
-        assert_eq!(gcd(Ratio::new(3, 10), Ratio::new(1, 2)), Ratio::new(1, 10));
+        assert_eq!(
+            gcd(Ratio::new(1, 4), Ratio::new(1, 6)).unwrap(),
+            Ratio::new(1, 12)
+        );
+        assert_eq!(
+            gcd(Ratio::new(3, 10), Ratio::new(1, 2)).unwrap(),
+            Ratio::new(1, 10)
+        );
+        assert!(gcd(Ratio::new(1, u64::MAX / 3), Ratio::new(1, 7)).is_err());
     }
 
     #[test]

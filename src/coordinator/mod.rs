@@ -246,6 +246,9 @@ pub struct RunCounts {
     pub events: u64,
 }
 
+/// The most ticks a run may take (a tick costs at least a few ns even when nothing is due).
+const MAX_TICKS: u64 = 10_000_000_000;
+
 /// Runs datacenters, an optional grid and controllers on one clock.
 pub struct Coordinator {
     datacenters: Vec<Box<dyn Datacenter>>,
@@ -292,10 +295,10 @@ impl Coordinator {
             .map(|d| d.dt_s())
             .chain(grid.iter().map(|g| g.dt_s()))
         {
-            tick = clock::gcd(tick, p);
+            tick = clock::gcd(tick, p)?;
         }
         for c in &controllers {
-            tick = clock::gcd(tick, c.dt_s());
+            tick = clock::gcd(tick, c.dt_s())?;
         }
         let clock = SimulationClock::new(tick)?;
         let dc_every = datacenters
@@ -315,6 +318,17 @@ impl Coordinator {
             return Err(Error::config(
                 "duration_s",
                 format!("{duration} s is not a whole number of ticks of {tick} s"),
+            ));
+        }
+        if q.to_integer() > MAX_TICKS {
+            return Err(Error::config(
+                "periods",
+                format!(
+                    "the clock's tick (the greatest common divisor of every dt_s) is {tick} s: \
+                     {} ticks for {duration} s, over {MAX_TICKS}; give periods whose ratio is a \
+                     simple fraction (\"1/10\", 0.25, 1) or a shorter duration",
+                    q.to_integer()
+                ),
             ));
         }
         let view = SimView {

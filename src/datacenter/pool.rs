@@ -14,6 +14,9 @@ use rand_pcg::Pcg64;
 
 use crate::error::{Error, Result};
 
+/// The most servers one pool may hold.
+pub const MAX_SERVERS: u64 = 20_000_000;
+
 /// Layout of the pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerPool {
@@ -53,7 +56,18 @@ impl ServerPool {
                 format!("[{lo}, {hi}] (need 0 < lo ≤ hi)"),
             ));
         }
-        let s = capacity_gpus.div_ceil(gpus_per_server as u64) as usize;
+        let servers = capacity_gpus.div_ceil(gpus_per_server as u64);
+        if servers > MAX_SERVERS {
+            return Err(Error::config(
+                "datacenter.total_gpu_capacity",
+                format!(
+                    "{capacity_gpus} GPUs is {servers} servers, over {MAX_SERVERS} (every shard holds \
+                     the whole pool's layout, ~40 bytes per server and model): check the \
+                     capacity (--gpus)"
+                ),
+            ));
+        }
+        let s = servers as usize;
         let mut rng = Pcg64::seed_from_u64(seed);
         let mut phase: Vec<u8> = (0..3u8)
             .flat_map(|p| std::iter::repeat_n(p, s / 3 + usize::from((p as usize) < s % 3)))

@@ -275,12 +275,17 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     })
 }
 
-fn csv_reader(path: &Path) -> Result<(csv::Reader<std::fs::File>, Vec<String>)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+/// A CSV reader over the file with CRLF line ends made LF first (csv's record positions count
+/// a CRLF file's lines one short), and its header names (units like ` [W]` dropped).
+fn csv_reader(path: &Path) -> Result<(csv::Reader<std::io::Cursor<Vec<u8>>>, Vec<String>)> {
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.contains(&b'\r') {
+        bytes.retain(|&b| b != b'\r');
+    }
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
-        .from_reader(file);
+        .from_reader(std::io::Cursor::new(bytes));
     let headers: Vec<String> = rdr
         .headers()
         .map_err(|e| Error::content(path, format!("cannot read header: {e}")))?
@@ -307,14 +312,29 @@ fn line_of(rec: &csv::StringRecord, fallback: usize) -> usize {
     rec.position().map_or(fallback, |p| p.line() as usize)
 }
 
+/// A finite number (NaN and infinities are refused: a measured column never holds them).
 fn parse_f64(path: &Path, line: usize, name: &str, text: &str) -> Result<f64> {
-    text.parse::<f64>().map_err(|_| {
-        Error::row(
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(Error::row(
             path,
             line,
-            format!("column {name:?}: {text:?} is not a number"),
-        )
-    })
+            format!("column {name:?}: {text:?} is not a finite number"),
+        )),
+    }
+}
+
+/// A counter or gauge of the engine: finite, ≥ 0 and below 10¹⁵ (no vLLM counter reaches it).
+fn parse_count(path: &Path, line: usize, name: &str, text: &str) -> Result<f64> {
+    let v = parse_f64(path, line, name, text)?;
+    if !(0.0..1e15).contains(&v) {
+        return Err(Error::row(
+            path,
+            line,
+            format!("column {name:?}: {v} (an engine counter or gauge is ≥ 0 and below 1e15)"),
+        ));
+    }
+    Ok(v)
 }
 
 /// Parses nvidia-smi power rows and sums the active GPUs per sample instant.
@@ -789,12 +809,20 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
             }
         }
         e.t_s.push(t);
-        e.num_requests_running
-            .push(parse_f64(path, line, "num_requests_running", &rec[c_run])?);
-        e.num_requests_waiting
-            .push(parse_f64(path, line, "num_requests_waiting", &rec[c_wait])?);
+        e.num_requests_running.push(parse_count(
+            path,
+            line,
+            "num_requests_running",
+            &rec[c_run],
+        )?);
+        e.num_requests_waiting.push(parse_count(
+            path,
+            line,
+            "num_requests_waiting",
+            &rec[c_wait],
+        )?);
         let opt = |c: Option<usize>, name: &str| -> Result<f64> {
-            c.map_or(Ok(f64::NAN), |c| parse_f64(path, line, name, &rec[c]))
+            c.map_or(Ok(f64::NAN), |c| parse_count(path, line, name, &rec[c]))
         };
         e.prompt_tokens_total
             .push(opt(c_prompt, "prompt_tokens_total")?);
