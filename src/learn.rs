@@ -440,6 +440,9 @@ pub struct PowerCell {
     pub phi: Option<f64>,
 }
 
+/// The largest power reading a model may hold (W): several boards' worth (TP up to 8).
+const MAX_READING_W: f64 = 20_000.0;
+
 /// Pairs of consecutive same-cell bins needed for a cell's own φ.
 pub const MIN_PHI_PAIRS: usize = 40;
 
@@ -596,20 +599,45 @@ impl LearnedModel {
                 ),
             ));
         }
-        if let Some(c) = pm
-            .cells
-            .iter()
-            .find(|c| c.quantiles_w.len() < 2 || c.quantiles_w.windows(2).any(|w| w[1] < w[0]))
-        {
+        let power_ok = |w: &f64| (0.0..=MAX_READING_W).contains(w);
+        if let Some(c) = pm.cells.iter().find(|c| {
+            c.quantiles_w.len() < 2
+                || !c.quantiles_w.iter().all(power_ok)
+                || c.quantiles_w.windows(2).any(|w| w[1] < w[0])
+        }) {
             return Err(Error::content(
                 path,
                 format!(
-                    "cell {:?}: quantiles_w must be at least 2 non-decreasing values",
+                    "cell {:?}: quantiles_w must be at least 2 non-decreasing values in \
+                     0 … {MAX_READING_W} W",
                     c.label
                 ),
             ));
         }
-        model.timing.validate()?;
+        let phi_ok = |p: f64| (-1.0..1.0).contains(&p);
+        if let Some(c) = pm.cells.iter().find(|c| c.phi.is_some_and(|p| !phi_ok(p))) {
+            return Err(Error::content(
+                path,
+                format!("cell {:?}: phi {:?} (need −1 ≤ φ < 1)", c.label, c.phi),
+            ));
+        }
+        if !phi_ok(pm.phi)
+            || pm.meter_window_bins == 0
+            || !(model.dt_s > 0.0 && model.dt_s.is_finite())
+        {
+            return Err(Error::content(
+                path,
+                format!(
+                    "power.phi {} (need −1 ≤ φ < 1), power.meter_window_bins {} (need ≥ 1), \
+                     dt_s {} (need > 0)",
+                    pm.phi, pm.meter_window_bins, model.dt_s
+                ),
+            ));
+        }
+        model
+            .timing
+            .validate()
+            .map_err(|e| Error::content(path, e.to_string()))?;
         Ok(model)
     }
 }

@@ -837,6 +837,26 @@ mod tests {
             ),
             ("dt_s = \"1/10\"", "dt_s = 0.123456789", "simple fraction"),
             ("dt_s = \"1/10\"", "dt_s = 1e-9", "per template"),
+            (
+                "total_gpu_capacity = 16",
+                "total_gpu_capacity = 16\nbase_kw_per_phase = 1e308",
+                "base_kw_per_phase",
+            ),
+            (
+                "trace_dt_s = 0.1 }",
+                "trace_dt_s = 0.1 }\n[[training]]\nn_gpus = 4\nt_start_s = 0\nt_end_s = 10\ntarget_peak_w_per_gpu = nan\ntrace = { seed = 2 }",
+                "target_peak_w_per_gpu",
+            ),
+            (
+                "trace_dt_s = 0.1 }",
+                "trace_dt_s = 0.1 }\nitl = { kind = \"parametric\", loc_s = 0.002, pi_steady = 1.2, sigma_steady = 0.15, sigma_stall = 0.5, scale_s = 0.012, per_log2_batch = 0.1, stall_factor = 3 }",
+                "pi_steady 1.2",
+            ),
+            (
+                "trace_dt_s = 0.1 }",
+                "trace_dt_s = 0.1 }\nitl = { kind = \"parametric\", loc_s = 0.002, pi_steady = 0.9, sigma_steady = -0.15, sigma_stall = 0.5, scale_s = 0.012, per_log2_batch = 0.1, stall_factor = 3 }",
+                "sigma_steady -0.15",
+            ),
         ] {
             let noop = "\n[[controllers]]\nkind = \"noop\"\ndt_s = 1\n";
             let changed = text.replace(from, to) + noop;

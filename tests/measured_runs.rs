@@ -185,6 +185,41 @@ fn bad_measured_input_names_file_and_line() {
             Box::new(|t: &str| t.replacen("\"input_lens\": [", "\"input_lens\": [-3, ", 1)),
             "input_lens",
         ),
+        // The active GPU's uuid changes after line 40: its last reading is not repeated for
+        // the rest of the run.
+        (
+            "power.csv",
+            Box::new(|t: &str| {
+                let l: Vec<String> = t
+                    .lines()
+                    .enumerate()
+                    .map(|(i, line)| {
+                        if i < 40 {
+                            line.to_string()
+                        } else {
+                            let f: Vec<&str> = line.split(',').collect();
+                            let mut f: Vec<String> = f.iter().map(|x| x.to_string()).collect();
+                            f[2] = " GPU-00000000-0000-0000-0000-000000000000".into();
+                            f.join(",")
+                        }
+                    })
+                    .collect();
+                l.join("\n")
+            }),
+            "has not reported for 5 samples",
+        ),
+        // Requests on another clock than the power (a day later): refused, not all idle.
+        (
+            "requests_summary.json",
+            Box::new(|t: &str| {
+                let mut v: serde_json::Value = serde_json::from_str(t).unwrap();
+                for x in v["request_timestamps"].as_array_mut().unwrap() {
+                    *x = serde_json::json!(x.as_f64().unwrap() + 86_400.0);
+                }
+                v.to_string()
+            }),
+            "different clocks",
+        ),
         // Engine counters: NaN, negative and absurd values are refused with their CSV line,
         // counted right in a CRLF file (the engine logger writes CRLF).
         (

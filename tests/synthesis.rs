@@ -390,6 +390,36 @@ fn a_saved_model_synthesizes_the_same_bytes_and_a_stale_one_is_refused() {
         "{err}"
     );
     assert!(!tmp.path().join("stale.csv").exists());
+    // A tampered model: a negative quantile, a φ of 1.5, a negative step time.
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let bad = |name: &str, edit: &dyn Fn(&mut serde_json::Value), needle: &str| {
+        let mut t = v.clone();
+        edit(&mut t);
+        let p = tmp.path().join(name);
+        std::fs::write(&p, t.to_string()).unwrap();
+        let o = run(&["--model".into(), p.into()], "tampered.csv");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(name) && err.contains(needle),
+            "{name}: {err}"
+        );
+        assert!(!tmp.path().join("tampered.csv").exists());
+    };
+    bad(
+        "negative.json",
+        &|t| t["power"]["cells"][0]["quantiles_w"][0] = serde_json::json!(-50.0),
+        "quantiles_w",
+    );
+    bad(
+        "phi.json",
+        &|t| t["power"]["phi"] = serde_json::json!(1.5),
+        "power.phi",
+    );
+    bad(
+        "timing.json",
+        &|t| t["timing"]["base_s"] = serde_json::json!(-1.0),
+        "step timing",
+    );
 }
 
 #[test]

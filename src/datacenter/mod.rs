@@ -196,6 +196,10 @@ fn check_deployment(m: &ModelDeployment, g_server: u32) -> Result<()> {
             ));
         }
     }
+    for (b, f) in m.itl_fits.iter().flatten() {
+        f.check()
+            .map_err(|e| Error::config(&field, format!("ITL fit for batch size {b}: {e}")))?;
+    }
     check_batch(m, m.initial_batch_size)
 }
 
@@ -296,19 +300,29 @@ impl OfflineDatacenter {
                 format!("{} (need ≥ 0)", cfg.noise_fraction),
             ));
         }
-        for (f, v) in [
-            ("datacenter.base_kw_per_phase", cfg.base_kw_per_phase),
-            ("datacenter.non_gpu_w_per_server", cfg.non_gpu_w_per_server),
-            ("datacenter.idle_w_per_gpu", cfg.idle_w_per_gpu),
+        // Upper bounds far above any facility keep every sum finite (1e308 kW was accepted
+        // and wrote infinite power).
+        for (f, v, max) in [
+            ("datacenter.base_kw_per_phase", cfg.base_kw_per_phase, 1e7),
+            (
+                "datacenter.non_gpu_w_per_server",
+                cfg.non_gpu_w_per_server,
+                1e5,
+            ),
+            (
+                "datacenter.idle_w_per_gpu",
+                cfg.idle_w_per_gpu,
+                training::MAX_W_PER_GPU,
+            ),
         ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(Error::config(f, format!("{v} (need ≥ 0)")));
+            if !(v >= 0.0 && v <= max) {
+                return Err(Error::config(f, format!("{v} (need 0 … {max})")));
             }
         }
-        if !(cfg.pue >= 1.0 && cfg.pue.is_finite()) {
+        if !(cfg.pue >= 1.0 && cfg.pue <= 10.0) {
             return Err(Error::config(
                 "datacenter.pue",
-                format!("{} (need ≥ 1)", cfg.pue),
+                format!("{} (need 1 … 10)", cfg.pue),
             ));
         }
         let labels: Vec<String> = models.iter().map(|m| m.label.clone()).collect();

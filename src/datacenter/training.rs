@@ -59,6 +59,9 @@ pub struct TrainingTrace {
     pub power_w: Vec<f64>,
 }
 
+/// The most power one GPU may be given (W): above any board's limit (B200: 1,000 W).
+pub const MAX_W_PER_GPU: f64 = 5_000.0;
+
 impl TrainingTrace {
     /// The peer's generator (same steps and order of draws; our PCG64 stream, so equal in
     /// distribution, not bit for bit): alternating high/low segments starting high, Gaussian
@@ -192,6 +195,18 @@ impl TrainingRun {
             return Err(Error::config(
                 "training.trace",
                 format!("peak power {peak} W (need > 0)"),
+            ));
+        }
+        if !(target_peak_w_per_gpu > 0.0 && target_peak_w_per_gpu <= MAX_W_PER_GPU) {
+            return Err(Error::config(
+                "training.target_peak_w_per_gpu",
+                format!("{target_peak_w_per_gpu} W (need > 0 and ≤ {MAX_W_PER_GPU} W)"),
+            ));
+        }
+        if n_gpus > 100_000_000 {
+            return Err(Error::config(
+                "training.n_gpus",
+                format!("{n_gpus} (over 10^8 GPUs: check the value)"),
             ));
         }
         let scale = target_peak_w_per_gpu / peak;

@@ -67,6 +67,34 @@ impl Default for ItlFitOptions {
 }
 
 impl ItlMixture {
+    /// What makes the mixture a distribution: weights in [0, 1] summing to 1, positive finite
+    /// scales and σ, a finite shift ≥ 0. The reason when it is not.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let weights_ok = (0.0..=1.0).contains(&self.pi_steady)
+            && (0.0..=1.0).contains(&self.pi_stall)
+            && (self.pi_steady + self.pi_stall - 1.0).abs() < 1e-6;
+        if !weights_ok {
+            return Err(format!(
+                "weights pi_steady {} and pi_stall {} (need each in [0, 1], summing to 1)",
+                self.pi_steady, self.pi_stall
+            ));
+        }
+        for (name, v) in [
+            ("sigma_steady", self.sigma_steady),
+            ("scale_steady", self.scale_steady),
+            ("sigma_stall", self.sigma_stall),
+            ("scale_stall", self.scale_stall),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(format!("{name} {v} (need > 0, finite)"));
+            }
+        }
+        if !(self.loc >= 0.0 && self.loc.is_finite()) {
+            return Err(format!("loc {} (need ≥ 0, finite)", self.loc));
+        }
+        Ok(())
+    }
+
     /// The peer's answer for no samples.
     pub const EMPTY: ItlMixture = ItlMixture {
         loc: 0.0,

@@ -181,7 +181,16 @@ fn parse_config(path: &Path, row: usize, task: &str, c: &Value) -> Result<Leader
             "field \"avg_power_watts\" = {avg_power_w} W is absurd for {num_gpus} × {gpu_model} (> 2 × board limit = {limit} W)"
         )));
     }
-    let ms = |k: &str| positive(k).map(|v| v / 1000.0);
+    // Upper bounds far beyond any real configuration keep the fits finite (a value of 1e308
+    // was accepted and wrote nulls downstream).
+    let bounded = |k: &str, max: f64| -> Result<f64> {
+        let x = positive(k)?;
+        if x > max {
+            return Err(err(format!("field {k:?} = {x} is absurd (> {max})")));
+        }
+        Ok(x)
+    };
+    let ms = |k: &str| bounded(k, 60_000.0).map(|v| v / 1000.0);
     let cfg = LeaderboardConfig {
         task: task.to_string(),
         model_id: text("model_id")?,
@@ -198,8 +207,8 @@ fn parse_config(path: &Path, row: usize, task: &str, c: &Value) -> Result<Leader
         p90_itl_s: ms("p90_itl_ms")?,
         p95_itl_s: ms("p95_itl_ms")?,
         p99_itl_s: ms("p99_itl_ms")?,
-        output_throughput_tps: positive("output_throughput_tokens_per_sec")?,
-        energy_per_token_j: positive("energy_per_token_joules")?,
+        output_throughput_tps: bounded("output_throughput_tokens_per_sec", 1e7)?,
+        energy_per_token_j: bounded("energy_per_token_joules", 1e4)?,
         avg_batch_size: num("avg_batch_size").unwrap_or(f64::NAN),
         architecture: c
             .get("architecture")
@@ -314,5 +323,22 @@ mod tests {
         assert!(e.contains("invalid JSON") && e.contains("line"), "{e}");
         let e = load(&config_json("NaN")).unwrap_err().to_string();
         assert!(e.contains("invalid JSON"), "{e}");
+        // 1e308 where a latency or throughput goes: refused at the row, not nulls downstream.
+        for (from, to, field) in [
+            ("\"p99_itl_ms\":20", "\"p99_itl_ms\":1e308", "p99_itl_ms"),
+            (
+                "\"output_throughput_tokens_per_sec\":500",
+                "\"output_throughput_tokens_per_sec\":1e308",
+                "output_throughput_tokens_per_sec",
+            ),
+        ] {
+            let e = load(&config_json("400").replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("row 0") && e.contains(field) && e.contains("absurd"),
+                "{e}"
+            );
+        }
     }
 }

@@ -244,6 +244,7 @@ pub fn load_run(dir: &Path) -> Result<MeasuredRun> {
     }
     let power = load_power(&dir.join("power.csv"), &manifest)?;
     let requests = load_requests(dir)?;
+    check_requests_in_power_window(dir, &requests, &power)?;
     let engine = load_engine(&dir.join("engine.csv"))?;
     let clock_skew_s = manifest.clock.reference_epoch_s.map(|r| power.t_s[0] - r);
     tracing::debug!(
@@ -262,6 +263,37 @@ pub fn load_run(dir: &Path) -> Result<MeasuredRun> {
         engine,
         clock_skew_s,
     })
+}
+
+/// At least half of a run's requests arrive while its power was recorded (±5 s): otherwise
+/// the request log and the power trace are on different clocks, or of different runs, and
+/// everything learned or scored from the pair would be idle power against requests that never
+/// ran.
+fn check_requests_in_power_window(dir: &Path, log: &RequestLog, power: &PowerSeries) -> Result<()> {
+    let (first, last) = (power.t_s[0] - 5.0, power.t_s[power.t_s.len() - 1] + 5.0);
+    let ts = &log.request_timestamps;
+    let inside = ts.iter().filter(|&&t| (first..=last).contains(&t)).count();
+    if !ts.is_empty() && 2 * inside < ts.len() {
+        let (lo, hi) = (ts[0], ts[ts.len() - 1]);
+        let full = dir.join("requests.json");
+        let file = if full.is_file() {
+            full
+        } else {
+            dir.join("requests_summary.json")
+        };
+        return Err(Error::content(
+            file,
+            format!(
+                "{inside} of {} requests arrive while power was recorded: requests span \
+                 [{lo:.3}, {hi:.3}] s, power [{:.3}, {:.3}] s (unix); the request log and \
+                 power.csv are on different clocks or of different runs (see manifest.json's clock)",
+                ts.len(),
+                power.t_s[0],
+                power.t_s[power.t_s.len() - 1]
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -423,6 +455,9 @@ fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
 /// One nvidia-smi sample instant: (CSV line, unix time, per GPU (uuid, index, W, °C)).
 type PowerSample = (usize, f64, Vec<(String, u32, f64, f64)>);
 
+/// Samples in a row an active GPU may miss before its readings stop being carried forward.
+const MAX_MISSED_SAMPLES: usize = 4;
+
 /// The run's power per sample instant: the sum over its active GPUs (the manifest's active
 /// UUIDs, else the first `tp` indices) and their mean temperature.
 fn sum_active_gpus(path: &Path, m: &RunManifest, groups: &[PowerSample]) -> Result<PowerSeries> {
@@ -441,15 +476,31 @@ fn sum_active_gpus(path: &Path, m: &RunManifest, groups: &[PowerSample]) -> Resu
     } else {
         m.server.active_gpu_uuids.clone()
     };
-    let mut last: HashMap<&str, (f64, f64)> = HashMap::new();
+    let mut last: HashMap<&str, (f64, f64, usize)> = HashMap::new();
     let mut t_s = Vec::with_capacity(groups.len());
     let mut power_w = Vec::with_capacity(groups.len());
     let mut temperature_c = Vec::with_capacity(groups.len());
-    for (_, t, rows) in groups {
+    for (k, (line, t, rows)) in groups.iter().enumerate() {
         for (u, _, w, temp) in rows {
             if active.iter().any(|a| a == u) {
-                last.insert(u.as_str(), (*w, *temp));
+                last.insert(u.as_str(), (*w, *temp, k));
             }
+        }
+        // Forward fill bridges a missed sample or two, never a GPU that stopped reporting
+        // (its last reading would be repeated for the rest of the run).
+        if let Some((u, _)) = last.iter().find(|(_, v)| k - v.2 > MAX_MISSED_SAMPLES) {
+            let others: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+            return Err(Error::row(
+                path,
+                *line,
+                format!(
+                    "active GPU {u} has not reported for {} samples (this sample has {}): \
+                     a GPU changed or dropped out mid-run; fix the manifest's \
+                     server.active_gpu_uuids or cut the file",
+                    k - last[u].2,
+                    others.join(", ")
+                ),
+            ));
         }
         // A sample counts once every active GPU has reported; a GPU missing from one sample
         // keeps its previous reading (forward fill).
