@@ -1,5 +1,6 @@
-//! What every command shares at its edge: the `-v`/`-q` flags and the stderr log subscriber
-//! (the library only emits `tracing` events; a binary decides where they go).
+//! What every command shares at its edge: the `-v`/`-q` flags, the stderr log subscriber
+//! (the library only emits `tracing` events; a binary decides where they go) and the
+//! SIGINT/SIGTERM handler that removes unfinished outputs ([`crate::io`]).
 //!
 //! Levels: `-q` warnings and errors only (and no progress bars), default adds what a command
 //! did (info), `-v` adds the steps inside a stage (debug), `-vv` everything (trace).
@@ -61,6 +62,16 @@ impl LogArgs {
             .try_init();
         if let Some(b) = bad {
             tracing::warn!("{b}");
+        }
+        // SIGINT / SIGTERM: remove this run's staging folders and temporary files, then exit
+        // (130): an interrupted command leaves its output as it was before the run.
+        let handler = ctrlc::set_handler(|| {
+            let n = crate::io::remove_in_progress();
+            eprintln!("interrupted: removed {n} unfinished output(s)");
+            std::process::exit(130);
+        });
+        if let Err(e) = handler {
+            tracing::debug!("no signal handler: {e}");
         }
     }
 }

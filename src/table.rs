@@ -137,6 +137,8 @@ pub struct ParquetStream {
     tmp: tempfile::NamedTempFile,
     writer: ArrowWriter<File>,
     schema: Arc<Schema>,
+    /// Removed by the signal handler if the process is interrupted mid-stream.
+    _in_progress: crate::io::InProgress,
 }
 
 impl ParquetStream {
@@ -175,6 +177,7 @@ impl ParquetStream {
         })?;
         Ok(ParquetStream {
             path: path.to_path_buf(),
+            _in_progress: crate::io::in_progress(tmp.path()),
             tmp,
             writer,
             schema,

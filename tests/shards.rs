@@ -224,3 +224,78 @@ fn four_processes_and_merge_shards_as_the_readme_runs_them() {
         "{err}"
     );
 }
+
+/// Every entry under `dir` (relative paths), sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn sigterm_mid_run_leaves_the_output_folder_as_it_was() {
+    let root = tempfile::tempdir().unwrap();
+    let (kept, fresh) = (root.path().join("kept"), root.path().join("fresh"));
+    // A previous complete result in `kept`; `fresh` has none.
+    let o = simulate(&kept, &["-q"]).wait_with_output().unwrap();
+    assert!(o.status.success());
+    let before = tree(&kept);
+    let steps = std::fs::read(kept.join("steps/part-0.parquet")).unwrap();
+    let parity =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/scenarios/openg2g-parity.toml");
+    for out in [&kept, &fresh] {
+        let mut child = bin("simulate")
+            .arg("--scenario")
+            .arg(&parity)
+            .args(["--gpus", "100000", "--duration-s", "3600", "-q", "--out"])
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the run is writing (a temporary parquet in its staging folder).
+        let writing = || {
+            tree(root.path())
+                .iter()
+                .any(|p| p.contains(".staging-") && p.ends_with(".tmp"))
+        };
+        let t0 = std::time::Instant::now();
+        while !writing() {
+            assert!(t0.elapsed().as_secs() < 60, "the run never started writing");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("interrupted"), "{err}");
+        // Nothing of the killed run is left: no staging folder, no temporary file.
+        let left: Vec<String> = tree(root.path())
+            .into_iter()
+            .filter(|p| p.contains("staging") || p.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    assert_eq!(tree(&kept), before);
+    assert_eq!(
+        std::fs::read(kept.join("steps/part-0.parquet")).unwrap(),
+        steps
+    );
+    assert!(!fresh.exists());
+}

@@ -83,7 +83,21 @@ fn main() -> Result<()> {
     let out_dir = if args.no_output { None } else { out_dir };
     let rack_window_s = sc.outputs.rack_window_s.unwrap_or(60.0);
     let run_key = ov.run_key(&args.scenario)?;
-    let mut writer = out_dir.as_ref().map(|d| {
+    // An unsplit run is built in a staging folder beside --out and renamed onto it at the end
+    // (a failed or interrupted run leaves --out as it was); a shard writes its partitions in
+    // place, each file atomic.
+    let staged = match &out_dir {
+        Some(d) if shard.is_whole() => Some(powersynth::io::StagedDir::begin(
+            d,
+            "facility_metrics.json",
+        )?),
+        _ => None,
+    };
+    let write_dir = staged
+        .as_ref()
+        .map(|s| s.path().to_path_buf())
+        .or_else(|| out_dir.clone());
+    let mut writer = write_dir.as_ref().map(|d| {
         ParquetRunWriter::new(d)
             .with_rack_window_s(rack_window_s)
             .with_shard(shard, &run_key)
@@ -112,7 +126,7 @@ fn main() -> Result<()> {
     let (min_kw, max_kw) = (stats.facility_min_w / 1000.0, stats.facility_max_w / 1000.0);
     let per_second = std::mem::take(&mut stats.per_second);
     drop(stats);
-    if let Some(dir) = out_dir.as_ref().filter(|_| shard.is_whole()) {
+    if let Some(dir) = write_dir.as_ref().filter(|_| shard.is_whole()) {
         let html = powersynth::report::simulation_report(
             &format!("powersynth simulation: {}", args.scenario.display()),
             &per_second.facility_w,
@@ -123,6 +137,10 @@ fn main() -> Result<()> {
             ],
         );
         powersynth::report::write_html(&dir.join("report.html"), &html)?;
+    }
+    drop(writer);
+    if let Some(s) = staged {
+        s.commit()?;
     }
     let line = serde_json::json!({
         "dc_steps": counts.dc_steps,

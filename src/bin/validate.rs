@@ -121,14 +121,17 @@ fn main() -> Result<()> {
     let (results, skipped) = validations(&args, &opts, draws, &topts, leaderboard.as_deref())?;
     for v in &results {
         if let Some(t) = &v.transfer {
-            eprint!("{}: {}", v.run_id, t.summary());
+            tracing::info!("{}: {}", v.run_id, t.summary().trim_end());
         }
     }
     for s in &skipped {
         tracing::warn!("skipped (no transfer possible): {s}");
     }
-    write_transfer_outputs(&args.out, &results)?;
-    let table = write_validation(&args.out, &results)?;
+    // Built beside --out and renamed onto it: a failed or interrupted run leaves --out as it was.
+    let staged = powersynth::io::StagedDir::begin(&args.out, "metrics.parquet")?;
+    write_transfer_outputs(staged.path(), &results)?;
+    let table = write_validation(staged.path(), &results)?;
+    staged.commit()?;
     if args.json {
         println!("{}", powersynth::validate::results_json(&results));
     } else {

@@ -1,0 +1,213 @@
+//! File-system helpers at the bottom of the crate (they import nothing above `error`): output
+//! folders staged beside their target and renamed into place, and the registry of what a
+//! signal must clean up (temporary files and staging folders of the running command).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+/// Paths to remove if the process is interrupted (SIGINT/SIGTERM) before it finishes them.
+static IN_PROGRESS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while holding the lock leaves the list usable.
+    IN_PROGRESS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers `path` (a temporary file or a staging folder) for removal on interruption; the
+/// registration ends when the guard drops.
+pub fn in_progress(path: &Path) -> InProgress {
+    registry().push(path.to_path_buf());
+    InProgress {
+        path: path.to_path_buf(),
+    }
+}
+
+/// A registration made by [`in_progress`].
+#[derive(Debug)]
+pub struct InProgress {
+    path: PathBuf,
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let mut r = registry();
+        if let Some(i) = r.iter().rposition(|p| *p == self.path) {
+            r.remove(i);
+        }
+    }
+}
+
+/// Removes every registered path (the signal handler's job); returns how many were removed.
+pub fn remove_in_progress() -> usize {
+    let paths = std::mem::take(&mut *registry());
+    let mut n = 0;
+    for p in paths.iter().rev() {
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+        n += usize::from(removed.is_ok());
+    }
+    n
+}
+
+/// An output folder built in `.NAME.staging-PID` beside its target and renamed onto it by
+/// [`StagedDir::commit`]: until then the target is untouched (absent, or the previous complete
+/// result). Dropped without a commit (an error) or interrupted (a signal, through
+/// [`remove_in_progress`]), the staging folder is removed; one left by `kill -9` is removed by
+/// the next run for the same target.
+#[derive(Debug)]
+pub struct StagedDir {
+    target: PathBuf,
+    staging: PathBuf,
+    committed: bool,
+    _registration: InProgress,
+}
+
+impl StagedDir {
+    /// Creates the staging folder for `target`, removing stale ones of dead processes. The
+    /// target must be absent, empty, or a previous result of the same command (it holds
+    /// `marker`): a folder of anything else is never replaced.
+    pub fn begin(target: &Path, marker: &str) -> Result<Self> {
+        if target.exists() {
+            let empty = std::fs::read_dir(target)
+                .map_err(|e| Error::io(target, e))?
+                .next()
+                .is_none();
+            if !empty && !target.join(marker).exists() {
+                return Err(Error::content(
+                    target,
+                    format!(
+                        "exists and is not a previous result of this command (no {marker}): \
+                         the output folder is replaced whole, so give a new or empty folder"
+                    ),
+                ));
+            }
+        }
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::config("output folder", format!("{target:?} has no name")))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        remove_stale(&parent, &name);
+        let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        }
+        std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+        Ok(StagedDir {
+            target: target.to_path_buf(),
+            _registration: in_progress(&staging),
+            staging,
+            committed: false,
+        })
+    }
+
+    /// Where to write.
+    pub fn path(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Puts the staging folder in the target's place (a previous result is replaced whole).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.target.exists() {
+            let old = self.staging.with_extension("old");
+            std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
+            std::fs::rename(&self.staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        } else {
+            std::fs::rename(&self.staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        }
+        self.committed = true;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// Removes `.NAME.staging-PID*` folders in `parent` whose process is gone (Linux: no
+/// `/proc/PID`; elsewhere only this process's own).
+fn remove_stale(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.staging-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = match pid {
+            Some(pid) if cfg!(target_os = "linux") => Path::new(&format!("/proc/{pid}")).exists(),
+            Some(pid) => pid == std::process::id(),
+            None => true,
+        };
+        if !alive {
+            tracing::info!(folder = %e.path().display(), "removing a staging folder left by a killed run");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_output_replaces_the_target_only_on_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("out");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("old.txt"), "previous").unwrap();
+        // Dropped without commit: the previous result stays, no staging left.
+        {
+            let s = StagedDir::begin(&target, "old.txt").unwrap();
+            std::fs::write(s.path().join("new.txt"), "half").unwrap();
+        }
+        let names = |d: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(tmp.path()), ["out"]);
+        assert_eq!(names(&target), ["old.txt"]);
+        // Committed: the new folder replaces the old one whole.
+        let s = StagedDir::begin(&target, "old.txt").unwrap();
+        std::fs::write(s.path().join("new.txt"), "done").unwrap();
+        s.commit().unwrap();
+        assert_eq!(names(tmp.path()), ["out"]);
+        assert_eq!(names(&target), ["new.txt"]);
+        // A staging folder of a dead process (no pid reaches 4e9 on Linux) is cleaned.
+        let stale = tmp.path().join(".out.staging-4000000000");
+        std::fs::create_dir(&stale).unwrap();
+        let s = StagedDir::begin(&target, "new.txt").unwrap();
+        assert!(!stale.exists());
+        // Registered while in progress (the signal handler removes it; tests/shards.rs sends
+        // the signal), unregistered once done.
+        let p = s.path().to_path_buf();
+        assert!(registry().contains(&p));
+        drop(s);
+        assert!(!registry().contains(&p) && !p.exists());
+        // A folder of something else is never replaced.
+        let e = StagedDir::begin(tmp.path(), "metrics.parquet").unwrap_err();
+        assert!(e.to_string().contains("not a previous result"), "{e}");
+    }
+}
