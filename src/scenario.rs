@@ -635,11 +635,18 @@ fn templates_for(
                     ),
                 ));
             }
+            // Only the batch sizes a controller may choose (`feasible_batch_sizes`, default
+            // every built one) get templates and ITL fits: a command to another is refused.
+            let mut spec = spec.clone();
+            spec.validate()
+                .map_err(|e| Error::config(&field, e.to_string()))?;
+            let feasible = |b: &u32| spec.feasible_batch_sizes.contains(b);
             let mut out = BTreeMap::new();
-            for (b, tr) in &art.traces {
+            for (b, tr) in art.traces.iter().filter(|(b, _)| feasible(b)) {
                 out.insert(*b, Arc::from(template(tr, topts, periodic)?));
             }
-            Ok((out, Some(art.itl)))
+            let itl = art.itl.into_iter().filter(|(b, _)| feasible(b)).collect();
+            Ok((out, Some(itl)))
         }
         PowerSource::Synthesized {
             train,

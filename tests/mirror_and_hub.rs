@@ -237,6 +237,33 @@ fn mirror_pipeline_fits_traces_and_templates() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["inputs"][0]["sha256"].as_str().unwrap().len(), 64);
+
+    // A scenario replaying this store: only `feasible_batch_sizes` get templates, so a batch
+    // outside them is refused (it was silently allowed).
+    let scenario = |feasible: &str, initial: u32| {
+        format!(
+            "duration_s = 10\n[datacenter]\ndt_s = \"1/2\"\ntotal_gpu_capacity = 16\n\
+             [[models]]\nlabel = \"m\"\ngpus_per_replica = 2\ninitial_batch_size = {initial}\n\
+             replicas = 4\npower = {{ kind = \"spec-store\", dir = {dir:?}, spec = {{ \
+             model_label = \"m\", model_id = \"org/m\", gpu_model = \"H100\", \
+             task = \"lm-arena-chat\", gpus_per_replica = 2, tensor_parallel = 2, \
+             batch_sizes = [8, 16, 32]{feasible} }} }}\nitl = {{ kind = \"spec-store\" }}\n",
+            dir = out.path().join("specs"),
+        )
+    };
+    let build = |text: String| {
+        let sc: powersynth::scenario::Scenario = toml::from_str(&text).unwrap();
+        powersynth::scenario::build(&sc, out.path(), &Default::default()).map(|_| ())
+    };
+    build(scenario("", 32)).unwrap();
+    build(scenario(", feasible_batch_sizes = [8, 16]", 16)).unwrap();
+    let e = build(scenario(", feasible_batch_sizes = [8, 16]", 32))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("batch size 32 has no power template (have [8, 16])"),
+        "{e}"
+    );
 }
 
 /// A hub cache laid out as huggingface_hub does: refs/main → snapshots/<commit>/…
