@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use powersynth::pipeline::{self, CompactFits, PipelineConfig, RunOptions};
+use powersynth::pipeline::{self, CompactFits, PipelineConfig, RunOptions, SourceConfig};
 use powersynth::shard::Shard;
 use powersynth::table::ParquetTable;
 
@@ -344,7 +344,12 @@ fn sharded_pipeline_merges_to_the_unsplit_outputs_byte_for_byte() {
     ] {
         std::os::unix::fs::symlink(measured.join(name), runs.join(name)).unwrap();
     }
-    let cfg = PipelineConfig::from_file(Path::new("pipelines/leaderboard.toml")).unwrap();
+    // Two tasks of the leaderboard (28 + 6 groups, split over 3 shards) keep it quick.
+    let mut cfg = PipelineConfig::from_file(Path::new("pipelines/leaderboard.toml")).unwrap();
+    cfg.source = SourceConfig::Leaderboard {
+        path: board.clone(),
+        tasks: Some(vec!["gpqa".into(), "sourcegraph-fim".into()]),
+    };
     let opts = |out: &Path, shard: Shard| RunOptions {
         out_dir: out.to_path_buf(),
         force: false,
@@ -368,6 +373,10 @@ fn sharded_pipeline_merges_to_the_unsplit_outputs_byte_for_byte() {
         groups += s.groups;
     }
     assert_eq!(groups, unsplit.groups);
+    assert_eq!(
+        unsplit.groups, 34,
+        "README of the leaderboard data: gpqa 28 + sourcegraph-fim 6"
+    );
     let merged = pipeline::shards::merge(&cfg, &opts(&split, Shard::WHOLE)).unwrap();
     assert_eq!(merged.groups, unsplit.groups);
     assert_eq!(
