@@ -37,14 +37,9 @@ fn every_measured_run_loads_with_aligned_clocks() {
 
 #[test]
 fn two_gpu_power_is_the_sum_of_the_active_devices() {
-    let Some(root) = common::shared("measured") else {
+    let Some(dir) = common::measured_run("gemma") else {
         return;
     };
-    let dir = discover_runs(&root)
-        .unwrap()
-        .into_iter()
-        .find(|d| d.to_string_lossy().contains("gemma"))
-        .unwrap();
     let r = load_run(&dir).unwrap();
     // Independent sum of the CSV's power column.
     let text = std::fs::read_to_string(dir.join("power.csv")).unwrap();
@@ -114,14 +109,9 @@ fn set_field(text: &str, line: usize, col: usize, value: &str, eol: &str) -> Str
 
 #[test]
 fn bad_measured_input_names_file_and_line() {
-    let Some(root) = common::shared("measured") else {
+    let Some(src) = common::measured_run("arrival_rate") else {
         return;
     };
-    let src = discover_runs(&root)
-        .unwrap()
-        .into_iter()
-        .find(|d| d.to_string_lossy().contains("arrival_rate"))
-        .unwrap();
     let cases: Vec<(&str, Box<dyn Fn(&str) -> String>, &str)> = vec![
         (
             "power.csv",
@@ -254,14 +244,9 @@ fn bad_measured_input_names_file_and_line() {
 /// counters' increase (README: 1,081,456 of 1,182,555 prompt tokens).
 #[test]
 fn agentic_run_loads_in_arrival_order_with_per_request_itls() {
-    let Some(root) = common::shared("measured") else {
+    let Some(dir) = common::measured_run("agentic") else {
         return;
     };
-    let dir = discover_runs(&root)
-        .unwrap()
-        .into_iter()
-        .find(|d| d.to_string_lossy().contains("agentic"))
-        .expect("the agentic run");
     let r = load_run(&dir).unwrap();
     let q = &r.requests;
     assert!(q.path.ends_with("requests.json"));

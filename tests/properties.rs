@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use powersynth::scenario::{build, Overrides, Scenario};
-use powersynth::sources::measured::{discover_runs, load_run, read_request_log};
+use powersynth::sources::measured::{load_run, read_request_log};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -132,14 +132,9 @@ fn request_logs_with_edge_values_load_or_fail_with_an_error() {
 
 #[test]
 fn measured_csvs_with_a_corrupted_cell_load_or_fail_with_an_error() {
-    let Some(root) = common::shared("measured") else {
+    let Some(src) = common::measured_run("arrival_rate") else {
         return;
     };
-    let src = discover_runs(&root)
-        .unwrap()
-        .into_iter()
-        .find(|d| d.to_string_lossy().contains("arrival_rate"))
-        .unwrap();
     let texts: Vec<(String, String)> = ["power.csv", "engine.csv"]
         .iter()
         .map(|f| (f.to_string(), std::fs::read_to_string(src.join(f)).unwrap()))

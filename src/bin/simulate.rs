@@ -1,6 +1,6 @@
 //! `simulate`: run a datacenter scenario through the embedded coordinator.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -8,7 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use powersynth::coordinator::clock::to_f64;
-use powersynth::coordinator::sink::{ParquetRunWriter, StatsSink};
+use powersynth::coordinator::sink::{ParquetRunWriter, PerSecond, StatsSink};
 use powersynth::coordinator::RunSink;
 use powersynth::scenario::{build, Overrides, Scenario};
 use powersynth::shard::Shard;
@@ -68,19 +68,11 @@ fn main() -> Result<()> {
         shard: args.shard,
     };
     let shard = args.shard.unwrap_or_default();
-    if !shard.is_whole() && (args.no_output || (args.out.is_none() && sc.outputs.dir.is_none())) {
-        anyhow::bail!("--shard {shard} needs an output folder (--out DIR or outputs.dir) for merge-shards to read");
-    }
+    let out_dir = output_dir(&args, &sc, &base)?;
     let t_build = Instant::now();
     let mut built =
         build(&sc, &base, &ov).with_context(|| format!("building {}", args.scenario.display()))?;
     let build_s = t_build.elapsed().as_secs_f64();
-    let out_dir = match (&args.out, &sc.outputs.dir) {
-        (Some(o), _) => Some(o.clone()),
-        (None, Some(d)) => Some(base.join(d)),
-        (None, None) => None,
-    };
-    let out_dir = if args.no_output { None } else { out_dir };
     let rack_window_s = sc.outputs.rack_window_s.unwrap_or(60.0);
     let run_key = ov.run_key(&args.scenario)?;
     // An unsplit run is built in a staging folder beside --out and renamed onto it at the end
@@ -103,17 +95,7 @@ fn main() -> Result<()> {
             .with_shard(shard, &run_key)
     });
     let ticks = built.coordinator.total_ticks();
-    let bar = if args.log.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(ticks)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} ticks ({per_sec}, eta {eta})",
-        )
-        .expect("valid template"),
-    );
+    let bar = progress_bar(ticks, args.log.quiet);
     let every = (ticks / 200).max(1);
     let mut stats = StatsSink::new(writer.as_mut().map(|w| w as &mut dyn RunSink), every, |t| {
         bar.set_position(t)
@@ -127,16 +109,7 @@ fn main() -> Result<()> {
     let per_second = std::mem::take(&mut stats.per_second);
     drop(stats);
     if let Some(dir) = write_dir.as_ref().filter(|_| shard.is_whole()) {
-        let html = powersynth::report::simulation_report(
-            &format!("powersynth simulation: {}", args.scenario.display()),
-            &per_second.facility_w,
-            [
-                &per_second.phase_w[0],
-                &per_second.phase_w[1],
-                &per_second.phase_w[2],
-            ],
-        );
-        powersynth::report::write_html(&dir.join("report.html"), &html)?;
+        write_report(dir, &args.scenario, &per_second)?;
     }
     drop(writer);
     if let Some(s) = staged {
@@ -162,4 +135,52 @@ fn main() -> Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// The tick progress bar on stderr (hidden with -q).
+fn progress_bar(ticks: u64, quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(ticks)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} ticks ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// `report.html` of an unsplit run from its per-second series.
+fn write_report(dir: &Path, scenario: &Path, per_second: &PerSecond) -> Result<()> {
+    let html = powersynth::report::simulation_report(
+        &format!("powersynth simulation: {}", scenario.display()),
+        &per_second.facility_w,
+        [
+            &per_second.phase_w[0],
+            &per_second.phase_w[1],
+            &per_second.phase_w[2],
+        ],
+    );
+    powersynth::report::write_html(&dir.join("report.html"), &html)?;
+    Ok(())
+}
+
+/// The run result folder: --out, else the scenario's outputs.dir (relative to it), none with
+/// --no-output. A shard needs one (merge-shards reads it).
+fn output_dir(args: &Args, sc: &Scenario, base: &Path) -> Result<Option<PathBuf>> {
+    let dir = match (&args.out, &sc.outputs.dir) {
+        _ if args.no_output => None,
+        (Some(o), _) => Some(o.clone()),
+        (None, Some(d)) => Some(base.join(d)),
+        (None, None) => None,
+    };
+    if let (Some(shard), None) = (args.shard.filter(|s| !s.is_whole()), &dir) {
+        anyhow::bail!(
+            "--shard {shard} needs an output folder (--out DIR or outputs.dir) for merge-shards to read"
+        );
+    }
+    Ok(dir)
 }

@@ -11,8 +11,8 @@
 use std::path::Path;
 
 use super::sink::{
-    shard_record_path, table_path, write_facility_outputs, DcFacilitySummary, FacilitySeries,
-    PerSecond, ShardRecord, SHARD_RECORD_SCHEMA,
+    shard_record_path, write_facility_outputs, DcFacilitySummary, FacilitySeries, PerSecond,
+    ShardRecord, SHARD_RECORD_SCHEMA,
 };
 use crate::error::{Error, Result};
 use crate::shard::Shard;
@@ -163,7 +163,7 @@ fn first_difference(a: &Column, b: &Column) -> Option<usize> {
 /// Merges one table over the shards; `None` when no shard wrote it.
 fn merge_table(dir: &Path, name: &str, count: u32) -> Result<Option<Table>> {
     let paths: Vec<_> = (0..count)
-        .map(|i| table_path(dir, name, Shard { index: i, count }))
+        .map(|i| Shard { index: i, count }.table_path(dir, name))
         .collect();
     let exists: Vec<bool> = paths.iter().map(|p| p.exists()).collect();
     if exists.iter().all(|e| !e) {
@@ -201,7 +201,7 @@ pub fn merge_shards(dir: &Path, out: &Path) -> Result<MergeSummary> {
     for name in ["steps", "models", "rows", "racks", "commands", "events"] {
         if let Some(t) = merge_table(dir, name, count)? {
             tracing::debug!(table = name, rows = t.num_rows(), "merged");
-            write_parquet(&table_path(out, name, Shard::WHOLE), &t)?;
+            write_parquet(&Shard::WHOLE.table_path(out, name), &t)?;
             tables.push(name.to_string());
             if name == "steps" {
                 steps = Some(t);

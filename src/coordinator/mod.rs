@@ -249,6 +249,29 @@ pub struct RunCounts {
 /// The most ticks a run may take (a tick costs at least a few ns even when nothing is due).
 const MAX_TICKS: u64 = 10_000_000_000;
 
+/// Ticks of `tick` in `duration`: a whole number, at most [`MAX_TICKS`].
+fn tick_count(duration: Seconds, tick: Seconds) -> Result<u64> {
+    let q = duration / tick;
+    if !q.is_integer() {
+        return Err(Error::config(
+            "duration_s",
+            format!("{duration} s is not a whole number of ticks of {tick} s"),
+        ));
+    }
+    if q.to_integer() > MAX_TICKS {
+        return Err(Error::config(
+            "periods",
+            format!(
+                "the clock's tick (the greatest common divisor of every dt_s) is {tick} s: \
+                 {} ticks for {duration} s, over {MAX_TICKS}; give periods whose ratio is a \
+                 simple fraction (\"1/10\", 0.25, 1) or a shorter duration",
+                q.to_integer()
+            ),
+        ));
+    }
+    Ok(q.to_integer())
+}
+
 /// Runs datacenters, an optional grid and controllers on one clock.
 pub struct Coordinator {
     datacenters: Vec<Box<dyn Datacenter>>,
@@ -313,24 +336,7 @@ impl Coordinator {
             .iter()
             .map(|c| clock.ticks_per(&format!("controller {} dt_s", c.name()), c.dt_s()))
             .collect::<Result<Vec<_>>>()?;
-        let q = duration / tick;
-        if !q.is_integer() {
-            return Err(Error::config(
-                "duration_s",
-                format!("{duration} s is not a whole number of ticks of {tick} s"),
-            ));
-        }
-        if q.to_integer() > MAX_TICKS {
-            return Err(Error::config(
-                "periods",
-                format!(
-                    "the clock's tick (the greatest common divisor of every dt_s) is {tick} s: \
-                     {} ticks for {duration} s, over {MAX_TICKS}; give periods whose ratio is a \
-                     simple fraction (\"1/10\", 0.25, 1) or a shorter duration",
-                    q.to_integer()
-                ),
-            ));
-        }
+        let total_ticks = tick_count(duration, tick)?;
         let view = SimView {
             datacenters: &datacenters,
             grid_state: None,
@@ -347,7 +353,7 @@ impl Coordinator {
             dc_every,
             grid_every,
             controller_every,
-            total_ticks: q.to_integer(),
+            total_ticks,
             started: false,
             dc_stepped: vec![false; n],
             grid_buffers: vec![Vec::new(); n],

@@ -82,11 +82,6 @@ pub const RUN_TABLES: [&str; 7] = [
     "steps", "models", "rows", "racks", "facility", "commands", "events",
 ];
 
-/// Where table `name` of a run in `dir` goes (see [`Shard::table_path`]).
-pub fn table_path(dir: &Path, name: &str, shard: Shard) -> PathBuf {
-    shard.table_path(dir, name)
-}
-
 /// Where shard I's record goes: `dir/shards/shard=I.json`.
 pub fn shard_record_path(dir: &Path, shard: Shard) -> PathBuf {
     dir.join("shards")
@@ -337,7 +332,7 @@ pub fn write_facility_outputs(
         });
     }
     write_parquet(
-        &table_path(dir, "facility", Shard::WHOLE),
+        &Shard::WHOLE.table_path(dir, "facility"),
         &Table::new()
             .with("datacenter", Column::Str(fac.0))
             .with("resolution_s", Column::F64(fac.1))
@@ -515,7 +510,7 @@ impl ParquetRunWriter {
             "command",
             Column::Str(self.commands.iter().map(|c| cmd_json(&c.command)).collect()),
         );
-        write_parquet(&table_path(&self.dir, "commands", self.shard), &commands)?;
+        write_parquet(&self.shard.table_path(&self.dir, "commands"), &commands)?;
         let events = stamped(self.events.iter().map(|e| (e.tick, e.t_s)))
             .with(
                 "source",
@@ -534,7 +529,7 @@ impl ParquetRunWriter {
                 "data",
                 Column::Str(self.events.iter().map(|e| e.data.to_string()).collect()),
             );
-        write_parquet(&table_path(&self.dir, "events", self.shard), &events)
+        write_parquet(&self.shard.table_path(&self.dir, "events"), &events)
     }
 }
 
@@ -553,7 +548,7 @@ impl RunSink for ParquetRunWriter {
             labels.extend(d.models.iter().cloned());
         }
         let names: Arc<[String]> = self.dcs.iter().map(|d| d.name.clone()).collect();
-        let path = |t: &str| table_path(&self.dir, t, self.shard);
+        let path = |t: &str| self.shard.table_path(&self.dir, t);
         let steps = StepRows {
             names: names.clone(),
             ..StepRows::default()

@@ -348,6 +348,21 @@ enum GroupInputs {
     Runs(Vec<RunRecord>),
 }
 
+/// A group of the given configuration and inputs.
+fn group(
+    task: &str,
+    model_id: &str,
+    gpu_model: &str,
+    num_gpus: u32,
+    batch_sizes: Vec<u32>,
+    inputs: GroupInputs,
+) -> Result<Group> {
+    Ok(Group {
+        spec: spec_for(task, model_id, gpu_model, num_gpus, batch_sizes)?,
+        inputs,
+    })
+}
+
 fn spec_for(
     task: &str,
     model_id: &str,
@@ -456,62 +471,28 @@ fn source_groups(
 ) -> Result<(String, Vec<Group>, Option<BenchmarkRuns>)> {
     let pick = |p: &PathBuf| opts.source_path.clone().unwrap_or_else(|| p.clone());
     let mut benchmark = None;
+    // A benchmark source (mirror or Hub): its runs table is the input, its runs stay for step 2.
+    let mut from_runs = |runs: BenchmarkRuns, tasks: &Option<Vec<String>>, stable_only: bool| {
+        let groups = benchmark_groups(&runs, cfg, tasks.as_deref(), stable_only)?;
+        inputs.push(runs.runs_table.clone());
+        let d = runs.describe();
+        benchmark = Some(runs);
+        Ok::<_, Error>((d, groups))
+    };
     let (source, groups): (String, Vec<Group>) = match &cfg.source {
         SourceConfig::Leaderboard { path, tasks } => {
-            let path = pick(path);
-            let (files, configs) = leaderboard::load_dir(&path, tasks.as_deref())?;
-            inputs.extend(files);
-            let groups = leaderboard::groups(&configs)
-                .into_iter()
-                .map(|g| {
-                    Ok(Group {
-                        spec: spec_for(
-                            &g.task,
-                            &g.model_id,
-                            &g.gpu_model,
-                            g.num_gpus,
-                            g.batch_sizes(),
-                        )?,
-                        inputs: GroupInputs::Leaderboard(g.configs),
-                    })
-                })
-                .collect::<Result<_>>()?;
-            (format!("leaderboard {}", path.display()), groups)
+            leaderboard_groups(&pick(path), tasks.as_deref(), inputs)?
         }
-        SourceConfig::Embedded { path } => {
-            let path = pick(path);
-            let compact = CompactFits::read(&path)?;
-            inputs.push(path.clone());
-            let groups = compact
-                .groups
-                .into_iter()
-                .map(|g| {
-                    Ok(Group {
-                        spec: spec_for(
-                            &g.task,
-                            &g.model_id,
-                            &g.gpu_model,
-                            g.num_gpus,
-                            g.batch_sizes.clone(),
-                        )?,
-                        inputs: GroupInputs::Embedded(Box::new(g)),
-                    })
-                })
-                .collect::<Result<_>>()?;
-            (format!("embedded {}", path.display()), groups)
-        }
+        SourceConfig::Embedded { path } => embedded_groups(&pick(path), inputs)?,
         SourceConfig::Mirror {
             path,
             tasks,
             stable_only,
-        } => {
-            let runs = BenchmarkRuns::from_directory(&pick(path))?;
-            let groups = benchmark_groups(&runs, cfg, tasks.as_deref(), *stable_only)?;
-            inputs.push(runs.runs_table.clone());
-            let d = runs.describe();
-            benchmark = Some(runs);
-            (d, groups)
-        }
+        } => from_runs(
+            BenchmarkRuns::from_directory(&pick(path))?,
+            tasks,
+            *stable_only,
+        )?,
         SourceConfig::Hub {
             repo_id,
             revision,
@@ -520,12 +501,7 @@ fn source_groups(
         } => {
             let mut h = HubOptions::new(repo_id);
             h.revision = revision.clone();
-            let runs = BenchmarkRuns::from_hub(h)?;
-            let groups = benchmark_groups(&runs, cfg, tasks.as_deref(), *stable_only)?;
-            inputs.push(runs.runs_table.clone());
-            let d = runs.describe();
-            benchmark = Some(runs);
-            (d, groups)
+            from_runs(BenchmarkRuns::from_hub(h)?, tasks, *stable_only)?
         }
     };
     if groups.is_empty() {
@@ -534,6 +510,56 @@ fn source_groups(
         )));
     }
     Ok((source, groups, benchmark))
+}
+
+/// The leaderboard's groups (one per task × model × GPU × GPU count); its files are inputs.
+fn leaderboard_groups(
+    path: &Path,
+    tasks: Option<&[String]>,
+    inputs: &mut Vec<PathBuf>,
+) -> Result<(String, Vec<Group>)> {
+    let (files, configs) = leaderboard::load_dir(path, tasks)?;
+    inputs.extend(files);
+    let groups = leaderboard::groups(&configs)
+        .into_iter()
+        .map(|g| {
+            let batches = g.batch_sizes();
+            let group_inputs = GroupInputs::Leaderboard(g.configs);
+            group(
+                &g.task,
+                &g.model_id,
+                &g.gpu_model,
+                g.num_gpus,
+                batches,
+                group_inputs,
+            )
+        })
+        .collect::<Result<_>>()?;
+    Ok((format!("leaderboard {}", path.display()), groups))
+}
+
+/// The groups of a compact fits file (already fitted); the file is the input.
+fn embedded_groups(path: &Path, inputs: &mut Vec<PathBuf>) -> Result<(String, Vec<Group>)> {
+    let compact = CompactFits::read(path)?;
+    inputs.push(path.to_path_buf());
+    let groups = compact
+        .groups
+        .into_iter()
+        .map(|g| {
+            let spec = spec_for(
+                &g.task,
+                &g.model_id,
+                &g.gpu_model,
+                g.num_gpus,
+                g.batch_sizes.clone(),
+            )?;
+            Ok(Group {
+                spec,
+                inputs: GroupInputs::Embedded(Box::new(g)),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok((format!("embedded {}", path.display()), groups))
 }
 
 /// Step 2: per group, its spec folder: loaded when current, fitted (rayon) when not.

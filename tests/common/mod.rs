@@ -28,3 +28,14 @@ impl powersynth::progress::Progress for Quiet {
     fn advance(&self, _: u64) {}
     fn end(&self, _: &str) {}
 }
+
+/// The measured run (its folder under `../shared/data/measured`) whose path contains `part`;
+/// `None` where the data is absent (see [`shared`]).
+pub fn measured_run(part: &str) -> Option<PathBuf> {
+    let root = shared("measured")?;
+    let found = powersynth::sources::measured::discover_runs(&root)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.to_string_lossy().contains(part));
+    Some(found.unwrap_or_else(|| panic!("no measured run matches {part:?}")))
+}
