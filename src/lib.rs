@@ -27,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod fits;
 pub mod gpus;
+pub mod grid;
 pub mod io;
 pub mod learn;
 pub mod level_map;

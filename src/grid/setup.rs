@@ -1,0 +1,160 @@
+//! A feeder prepared for a study as the peer does it (GRID.md "Grid start"): the source set to
+//! a per-unit voltage, one single-phase wye constant-PQ load per phase at each datacenter bus
+//! (kV = the bus's line-to-neutral base), regulator taps given in steps of 0.00625.
+
+use std::path::Path;
+
+use super::feeder::{BusSpec, Connection, Feeder, Load, LoadModel};
+use super::powerflow::PowerFlow;
+use super::GridError;
+
+/// One regulator step (per unit tap).
+pub const TAP_STEP_PU: f64 = 0.00625;
+
+/// What a study puts on a feeder.
+#[derive(Debug, Clone, Default)]
+pub struct GridSetup {
+    /// The source's per-unit voltage (`None`: the feeder's own).
+    pub source_pu: Option<f64>,
+    /// Regulator (RegControl) name → tap steps from 1.0.
+    pub taps: Vec<(String, i32)>,
+    /// Buses that get a three-phase datacenter attachment.
+    pub datacenter_buses: Vec<String>,
+}
+
+/// A datacenter attachment: its three single-phase loads (phase 1, 2, 3).
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub bus: String,
+    pub loads: [usize; 3],
+}
+
+/// A prepared feeder: the power flow and the datacenter loads on it.
+pub struct PreparedGrid {
+    pub feeder: Feeder,
+    pub flow: PowerFlow,
+    pub attachments: Vec<Attachment>,
+}
+
+impl PreparedGrid {
+    /// Reads the feeder and applies the setup.
+    pub fn open(path: &Path, setup: &GridSetup) -> Result<PreparedGrid, GridError> {
+        let feeder = Feeder::read(path)?;
+        PreparedGrid::new(feeder, setup)
+    }
+
+    /// Applies a setup to a feeder already read.
+    pub fn new(mut feeder: Feeder, setup: &GridSetup) -> Result<PreparedGrid, GridError> {
+        if let Some(pu) = setup.source_pu {
+            if !(pu > 0.0 && pu < 2.0) {
+                return Err(GridError::invalid(
+                    "source pu",
+                    format!("{pu} is outside (0, 2)"),
+                ));
+            }
+            feeder.source.pu = pu;
+        }
+        let net = super::network::Network::new(&feeder)?;
+        let mut flow = PowerFlow::new(net, &feeder.voltage_bases_kv)?;
+        let mut attachments = Vec::new();
+        for (k, bus) in setup.datacenter_buses.iter().enumerate() {
+            attachments.push(attach(&mut flow, bus, k, setup.datacenter_buses.len())?);
+        }
+        let mut taps = Vec::new();
+        for (reg, steps) in &setup.taps {
+            let t = feeder.regulator_transformer(reg)?;
+            let tap = 1.0 + *steps as f64 * TAP_STEP_PU;
+            taps.push((feeder.transformers[t].name.clone(), round6(tap)));
+        }
+        flow.set_taps(&taps)?;
+        Ok(PreparedGrid {
+            feeder,
+            flow,
+            attachments,
+        })
+    }
+
+    /// Sets every attachment's power per phase (kW; kvar from the power factor).
+    pub fn set_datacenter_kw(&mut self, attachment: usize, kw_per_phase: [f64; 3], pf: f64) {
+        let tan = tan_phi(pf);
+        let loads = self.attachments[attachment].loads;
+        for (phase, kw) in kw_per_phase.iter().enumerate() {
+            self.flow.set_load_power(loads[phase], *kw, kw * tan);
+        }
+    }
+}
+
+/// tan(acos(pf)) with pf clamped to [1e-6, 0.999999] as the peer does.
+pub fn tan_phi(pf: f64) -> f64 {
+    let pf = pf.clamp(1e-6, 0.999_999);
+    (1.0 - pf * pf).sqrt() / pf
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+fn attach(
+    flow: &mut PowerFlow,
+    bus: &str,
+    index: usize,
+    count: usize,
+) -> Result<Attachment, GridError> {
+    let bus = bus.to_ascii_lowercase();
+    let net = flow.network();
+    if !net.has_bus(&bus) {
+        return Err(unknown_bus(flow, &bus, "datacenter bus"));
+    }
+    for phase in 1..=3 {
+        if net.node(&bus, phase).is_none() {
+            return Err(GridError::invalid(
+                format!("datacenter bus {bus}"),
+                format!("has no phase {phase}; a datacenter needs a three-phase bus"),
+            ));
+        }
+    }
+    let base_kv = round6(net.bus_base_v[&bus] / 1000.0);
+    let mut loads = [0; 3];
+    for (k, suffix) in ["a", "b", "c"].iter().enumerate() {
+        let name = if count == 1 {
+            format!("datacenter{suffix}")
+        } else {
+            format!("dc_{index}_{suffix}")
+        };
+        loads[k] = flow.add_load(&Load {
+            name,
+            bus1: BusSpec {
+                bus: bus.clone(),
+                nodes: vec![k + 1],
+            },
+            phases: 1,
+            connection: Connection::Wye,
+            model: LoadModel::ConstantPq,
+            kv: base_kv,
+            kw: 0.0,
+            kvar: 0.0,
+            vminpu: 0.95,
+            vmaxpu: 1.05,
+            vlowpu: 0.5,
+            cvr_watts: 1.0,
+            cvr_vars: 2.0,
+        })?;
+    }
+    Ok(Attachment { bus, loads })
+}
+
+/// An unknown-bus error listing (some of) the feeder's buses.
+pub fn unknown_bus(flow: &PowerFlow, bus: &str, context: &str) -> GridError {
+    let names = flow.network().bus_names();
+    let shown: Vec<&str> = names.iter().take(40).map(String::as_str).collect();
+    let more = names.len().saturating_sub(shown.len());
+    GridError::UnknownBus {
+        bus: bus.to_string(),
+        context: context.to_string(),
+        known: if more > 0 {
+            format!("{} and {more} more", shown.join(", "))
+        } else {
+            shown.join(", ")
+        },
+    }
+}
