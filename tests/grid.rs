@@ -103,3 +103,160 @@ fn ieee123_matches_opendss() {
         println!("ieee123 {name}: worst {d:.2e} pu at {node}");
     }
 }
+
+/// The 13-bus script ends with `Solve` (regulator control on): OpenDSS picks taps 5/5/6 there
+/// (read back from OpenDSS by make_golden.py's author); regulators no setup names keep them.
+#[test]
+fn ieee13_script_solve_picks_opendss_taps() {
+    let Some(feeders) = feeders() else { return };
+    let grid =
+        PreparedGrid::open(&feeders.join("ieee13/IEEE13Bus.dss"), &GridSetup::default()).unwrap();
+    let steps: Vec<i64> = ["reg1a", "reg1b", "reg1c"]
+        .iter()
+        .map(|t| ((grid.flow.network().tap(t).unwrap() - 1.0) / 0.00625).round() as i64)
+        .collect();
+    assert_eq!(steps, vec![5, 5, 6]);
+}
+
+fn powerflow(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_powerflow"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+/// `powerflow --json` on the 13-bus grid start at 500 kW/phase: every node within 1e-4 pu of
+/// OpenDSS, names as OpenDSS writes them.
+#[test]
+fn powerflow_command_json_matches_opendss() {
+    let Some(feeders) = feeders() else { return };
+    let feeder = feeders.join("ieee13/IEEE13Bus.dss");
+    let out = powerflow(&[
+        "--feeder",
+        feeder.to_str().unwrap(),
+        "--source-pu",
+        "1.0",
+        "--tap",
+        "creg1a=14",
+        "--tap",
+        "creg1b=6",
+        "--tap",
+        "CREG1C=15",
+        "--load",
+        "671=500",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["converged"], Value::Bool(true));
+    let fx = fixture("ieee13");
+    let case = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "grid_start_kw500")
+        .unwrap();
+    let want = case["nodes"].as_object().unwrap();
+    let got = last["nodes"].as_object().unwrap();
+    assert_eq!(want.len(), got.len());
+    for (node, v) in want {
+        let d = (got[node].as_f64().unwrap() - v.as_f64().unwrap()).abs();
+        assert!(d < 1e-4, "{node}: {d}");
+    }
+}
+
+/// Bad input: each error names what is wrong and where; nothing is printed on stdout.
+#[test]
+fn powerflow_command_bad_input() {
+    let Some(feeders) = feeders() else { return };
+    let feeder = feeders.join("ieee13/IEEE13Bus.dss");
+    let f = feeder.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--load", "999=5"], "unknown bus `999`"),
+        (vec!["--load", "671"], "expected BUS=KW_PER_PHASE"),
+        (vec!["--load", "671=-3"], "KW_PER_PHASE must be a number"),
+        (vec!["--tap", "xreg=3"], "unknown regulator `xreg`"),
+        (vec!["--tap", "creg1a=1.5"], "STEPS must be a whole number"),
+        (vec!["--load", "611=10"], "has no phase 1"),
+        (vec!["--load", "671=500000"], "did not converge"),
+        (vec!["--pf", "0"], "must be in (0, 1]"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["--feeder", f];
+        args.extend(extra.iter());
+        let out = powerflow(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(out.stdout.is_empty(), "{extra:?} printed on stdout");
+    }
+}
+
+/// Malformed feeder files: the error names the file, the line and the token.
+#[test]
+fn malformed_feeder_lines_name_file_line_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "Clear\nNew Circuit.t basekv=4.16 bus1=s\n";
+    let cases = [
+        (
+            "New Line.l1 bus1=s bus2=b length=abc\n",
+            3,
+            "abc",
+            "is not a number",
+        ),
+        (
+            "New Line.l1 bus1=s bus2=b rmatrix=(1 2\n",
+            3,
+            "(1 2",
+            "never closed",
+        ),
+        (
+            "New Frobnicator.x bus1=s\n",
+            3,
+            "frobnicator",
+            "unsupported element class",
+        ),
+        (
+            "New Line.l1 bus1=s bus2=b wibble=3\n",
+            3,
+            "wibble",
+            "unsupported property of Line",
+        ),
+        (
+            "New Load.x bus1=s model=3\n",
+            3,
+            "3",
+            "unsupported load model",
+        ),
+        ("Plot circuit\nFrob all\n", 4, "frob", "unsupported command"),
+        ("New Transformer.t windings=3\n", 3, "3", "two-winding"),
+        ("New Line.l1 bus1=s.x bus2=b\n", 3, "s.x", "whole numbers"),
+        (
+            "Set tolerance=1\n~ length=3\n",
+            4,
+            "~",
+            "must follow a New or Edit",
+        ),
+        (
+            "Edit Line.nothere length=2\n",
+            3,
+            "line.nothere",
+            "not defined",
+        ),
+    ];
+    for (body, line, token, what) in cases {
+        let p = dir.path().join("f.dss");
+        std::fs::write(&p, format!("{head}{body}Set VoltageBases=[4.16]\n")).unwrap();
+        let e = powersynth::grid::feeder::Feeder::read(&p)
+            .unwrap_err()
+            .to_string();
+        let expect = format!("f.dss, line {line}: `{token}`");
+        assert!(e.contains(&expect) && e.contains(what), "{body:?}: {e}");
+    }
+}

@@ -261,6 +261,9 @@ pub struct Feeder {
     pub loads: Vec<Load>,
     /// `Set VoltageBases` (kV line-to-line), used to give every bus its base.
     pub voltage_bases_kv: Vec<f64>,
+    /// Whether the script runs `Solve` (its regulators then take the taps OpenDSS's static
+    /// control chooses, see [`super::regulators`]).
+    pub solves: bool,
 }
 
 impl Feeder {
@@ -313,6 +316,7 @@ struct Objects {
     circuit: Option<(String, Location)>,
     voltage_bases: Vec<f64>,
     base_frequency_hz: Option<f64>,
+    solves: bool,
 }
 
 fn build(path: &Path, commands: &[Command]) -> Result<Feeder, GridError> {
@@ -350,6 +354,7 @@ fn build(path: &Path, commands: &[Command]) -> Result<Feeder, GridError> {
         capacitors: vec![],
         loads: vec![],
         voltage_bases_kv: objects.voltage_bases.clone(),
+        solves: objects.solves,
     };
     let mut linecodes: HashMap<String, LineImpedance> = HashMap::new();
     for key in &objects.order {
@@ -455,7 +460,8 @@ fn apply_command(objects: &mut Objects, command: &Command) -> Result<(), GridErr
                 }
             }
         }
-        Verb::Solve | Verb::CalcVoltageBases => {}
+        Verb::Solve => objects.solves = true,
+        Verb::CalcVoltageBases => {}
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod dss;
 pub mod feeder;
 pub mod network;
 pub mod powerflow;
+pub mod regulators;
 pub mod setup;
 
 use std::path::{Path, PathBuf};

@@ -15,6 +15,9 @@ use super::feeder::LoadModel;
 use super::network::{LoadBranch, Network};
 use super::GridError;
 
+/// A voltage change (pu) in one iteration beyond which the solve is diverging.
+const DIVERGED_PU: f64 = 10.0;
+
 /// Solver settings.
 #[derive(Debug, Clone, Copy)]
 pub struct SolveOptions {
@@ -154,8 +157,14 @@ impl PowerFlow {
                 }
                 self.v[i] = new;
             }
-            if !last.is_finite() {
-                break;
+            if !(last < DIVERGED_PU) {
+                // Voltages running away: more iterations only overflow.
+                return Err(GridError::NotConverged {
+                    iterations: iteration,
+                    worst_change_pu: last,
+                    worst_node: self.net.nodes[worst_node].to_string(),
+                    tolerance_pu: opts.tolerance_pu,
+                });
             }
             if last <= opts.tolerance_pu {
                 return Ok(SolveReport {

@@ -31,6 +31,7 @@ pub struct Attachment {
 
 /// A prepared feeder: the power flow and the datacenter loads on it.
 pub struct PreparedGrid {
+    /// The feeder as read, with the taps its own `Solve` chose.
     pub feeder: Feeder,
     pub flow: PowerFlow,
     pub attachments: Vec<Attachment>,
@@ -45,6 +46,18 @@ impl PreparedGrid {
 
     /// Applies a setup to a feeder already read.
     pub fn new(mut feeder: Feeder, setup: &GridSetup) -> Result<PreparedGrid, GridError> {
+        // The script's own `Solve` (regulator control on, the feeder as written) chooses the
+        // taps of regulators the setup does not set.
+        if feeder.solves && !feeder.regulators.is_empty() {
+            let net = super::network::Network::new(&feeder)?;
+            let mut flow = PowerFlow::new(net, &feeder.voltage_bases_kv)?;
+            flow.options.tolerance_pu = 1e-4;
+            for (name, tap) in super::regulators::static_control(&mut flow, &feeder)? {
+                if let Some(t) = feeder.transformers.iter_mut().find(|t| t.name == name) {
+                    t.windings[1].tap = tap;
+                }
+            }
+        }
         if let Some(pu) = setup.source_pu {
             if !(pu > 0.0 && pu < 2.0) {
                 return Err(GridError::invalid(
