@@ -260,3 +260,134 @@ fn malformed_feeder_lines_name_file_line_token() {
         assert!(e.contains(&expect) && e.contains(what), "{body:?}: {e}");
     }
 }
+
+/// Analytic H (linearised at the solution, factorised Y reused) against the peer's 100 kW
+/// perturbation on every feeder at its grid start, 500 kW per phase.
+#[test]
+fn analytic_sensitivity_matches_perturbation() {
+    use powersynth::grid::sensitivity::{analytic, monitored_nodes, perturbation, PERTURBATION_KW};
+    let Some(feeders) = feeders() else { return };
+    let setups: [(&str, f64, &[&str], &[(&str, i32)], &[&str]); 3] = [
+        (
+            "ieee13/IEEE13Bus.dss",
+            1.0,
+            &["671"],
+            &[("creg1a", 14), ("creg1b", 6), ("creg1c", 15)],
+            &["sourcebus", "650", "rg60"],
+        ),
+        (
+            "ieee34/IEEE34Bus.dss",
+            1.09,
+            &["850", "834"],
+            &[
+                ("creg1a", 12),
+                ("creg1b", 8),
+                ("creg1c", 10),
+                ("creg2a", 8),
+                ("creg2b", 8),
+                ("creg2c", 8),
+            ],
+            &[
+                "sourcebus",
+                "800",
+                "802",
+                "806",
+                "808",
+                "810",
+                "812",
+                "814",
+                "888",
+                "890",
+            ],
+        ),
+        (
+            "ieee123/IEEE123Bus.dss",
+            1.0,
+            &["8", "23", "60", "105"],
+            &[
+                ("creg1a", 9),
+                ("creg2a", 5),
+                ("creg3a", 5),
+                ("creg3c", 5),
+                ("creg4a", 14),
+                ("creg4b", 1),
+                ("creg4c", 4),
+            ],
+            &[
+                "sourcebus",
+                "150",
+                "150r",
+                "149",
+                "9r",
+                "25r",
+                "160r",
+                "61s",
+                "610",
+                "300_open",
+                "94_open",
+            ],
+        ),
+    ];
+    for (file, pu, buses, taps, excluded) in setups {
+        let setup = GridSetup {
+            source_pu: Some(pu),
+            taps: taps.iter().map(|(r, s)| (r.to_string(), *s)).collect(),
+            datacenter_buses: buses.iter().map(|b| b.to_string()).collect(),
+        };
+        let mut grid = PreparedGrid::open(&feeders.join(file), &setup).unwrap();
+        grid.flow.options.tolerance_pu = 1e-9;
+        for a in 0..buses.len() {
+            grid.set_datacenter_kw(a, [500.0; 3], 0.95);
+        }
+        let excluded: Vec<String> = excluded.iter().map(|s| s.to_string()).collect();
+        let monitored = monitored_nodes(&grid.flow, &excluded);
+        for a in 0..buses.len() {
+            let p = perturbation(&mut grid, a, [500.0; 3], 0.95, &monitored).unwrap();
+            let h = analytic(&grid, a, 0.95, PERTURBATION_KW, &monitored).unwrap();
+            let d = h.relative_difference(&p);
+            // The tangent (step 0) against a ±1 kW central difference: the linearisation is
+            // the derivative itself.
+            let tangent = analytic(&grid, a, 0.95, 0.0, &monitored).unwrap();
+            let central = central_difference(&mut grid, a, &monitored);
+            let dt = tangent.relative_difference(&central);
+            let secant_vs_tangent = p.relative_difference(&tangent);
+            println!(
+                "{file} dc {}: analytic vs perturbation {d:.2e}; tangent vs ±1 kW {dt:.2e}; \
+                 the peer's 100 kW secant vs the tangent {secant_vs_tangent:.3}",
+                buses[a]
+            );
+            assert!(d < 0.02, "{file} {}: {d}", buses[a]);
+            assert!(dt < 1e-3, "{file} {}: tangent {dt}", buses[a]);
+        }
+    }
+}
+
+/// dV/dP by a ±1 kW central difference (two solves per phase), for the tangent check.
+fn central_difference(
+    grid: &mut PreparedGrid,
+    a: usize,
+    monitored: &[usize],
+) -> powersynth::grid::sensitivity::Sensitivity {
+    let mut h = vec![[0.0; 3]; monitored.len()];
+    for phase in 0..3 {
+        let mut up = [500.0; 3];
+        up[phase] += 1.0;
+        let mut down = [500.0; 3];
+        down[phase] -= 1.0;
+        grid.set_datacenter_kw(a, up, 0.95);
+        grid.flow.solve().unwrap();
+        let vu = grid.flow.voltages_pu();
+        grid.set_datacenter_kw(a, down, 0.95);
+        grid.flow.solve().unwrap();
+        let vd = grid.flow.voltages_pu();
+        for (row, &n) in monitored.iter().enumerate() {
+            h[row][phase] = (vu[n] - vd[n]) / 2.0;
+        }
+    }
+    grid.set_datacenter_kw(a, [500.0; 3], 0.95);
+    grid.flow.solve().unwrap();
+    powersynth::grid::sensitivity::Sensitivity {
+        nodes: monitored.to_vec(),
+        h,
+    }
+}

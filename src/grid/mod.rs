@@ -12,6 +12,7 @@ pub mod feeder;
 pub mod network;
 pub mod powerflow;
 pub mod regulators;
+pub mod sensitivity;
 pub mod setup;
 
 use std::path::{Path, PathBuf};

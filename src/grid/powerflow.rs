@@ -138,6 +138,17 @@ impl PowerFlow {
         Ok(())
     }
 
+    /// Each load branch's admittance as it is inside the factorised Y.
+    pub fn branch_y_fixed(&self) -> &[c64] {
+        &self.branch_y_fixed
+    }
+
+    /// Solves Y·x = rhs in place with the factorised Y (no load currents).
+    pub fn solve_linear(&self, rhs: &mut Mat<c64>) {
+        self.lu
+            .solve_in_place_with_conj(faer::Conj::No, rhs.as_mut());
+    }
+
     /// Solves from the present voltages.
     pub fn solve(&mut self) -> Result<SolveReport, GridError> {
         let opts = self.options;
