@@ -267,7 +267,8 @@ fn malformed_feeder_lines_name_file_line_token() {
 fn analytic_sensitivity_matches_perturbation() {
     use powersynth::grid::sensitivity::{analytic, monitored_nodes, perturbation, PERTURBATION_KW};
     let Some(feeders) = feeders() else { return };
-    let setups: [(&str, f64, &[&str], &[(&str, i32)], &[&str]); 3] = [
+    type Setup<'a> = (&'a str, f64, &'a [&'a str], &'a [(&'a str, i32)], &'a [&'a str]);
+    let setups: [Setup; 3] = [
         (
             "ieee13/IEEE13Bus.dss",
             1.0,

@@ -117,8 +117,7 @@ pub fn analytic(
     let v = flow.voltages();
     let tan = tan_phi(pf);
     let mut h = vec![[0.0; 3]; monitored.len()];
-    for phase in 0..3 {
-        let load = grid.attachments[attachment].loads[phase];
+    for (phase, &load) in grid.attachments[attachment].loads.iter().enumerate() {
         let b = net.loads[load].branches.start;
         let branch = &net.load_branches[b];
         let per_kw = LoadBranch {
