@@ -342,7 +342,7 @@ fn analytic_sensitivity_matches_perturbation() {
         }
         let excluded: Vec<String> = excluded.iter().map(|s| s.to_string()).collect();
         let monitored = monitored_nodes(&grid.flow, &excluded);
-        for a in 0..buses.len() {
+        for (a, bus) in buses.iter().enumerate() {
             let p = perturbation(&mut grid, a, [500.0; 3], 0.95, &monitored).unwrap();
             let h = analytic(&grid, a, 0.95, PERTURBATION_KW, &monitored).unwrap();
             let d = h.relative_difference(&p);
@@ -355,10 +355,10 @@ fn analytic_sensitivity_matches_perturbation() {
             println!(
                 "{file} dc {}: analytic vs perturbation {d:.2e}; tangent vs ±1 kW {dt:.2e}; \
                  the peer's 100 kW secant vs the tangent {secant_vs_tangent:.3}",
-                buses[a]
+                bus
             );
-            assert!(d < 0.02, "{file} {}: {d}", buses[a]);
-            assert!(dt < 1e-3, "{file} {}: tangent {dt}", buses[a]);
+            assert!(d < 0.02, "{file} {}: {d}", bus);
+            assert!(dt < 1e-3, "{file} {}: tangent {dt}", bus);
         }
     }
 }
