@@ -18,6 +18,9 @@ use crate::coordinator::clock::{parse_seconds, seconds_from_f64, to_f64};
 use crate::coordinator::controllers::{
     BatchSizeChange, BatchSizeSchedule, BatchSizeScheduleController, NoopController,
 };
+use crate::coordinator::grid_metrics::GridOutputSpec;
+use crate::coordinator::ofo::{OfoConfig, OfoController, OfoModel};
+use crate::coordinator::Grid;
 use crate::coordinator::{Controller, Coordinator, Datacenter, Seconds};
 use crate::datacenter::{
     DatacenterConfig, ModelDeployment, OfflineDatacenter, ReplicaSchedule, TrainingRun,
@@ -25,6 +28,8 @@ use crate::datacenter::{
 };
 use crate::error::{Error, Result};
 use crate::fits::itl_mixture::ItlMixture;
+use crate::fits::logistic::LogisticFit;
+use crate::grid::component::{FeederGrid, FeederGridConfig};
 use crate::traces::{build_template, interp, InferenceTrace, TemplateOptions};
 
 /// A period: a number of seconds or exact text ("1/10").
@@ -60,8 +65,85 @@ pub struct Scenario {
     pub controllers: Vec<ControllerSection>,
     #[serde(default)]
     pub templates: TemplateSection,
+    /// A distribution feeder the datacenters sit on (GRID.md); none by default.
+    pub grid: Option<GridSection>,
     #[serde(default)]
     pub outputs: OutputSection,
+}
+
+/// `[grid]`: the feeder, its start and where each datacenter connects.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridSection {
+    /// The feeder's OpenDSS script, relative to the scenario file.
+    pub feeder: PathBuf,
+    pub dt_s: Period,
+    /// The source's per-unit voltage (default: the script's).
+    pub source_pu: Option<f64>,
+    /// Datacenter power factor (lagging).
+    #[serde(default = "default_pf")]
+    pub pf: f64,
+    /// Regulator (RegControl name) → initial tap steps of 0.00625.
+    #[serde(default)]
+    pub taps: BTreeMap<String, i32>,
+    /// Datacenter name → bus (three single-phase loads, one per phase).
+    pub datacenter_buses: BTreeMap<String, String>,
+    /// Buses left out of the monitored set and the metrics.
+    #[serde(default)]
+    pub exclude_buses: Vec<String>,
+    /// Voltage band of the grid metrics (pu).
+    #[serde(default = "default_v_min")]
+    pub v_min: f64,
+    #[serde(default = "default_v_max")]
+    pub v_max: f64,
+    /// Power-flow tolerance: largest node-voltage change between iterations (pu).
+    #[serde(default = "default_grid_tolerance")]
+    pub tolerance_pu: f64,
+}
+
+fn default_pf() -> f64 {
+    0.95
+}
+fn default_v_min() -> f64 {
+    0.95
+}
+fn default_v_max() -> f64 {
+    1.05
+}
+fn default_grid_tolerance() -> f64 {
+    1e-5
+}
+
+/// `kind = "ofo"`: the OFO controller's settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfoSection {
+    pub dt_s: Period,
+    /// The datacenter it steers (default: the scenario's).
+    pub datacenter: Option<String>,
+    /// Model label → mean-ITL deadline (s).
+    pub itl_deadline_s: BTreeMap<String, f64>,
+    /// Model label → per-replica logistic fits of power (W), mean ITL (s) and throughput.
+    pub fits: BTreeMap<String, OfoFitsSection>,
+    pub primal_step_size: Option<f64>,
+    pub w_throughput: Option<f64>,
+    pub w_switch: Option<f64>,
+    pub voltage_gradient_scale: Option<f64>,
+    pub v_min: Option<f64>,
+    pub v_max: Option<f64>,
+    pub voltage_dual_step_size: Option<f64>,
+    pub latency_dual_step_size: Option<f64>,
+    pub sensitivity_update_interval: Option<u64>,
+    pub sensitivity_perturbation_kw: Option<f64>,
+}
+
+/// A model's logistic fits for the OFO controller (the peer's `logistic_fit.json` shape).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfoFitsSection {
+    pub power: LogisticFit,
+    pub latency: LogisticFit,
+    pub throughput: LogisticFit,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -233,6 +315,8 @@ pub enum ControllerSection {
         dt_s: Period,
         changes: Vec<ChangeSection>,
     },
+    /// OFO batch-size control on the grid's voltages (GRID.md; defaults as the peer's).
+    Ofo(Box<OfoSection>),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -319,6 +403,8 @@ impl Scenario {
 /// A scenario ready to run.
 pub struct Built {
     pub coordinator: Coordinator,
+    /// The grid's monitored bus-phases and metric band, with a `[grid]`.
+    pub grid: Option<GridOutputSpec>,
     pub duration: Seconds,
     pub dc_dt: Seconds,
     pub gpus_used: u64,
@@ -453,8 +539,50 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
             .map_err(|e| Error::config(format!("training[{i}]"), e.to_string()))?;
         training = training.with(run, t.t_start_s, t.t_end_s)?;
     }
+    let cfg_whole = cfg.shard.is_whole();
+    let deployments_batches: Vec<(String, Vec<u32>, u32)> = deployments
+        .iter()
+        .map(|m| {
+            (
+                m.label.clone(),
+                m.templates.keys().copied().collect(),
+                m.initial_batch_size,
+            )
+        })
+        .collect();
     let dc = OfflineDatacenter::new(&d.name, dc_dt, cfg, deployments, training, seed)?;
     let servers = dc.pool().servers();
+    let controllers = build_controllers(sc, &deployments_batches)?;
+    let (grid, grid_outputs) = match &sc.grid {
+        Some(g) => {
+            if !cfg_whole {
+                return Err(Error::config(
+                    "grid",
+                    "a run with a [grid] cannot be sharded (the feeder needs the whole datacenter's power)",
+                ));
+            }
+            let (grid, outputs) = build_grid(g, &d.name, base_dir)?;
+            (Some(grid), Some(outputs))
+        }
+        None => (None, None),
+    };
+    let dcs: Vec<Box<dyn Datacenter>> = vec![Box::new(dc)];
+    let coordinator = Coordinator::new(dcs, grid, controllers, duration)?;
+    Ok(Built {
+        coordinator,
+        grid: grid_outputs,
+        duration,
+        dc_dt,
+        gpus_used,
+        servers,
+    })
+}
+
+/// (label, feasible batch sizes, initial batch size) of each model.
+type ModelBatches = [(String, Vec<u32>, u32)];
+
+fn build_controllers(sc: &Scenario, models: &ModelBatches) -> Result<Vec<Box<dyn Controller>>> {
+    let d = &sc.datacenter;
     let mut controllers: Vec<Box<dyn Controller>> = Vec::new();
     for (i, c) in sc.controllers.iter().enumerate() {
         let field = format!("controllers[{i}]");
@@ -489,17 +617,139 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
                     schedules,
                 )));
             }
+            ControllerSection::Ofo(o) => {
+                controllers.push(Box::new(build_ofo(o, &field, &d.name, models)?));
+            }
         }
     }
-    let dcs: Vec<Box<dyn Datacenter>> = vec![Box::new(dc)];
-    let coordinator = Coordinator::new(dcs, None, controllers, duration)?;
-    Ok(Built {
-        coordinator,
-        duration,
-        dc_dt,
-        gpus_used,
-        servers,
-    })
+    Ok(controllers)
+}
+
+fn build_ofo(
+    o: &OfoSection,
+    field: &str,
+    default_dc: &str,
+    models: &ModelBatches,
+) -> Result<OfoController> {
+    let OfoSection {
+        dt_s,
+        datacenter,
+        itl_deadline_s,
+        fits,
+        primal_step_size,
+        w_throughput,
+        w_switch,
+        voltage_gradient_scale,
+        v_min,
+        v_max,
+        voltage_dual_step_size,
+        latency_dual_step_size,
+        sensitivity_update_interval,
+        sensitivity_perturbation_kw,
+    } = o;
+    let d = OfoConfig::default();
+    let cfg = OfoConfig {
+        primal_step_size: primal_step_size.unwrap_or(d.primal_step_size),
+        w_throughput: w_throughput.unwrap_or(d.w_throughput),
+        w_switch: w_switch.unwrap_or(d.w_switch),
+        voltage_gradient_scale: voltage_gradient_scale.unwrap_or(d.voltage_gradient_scale),
+        v_min: v_min.unwrap_or(d.v_min),
+        v_max: v_max.unwrap_or(d.v_max),
+        voltage_dual_step_size: voltage_dual_step_size.unwrap_or(d.voltage_dual_step_size),
+        latency_dual_step_size: latency_dual_step_size.unwrap_or(d.latency_dual_step_size),
+        sensitivity_update_interval: sensitivity_update_interval
+            .unwrap_or(d.sensitivity_update_interval),
+        sensitivity_perturbation_kw: sensitivity_perturbation_kw
+            .unwrap_or(d.sensitivity_perturbation_kw),
+    };
+    for label in fits.keys().chain(itl_deadline_s.keys()) {
+        if !models.iter().any(|(l, _, _)| l == label) {
+            return Err(Error::config(
+                field.to_string(),
+                format!("model {label:?} is not in [[models]]"),
+            ));
+        }
+    }
+    let mut ofo_models = Vec::new();
+    for (label, batches, initial) in models {
+        let f = fits.get(label).ok_or_else(|| {
+            Error::config(
+                format!("{field}.fits"),
+                format!("no fits for model {label:?}"),
+            )
+        })?;
+        let deadline = *itl_deadline_s.get(label).ok_or_else(|| {
+            Error::config(
+                format!("{field}.itl_deadline_s"),
+                format!("no deadline for model {label:?}"),
+            )
+        })?;
+        if !(deadline > 0.0) {
+            return Err(Error::config(
+                format!("{field}.itl_deadline_s.{label}"),
+                format!("{deadline} (need > 0)"),
+            ));
+        }
+        ofo_models.push(OfoModel {
+            label: label.clone(),
+            power_w: f.power,
+            latency_s: f.latency,
+            throughput: f.throughput,
+            itl_deadline_s: deadline,
+            feasible_batch_sizes: batches.clone(),
+            initial_batch_size: *initial,
+        });
+    }
+    OfoController::new(
+        dt_s.exact(&format!("{field}.dt_s"))?,
+        datacenter.as_deref().unwrap_or(default_dc),
+        ofo_models,
+        cfg,
+    )
+}
+
+fn build_grid(
+    g: &GridSection,
+    dc_name: &str,
+    base_dir: &Path,
+) -> Result<(Box<dyn Grid>, GridOutputSpec)> {
+    let mut datacenters = Vec::new();
+    for (name, bus) in &g.datacenter_buses {
+        if name != dc_name {
+            return Err(Error::config(
+                "grid.datacenter_buses",
+                format!("no datacenter named {name:?} (the scenario's is {dc_name:?})"),
+            ));
+        }
+        datacenters.push((name.clone(), bus.clone()));
+    }
+    if datacenters.is_empty() {
+        return Err(Error::config(
+            "grid.datacenter_buses",
+            format!("empty: give {dc_name} = \"BUS\""),
+        ));
+    }
+    if !(g.v_min < g.v_max) {
+        return Err(Error::config("grid.v_min", "must be below grid.v_max"));
+    }
+    let dt = g.dt_s.exact("grid.dt_s")?;
+    let grid = FeederGrid::new(FeederGridConfig {
+        feeder: base_dir.join(&g.feeder),
+        dt_s: dt,
+        source_pu: g.source_pu,
+        taps: g.taps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        datacenters,
+        pf: g.pf,
+        excluded_buses: g.exclude_buses.clone(),
+        tolerance_pu: g.tolerance_pu,
+    })?;
+    let outputs = GridOutputSpec {
+        monitored: grid.monitored(),
+        v_min: g.v_min,
+        v_max: g.v_max,
+        dt_s: to_f64(dt),
+    };
+    Ok((Box::new(grid), outputs))
 }
 
 type Templates = BTreeMap<u32, Arc<[f64]>>;

@@ -90,9 +90,13 @@ fn main() -> Result<()> {
         .map(|s| s.path().to_path_buf())
         .or_else(|| out_dir.clone());
     let mut writer = write_dir.as_ref().map(|d| {
-        ParquetRunWriter::new(d)
+        let w = ParquetRunWriter::new(d)
             .with_rack_window_s(rack_window_s)
-            .with_shard(shard, &run_key)
+            .with_shard(shard, &run_key);
+        match &built.grid {
+            Some(spec) => w.with_grid(spec.clone()),
+            None => w,
+        }
     });
     let ticks = built.coordinator.total_ticks();
     let bar = progress_bar(ticks, args.log.quiet);
@@ -100,6 +104,9 @@ fn main() -> Result<()> {
     let mut stats = StatsSink::new(writer.as_mut().map(|w| w as &mut dyn RunSink), every, |t| {
         bar.set_position(t)
     });
+    if let Some(spec) = &built.grid {
+        stats = stats.with_grid(spec.clone());
+    }
     let t0 = Instant::now();
     let counts = built.coordinator.run(&mut stats)?;
     let wall_s = t0.elapsed().as_secs_f64();
@@ -107,6 +114,7 @@ fn main() -> Result<()> {
     let mean_kw = stats.mean_facility_power_w() / 1000.0;
     let (min_kw, max_kw) = (stats.facility_min_w / 1000.0, stats.facility_max_w / 1000.0);
     let per_second = std::mem::take(&mut stats.per_second);
+    let grid_metrics = stats.grid.as_ref().map(|g| g.metrics());
     drop(stats);
     if let Some(dir) = write_dir.as_ref().filter(|_| shard.is_whole()) {
         write_report(dir, &args.scenario, &per_second)?;
@@ -132,6 +140,7 @@ fn main() -> Result<()> {
         "events": counts.events,
         "out": out_dir.map(|d| d.display().to_string()),
         "shard": args.shard.map(|s| s.to_string()),
+        "grid": grid_metrics,
     });
     println!("{line}");
     Ok(())

@@ -15,7 +15,9 @@
 
 pub mod clock;
 pub mod controllers;
+pub mod grid_metrics;
 pub mod merge;
+pub mod ofo;
 pub mod sink;
 
 use serde::Serialize;
@@ -80,11 +82,15 @@ pub enum DatacenterCommand {
     ShiftReplicas { model: String, replica_delta: i64 },
 }
 
-/// A command to the grid (the grid backends come with a later issue).
+/// A command to the grid.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum GridCommand {
+    /// Regulator (RegControl name) → tap (per unit), applied before the grid's next solve.
     SetTaps(Vec<(String, f64)>),
-    SetStoragePower { storage: String, power: f64 },
+    SetStoragePower {
+        storage: String,
+        power: f64,
+    },
 }
 
 /// A command and its target.
@@ -164,17 +170,44 @@ pub trait Datacenter: Component {
     fn step(&mut self, clock: &SimulationClock, events: &mut Events) -> Result<()>;
     /// The last state; `None` before the first step.
     fn state(&self) -> Option<&DcState>;
+    /// Per model, the share of its servers on phases A, B, C (the peer's
+    /// `phase_share_by_model`); 1/3 each unless the backend knows its allocation.
+    fn phase_share(&self) -> Vec<[f64; 3]> {
+        vec![[1.0 / 3.0; 3]; self.model_labels().len()]
+    }
     fn apply_control(&mut self, command: &DatacenterCommand, events: &mut Events) -> Result<()>;
 }
 
-/// Voltages of a grid snapshot: (bus, per-phase pu, NaN for absent phases).
+/// Voltages of a grid snapshot: (bus, per-phase pu, NaN for absent phases), and taps.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GridState {
     pub time_s: f64,
     pub voltages_pu: Vec<(String, [f64; 3])>,
+    /// Regulator (RegControl name) → tap (per unit).
+    pub tap_positions: Vec<(String, f64)>,
 }
 
-/// A grid backend (power-flow models arrive with a later issue; the coordinator runs without).
+impl GridState {
+    /// The voltage of `bus` phase `phase` (1-based), if the snapshot has it.
+    pub fn voltage(&self, bus: &str, phase: usize) -> Option<f64> {
+        self.voltages_pu
+            .iter()
+            .find(|(b, _)| b == bus)
+            .map(|(_, v)| v[phase - 1])
+            .filter(|v| v.is_finite())
+    }
+}
+
+/// dV/dP of the monitored bus-phases for one datacenter (pu per kW per phase).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoltageSensitivity {
+    /// (bus, phase 1..3) of each row.
+    pub rows: Vec<(String, usize)>,
+    /// One row per monitored bus-phase, one column per datacenter phase.
+    pub h: Vec<[f64; 3]>,
+}
+
+/// A grid backend (see `crate::grid::component` for the feeder power flow).
 pub trait Grid: Component {
     /// `samples[i]`: datacenter i's power samples since the grid's previous step.
     fn step(
@@ -184,12 +217,27 @@ pub trait Grid: Component {
         events: &mut Events,
     ) -> Result<GridState>;
     fn apply_control(&mut self, command: &GridCommand, events: &mut Events) -> Result<()>;
+    /// The monitored bus-phases (bus, phase 1..3), in the order of [`VoltageSensitivity`]
+    /// rows and of the grid metrics.
+    fn monitored(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
+    /// H of the monitored bus-phases for a datacenter at the present solution, as the slope
+    /// over a step of `step_kw` per phase; `None` when the backend cannot tell.
+    fn voltage_sensitivity(
+        &self,
+        _datacenter: &str,
+        _step_kw: f64,
+    ) -> Result<Option<VoltageSensitivity>> {
+        Ok(None)
+    }
 }
 
-/// What controllers see: every datacenter and the grid's last state.
+/// What controllers see: every datacenter, the grid and its last state.
 pub struct SimView<'a> {
     pub datacenters: &'a [Box<dyn Datacenter>],
     pub grid_state: Option<&'a GridState>,
+    pub grid: Option<&'a dyn Grid>,
 }
 
 impl SimView<'_> {
@@ -340,6 +388,7 @@ impl Coordinator {
         let view = SimView {
             datacenters: &datacenters,
             grid_state: None,
+            grid: grid.as_deref(),
         };
         for c in &controllers {
             c.check(&view)?;
@@ -483,6 +532,7 @@ impl Coordinator {
             let view = SimView {
                 datacenters: &self.datacenters,
                 grid_state: self.grid_state.as_ref(),
+                grid: self.grid.as_deref(),
             };
             let cmds = c.step(&self.clock, &view, &mut self.events)?;
             self.counts.controller_steps += 1;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::grid_metrics::{GridMetricsAccumulator, GridOutputSpec};
 use super::{Command, Datacenter, DcState, RunSink, SimEvent, TickOutput};
 use crate::error::Result;
 use crate::shard::Shard;
@@ -386,6 +387,8 @@ pub struct ParquetRunWriter {
     models: Option<Streamed<ModelRows>>,
     rows: Option<Streamed<LayoutRows>>,
     racks: Option<Streamed<LayoutRows>>,
+    grid_spec: Option<GridOutputSpec>,
+    grid: Option<GridOutput>,
     dcs: Vec<DcRun>,
     commands: Vec<RecordedCommand>,
     events: Vec<SimEvent>,
@@ -403,6 +406,8 @@ impl ParquetRunWriter {
             models: None,
             rows: None,
             racks: None,
+            grid_spec: None,
+            grid: None,
             dcs: Vec::new(),
             commands: Vec::new(),
             events: Vec::new(),
@@ -421,6 +426,12 @@ impl ParquetRunWriter {
     pub fn with_shard(mut self, shard: Shard, run_key: &str) -> Self {
         self.shard = shard;
         self.run_key = run_key.to_string();
+        self
+    }
+
+    /// Writes the grid's monitored voltages (`grid/`), taps (`taps/`) and `grid_metrics.json`.
+    pub fn with_grid(mut self, spec: GridOutputSpec) -> Self {
+        self.grid_spec = Some(spec);
         self
     }
 
@@ -576,6 +587,10 @@ impl RunSink for ParquetRunWriter {
             };
             self.racks = Some(Streamed::create(&path("racks"), racks)?);
         }
+        self.grid = match &self.grid_spec {
+            Some(spec) => Some(GridOutput::create(&self.dir, spec.clone())?),
+            None => None,
+        };
         Ok(())
     }
 
@@ -587,11 +602,17 @@ impl RunSink for ParquetRunWriter {
                 }
             }
         }
+        if let (Some(g), Some(state)) = (&mut self.grid, tick.grid_state) {
+            g.push(tick.tick, tick.t_s, state)?;
+        }
         record_commands_and_events(tick, &mut self.commands, &mut self.events);
         Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {
+        if let Some(g) = self.grid.take() {
+            g.finish()?;
+        }
         if let Some(s) = self.steps.take() {
             s.finish()?;
         }
@@ -641,6 +662,136 @@ impl RunSink for ParquetRunWriter {
     }
 }
 
+/// Monitored voltages per grid step, long: (tick, t_s, bus, phase, v_pu).
+#[derive(Default)]
+struct GridRows {
+    buses: Arc<[String]>,
+    tick: Vec<i64>,
+    t_s: Vec<f64>,
+    bus: Vec<u32>,
+    phase: Vec<i64>,
+    v_pu: Vec<f64>,
+}
+
+impl Rows for GridRows {
+    fn len(&self) -> usize {
+        self.tick.len()
+    }
+    fn take(&mut self) -> Table {
+        Table::new()
+            .with("tick", Column::I64(take(&mut self.tick)))
+            .with("t_s", Column::F64(take(&mut self.t_s)))
+            .with("bus", Column::Cat(take(&mut self.bus), self.buses.clone()))
+            .with("phase", Column::I64(take(&mut self.phase)))
+            .with("v_pu", Column::F64(take(&mut self.v_pu)))
+    }
+}
+
+/// Regulator taps per grid step, long: (tick, t_s, regulator, tap_pu).
+#[derive(Default)]
+struct TapRows {
+    names: Arc<[String]>,
+    tick: Vec<i64>,
+    t_s: Vec<f64>,
+    regulator: Vec<u32>,
+    tap_pu: Vec<f64>,
+}
+
+impl Rows for TapRows {
+    fn len(&self) -> usize {
+        self.tick.len()
+    }
+    fn take(&mut self) -> Table {
+        Table::new()
+            .with("tick", Column::I64(take(&mut self.tick)))
+            .with("t_s", Column::F64(take(&mut self.t_s)))
+            .with(
+                "regulator",
+                Column::Cat(take(&mut self.regulator), self.names.clone()),
+            )
+            .with("tap_pu", Column::F64(take(&mut self.tap_pu)))
+    }
+}
+
+/// The grid tables of a run being written, and its metrics.
+struct GridOutput {
+    dir: PathBuf,
+    voltages: Streamed<GridRows>,
+    taps: Option<Streamed<TapRows>>,
+    metrics: GridMetricsAccumulator,
+    bus_code: Vec<u32>,
+}
+
+impl GridOutput {
+    fn create(dir: &Path, spec: GridOutputSpec) -> Result<Self> {
+        let mut buses: Vec<String> = Vec::new();
+        let mut bus_code = Vec::with_capacity(spec.monitored.len());
+        for (b, _) in &spec.monitored {
+            let code = match buses.iter().position(|x| x == b) {
+                Some(i) => i,
+                None => {
+                    buses.push(b.clone());
+                    buses.len() - 1
+                }
+            };
+            bus_code.push(code as u32);
+        }
+        let rows = GridRows {
+            buses: buses.into(),
+            ..GridRows::default()
+        };
+        Ok(GridOutput {
+            dir: dir.to_path_buf(),
+            voltages: Streamed::create(&Shard::WHOLE.table_path(dir, "grid"), rows)?,
+            taps: None,
+            metrics: GridMetricsAccumulator::new(spec),
+            bus_code,
+        })
+    }
+
+    fn push(&mut self, tick: u64, t_s: f64, state: &super::GridState) -> Result<()> {
+        let v = self.metrics.monitored_voltages(state);
+        self.metrics.add(state);
+        let spec = self.metrics.spec();
+        let r = &mut self.voltages.rows;
+        for (k, x) in v.iter().enumerate() {
+            r.tick.push(tick as i64);
+            r.t_s.push(t_s);
+            r.bus.push(self.bus_code[k]);
+            r.phase.push(spec.monitored[k].1 as i64);
+            r.v_pu.push(*x);
+        }
+        self.voltages.flush_if_full()?;
+        if self.taps.is_none() && !state.tap_positions.is_empty() {
+            let names: Arc<[String]> = state.tap_positions.iter().map(|(n, _)| n.clone()).collect();
+            let rows = TapRows {
+                names,
+                ..TapRows::default()
+            };
+            let path = Shard::WHOLE.table_path(&self.dir, "taps");
+            self.taps = Some(Streamed::create(&path, rows)?);
+        }
+        if let Some(t) = &mut self.taps {
+            for (i, (_, tap)) in state.tap_positions.iter().enumerate() {
+                t.rows.tick.push(tick as i64);
+                t.rows.t_s.push(t_s);
+                t.rows.regulator.push(i as u32);
+                t.rows.tap_pu.push(*tap);
+            }
+            t.flush_if_full()?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        self.voltages.finish()?;
+        if let Some(t) = self.taps {
+            t.finish()?;
+        }
+        crate::store::write_json(&self.dir.join("grid_metrics.json"), &self.metrics.metrics())
+    }
+}
+
 /// Running totals of a run (facility power of every datacenter step), passed on to an
 /// optional inner sink; `on_tick` is called every `every` ticks (progress bars).
 pub struct StatsSink<'a> {
@@ -653,6 +804,8 @@ pub struct StatsSink<'a> {
     pub facility_max_w: f64,
     /// Facility and per-phase power per second of simulated time, over all datacenters.
     pub per_second: PerSecond,
+    /// Grid metrics, with [`StatsSink::with_grid`].
+    pub grid: Option<GridMetricsAccumulator>,
 }
 
 /// Power per second of simulated time (mean of the datacenter steps in each second; a second
@@ -724,7 +877,13 @@ impl<'a> StatsSink<'a> {
             facility_min_w: f64::INFINITY,
             facility_max_w: f64::NEG_INFINITY,
             per_second: PerSecond::default(),
+            grid: None,
         }
+    }
+    /// Also accumulates grid metrics over the run's grid snapshots.
+    pub fn with_grid(mut self, spec: GridOutputSpec) -> Self {
+        self.grid = Some(GridMetricsAccumulator::new(spec));
+        self
     }
     /// Mean facility power over all datacenter steps (W).
     pub fn mean_facility_power_w(&self) -> f64 {
@@ -739,6 +898,9 @@ impl RunSink for StatsSink<'_> {
         self.facility_min_w = f64::INFINITY;
         self.facility_max_w = f64::NEG_INFINITY;
         self.per_second = PerSecond::default();
+        if let Some(g) = &mut self.grid {
+            *g = GridMetricsAccumulator::new(g.spec().clone());
+        }
         match &mut self.inner {
             Some(s) => s.begin(datacenters),
             None => Ok(()),
@@ -755,6 +917,9 @@ impl RunSink for StatsSink<'_> {
                     self.per_second.add(s);
                 }
             }
+        }
+        if let (Some(g), Some(state)) = (&mut self.grid, tick.grid_state) {
+            g.add(state);
         }
         if (tick.tick + 1).is_multiple_of(self.every) {
             (self.on_tick)(tick.tick + 1);

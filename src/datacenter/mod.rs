@@ -159,6 +159,8 @@ pub struct OfflineDatacenter {
     slots: Vec<Slot>,
     slot_lens: Vec<usize>,
     static_phase_w: [f64; 3],
+    /// Per model, the share of its servers on each phase (last allocation).
+    phase_share: Vec<[f64; 3]>,
     static_rack_w: Vec<f64>,
     slot_power_w: Vec<f64>,
     scratch: Vec<BlockSums>,
@@ -427,6 +429,7 @@ impl OfflineDatacenter {
             slots: Vec::new(),
             slot_lens: vec![0; n],
             static_phase_w: [0.0; 3],
+            phase_share: Vec::new(),
             static_rack_w: Vec::new(),
             slot_power_w: Vec::new(),
             scratch: Vec::new(),
@@ -454,6 +457,22 @@ impl OfflineDatacenter {
         let g = self.cfg.gpus_per_server;
         let mut used = vec![0u32; self.pool.servers()];
         self.slots.clear();
+        // Each model's servers per phase (all servers, whatever the shard), as the peer counts.
+        self.phase_share = alloc
+            .iter()
+            .map(|a| {
+                let mut n = [0.0f64; 3];
+                for &(srv, _) in a {
+                    n[self.pool.phase[srv as usize] as usize] += 1.0;
+                }
+                let total: f64 = n.iter().sum();
+                if total > 0.0 {
+                    n.map(|x| x / total)
+                } else {
+                    [1.0 / 3.0; 3]
+                }
+            })
+            .collect();
         for (m, a) in alloc.iter().enumerate() {
             let len = self.models[m].template.len();
             self.slot_lens[m] = len;
@@ -580,6 +599,9 @@ impl Datacenter for OfflineDatacenter {
     }
     fn rack_layout(&self) -> (usize, usize) {
         (self.racks, self.racks_per_row)
+    }
+    fn phase_share(&self) -> Vec<[f64; 3]> {
+        self.phase_share.clone()
     }
 
     fn step(&mut self, clock: &SimulationClock, _events: &mut Events) -> Result<()> {

@@ -7,6 +7,7 @@
 //! every value checked where it was written) → [`network::Network`] (nodes, element admittance
 //! matrices, loads) → [`powerflow::PowerFlow`] (factorised Y, solutions).
 
+pub mod component;
 pub mod dss;
 pub mod feeder;
 pub mod network;

@@ -49,6 +49,8 @@ pub struct PowerFlow {
     net: Network,
     /// Line-to-neutral base (V) of every node.
     node_base_v: Vec<f64>,
+    /// 1/base² of every node (the convergence test compares squared changes).
+    inv_base_sq: Vec<f64>,
     /// Each load branch's admittance as it is inside Y.
     branch_y_fixed: Vec<c64>,
     lu: faer::sparse::linalg::solvers::Lu<usize, c64>,
@@ -64,13 +66,15 @@ impl PowerFlow {
     pub fn new(mut net: Network, voltage_bases_kv: &[f64]) -> Result<PowerFlow, GridError> {
         let zero_load = zero_load_voltages(&net)?;
         assign_voltage_bases(&mut net, &zero_load, voltage_bases_kv);
-        let node_base_v = net.nodes.iter().map(|n| net.bus_base_v[&n.bus]).collect();
+        let node_base_v: Vec<f64> = net.nodes.iter().map(|n| net.bus_base_v[&n.bus]).collect();
+        let inv_base_sq = node_base_v.iter().map(|b| 1.0 / (b * b)).collect();
         let branch_y_fixed: Vec<c64> = net.load_branches.iter().map(LoadBranch::y_eq).collect();
         let lu = factorise(&net, &branch_y_fixed)?;
         let n = net.nodes.len();
         Ok(PowerFlow {
             net,
             node_base_v,
+            inv_base_sq,
             branch_y_fixed,
             lu,
             v: zero_load,
@@ -93,7 +97,7 @@ impl PowerFlow {
         self.v
             .iter()
             .zip(&self.node_base_v)
-            .map(|(v, b)| v.norm() / b)
+            .map(|(v, b)| magnitude(*v) / b)
             .collect()
     }
 
@@ -158,16 +162,19 @@ impl PowerFlow {
             self.fill_rhs();
             self.lu
                 .solve_in_place_with_conj(faer::Conj::No, self.rhs.as_mut());
-            last = 0.0;
+            // Largest change relative to each node's base, compared squared (no hypot).
+            let mut worst_sq = 0.0;
             for i in 0..self.v.len() {
                 let new = self.rhs[(i, 0)];
-                let change = (new - self.v[i]).norm() / self.node_base_v[i];
-                if change > last {
-                    last = change;
+                let d = new - self.v[i];
+                let change_sq = (d.re * d.re + d.im * d.im) * self.inv_base_sq[i];
+                if change_sq > worst_sq {
+                    worst_sq = change_sq;
                     worst_node = i;
                 }
                 self.v[i] = new;
             }
+            last = worst_sq.sqrt();
             if !(last < DIVERGED_PU) {
                 // Voltages running away: more iterations only overflow.
                 return Err(GridError::NotConverged {
@@ -221,7 +228,7 @@ impl PowerFlow {
 /// P ∝ V^cvrwatts, Q ∝ V^cvrvars inside the band (as model 1 outside it).
 pub fn load_current(b: &LoadBranch, v: c64) -> c64 {
     let y_eq = b.y_eq();
-    let vmag = v.norm();
+    let vmag = magnitude(v);
     let v_low = b.vlowpu * b.v_base_v;
     let v_min = b.vminpu * b.v_base_v;
     let v_max = b.vmaxpu * b.v_base_v;
@@ -274,6 +281,12 @@ pub fn load_current(b: &LoadBranch, v: c64) -> c64 {
             }
         }
     }
+}
+
+/// |z| without `hypot` (voltages and currents are far from overflow).
+#[inline]
+pub fn magnitude(z: c64) -> f64 {
+    (z.re * z.re + z.im * z.im).sqrt()
 }
 
 /// Sums every primitive (and each load branch's fixed admittance) into Y and factorises it.

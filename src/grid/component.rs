@@ -1,0 +1,237 @@
+//! The feeder as the coordinator's grid ([`crate::coordinator::Grid`]): each grid step sets
+//! every datacenter's three single-phase loads to its last power sample (W/1000 kW per phase,
+//! kvar from the power factor; the previous power when no sample came), solves warm-started
+//! from the previous step, and reports every bus's per-phase voltage and the regulator taps.
+//! Taps change by command; H comes from [`super::sensitivity::analytic`] (no re-solve).
+
+use std::path::PathBuf;
+
+use crate::coordinator::{
+    Component, Events, Grid, GridCommand, GridState, Seconds, SimulationClock, ThreePhase,
+    VoltageSensitivity,
+};
+use crate::error::{Error, Result};
+
+use super::feeder::Feeder;
+use super::sensitivity::{analytic, monitored_nodes};
+use super::setup::{GridSetup, PreparedGrid};
+use super::GridError;
+
+impl From<GridError> for Error {
+    fn from(e: GridError) -> Self {
+        Error::Data {
+            what: format!("grid: {e}"),
+        }
+    }
+}
+
+/// How a feeder joins a run.
+#[derive(Debug, Clone)]
+pub struct FeederGridConfig {
+    pub feeder: PathBuf,
+    pub dt_s: Seconds,
+    pub source_pu: Option<f64>,
+    /// Regulator (RegControl name) → initial tap steps.
+    pub taps: Vec<(String, i32)>,
+    /// (datacenter name, bus), in the coordinator's datacenter order.
+    pub datacenters: Vec<(String, String)>,
+    /// Power factor of the datacenter loads (lagging).
+    pub pf: f64,
+    /// Buses left out of the monitored set (and of the metrics).
+    pub excluded_buses: Vec<String>,
+    /// Power-flow tolerance (pu change between iterations).
+    pub tolerance_pu: f64,
+}
+
+/// A feeder stepped by the coordinator.
+pub struct FeederGrid {
+    cfg: FeederGridConfig,
+    feeder: Feeder,
+    grid: PreparedGrid,
+    monitored: Vec<usize>,
+    last_kw: Vec<[f64; 3]>,
+    /// Every bus with its phase-1..3 node indices (the snapshot's layout, found once).
+    bus_nodes: Vec<(String, [Option<usize>; 3])>,
+}
+
+impl FeederGrid {
+    /// Reads the feeder, attaches the datacenters and checks every name (buses, regulators,
+    /// excluded buses) before the run starts.
+    pub fn new(cfg: FeederGridConfig) -> Result<FeederGrid> {
+        if !(cfg.pf > 0.0 && cfg.pf <= 1.0) {
+            return Err(Error::config(
+                "grid.pf",
+                format!("{} is outside (0, 1]", cfg.pf),
+            ));
+        }
+        if !(cfg.tolerance_pu > 0.0 && cfg.tolerance_pu < 0.1) {
+            return Err(Error::config(
+                "grid.tolerance_pu",
+                format!("{} is outside (0, 0.1)", cfg.tolerance_pu),
+            ));
+        }
+        let feeder = Feeder::read(&cfg.feeder)?;
+        let grid = prepare(&feeder, &cfg)?;
+        for bus in &cfg.excluded_buses {
+            if !grid.flow.network().has_bus(bus) {
+                return Err(
+                    super::setup::unknown_bus(&grid.flow, bus, "grid.exclude_buses").into(),
+                );
+            }
+        }
+        let monitored = monitored_nodes(&grid.flow, &cfg.excluded_buses);
+        let n = cfg.datacenters.len();
+        let net = grid.flow.network();
+        let bus_nodes = net
+            .bus_names()
+            .into_iter()
+            .map(|bus| {
+                let nodes = [1, 2, 3].map(|p| net.node(&bus, p));
+                (bus, nodes)
+            })
+            .collect();
+        Ok(FeederGrid {
+            cfg,
+            feeder,
+            grid,
+            monitored,
+            last_kw: vec![[0.0; 3]; n],
+            bus_nodes,
+        })
+    }
+
+    /// The prepared feeder (power flow, attachments).
+    pub fn prepared(&self) -> &PreparedGrid {
+        &self.grid
+    }
+
+    fn state(&self, time_s: f64) -> GridState {
+        let net = self.grid.flow.network();
+        let v = self.grid.flow.voltages();
+        let base = self.grid.flow.node_base_v();
+        let voltages_pu = self
+            .bus_nodes
+            .iter()
+            .map(|(bus, nodes)| {
+                let abc = nodes
+                    .map(|n| n.map_or(f64::NAN, |n| super::powerflow::magnitude(v[n]) / base[n]));
+                (bus.clone(), abc)
+            })
+            .collect();
+        let tap_positions = self
+            .feeder
+            .regulators
+            .iter()
+            .map(|r| (r.name.clone(), net.tap(&r.transformer).unwrap_or(1.0)))
+            .collect();
+        GridState {
+            time_s,
+            voltages_pu,
+            tap_positions,
+        }
+    }
+}
+
+fn prepare(feeder: &Feeder, cfg: &FeederGridConfig) -> Result<PreparedGrid> {
+    let setup = GridSetup {
+        source_pu: cfg.source_pu,
+        taps: cfg.taps.clone(),
+        datacenter_buses: cfg.datacenters.iter().map(|(_, b)| b.clone()).collect(),
+    };
+    let mut grid = PreparedGrid::new(feeder.clone(), &setup)?;
+    grid.flow.options.tolerance_pu = cfg.tolerance_pu;
+    Ok(grid)
+}
+
+impl Component for FeederGrid {
+    fn dt_s(&self) -> Seconds {
+        self.cfg.dt_s
+    }
+    fn reset(&mut self) {
+        // Re-reading nothing: the feeder is kept; taps and voltages go back to the start.
+        if let Ok(grid) = prepare(&self.feeder, &self.cfg) {
+            self.grid = grid;
+        }
+        self.last_kw = vec![[0.0; 3]; self.cfg.datacenters.len()];
+    }
+}
+
+impl Grid for FeederGrid {
+    fn step(
+        &mut self,
+        clock: &SimulationClock,
+        samples: &[Vec<ThreePhase>],
+        _events: &mut Events,
+    ) -> Result<GridState> {
+        for (i, last) in self.last_kw.iter_mut().enumerate() {
+            if let Some(p) = samples.get(i).and_then(|s| s.last()) {
+                *last = [p.a / 1000.0, p.b / 1000.0, p.c / 1000.0];
+            }
+        }
+        for (i, kw) in self.last_kw.clone().into_iter().enumerate() {
+            self.grid.set_datacenter_kw(i, kw, self.cfg.pf);
+        }
+        self.grid
+            .flow
+            .solve()
+            .map_err(|e| Error::data(format!("grid step at t = {} s: {e}", clock.time_s())))?;
+        Ok(self.state(clock.time_s()))
+    }
+
+    fn apply_control(&mut self, command: &GridCommand, events: &mut Events) -> Result<()> {
+        match command {
+            GridCommand::SetTaps(taps) => {
+                let mut changes = Vec::with_capacity(taps.len());
+                for (reg, tap) in taps {
+                    if !(*tap > 0.5 && *tap < 1.5) {
+                        return Err(Error::config(
+                            format!("tap of {reg}"),
+                            format!("{tap} pu is outside (0.5, 1.5)"),
+                        ));
+                    }
+                    let t = self.feeder.regulator_transformer(reg)?;
+                    changes.push((self.feeder.transformers[t].name.clone(), *tap));
+                }
+                self.grid.flow.set_taps(&changes)?;
+                events.emit(
+                    crate::coordinator::EventSource::Grid,
+                    "grid.taps",
+                    serde_json::json!(taps),
+                );
+                Ok(())
+            }
+            GridCommand::SetStoragePower { storage, .. } => Err(Error::config(
+                "grid command",
+                format!("storage {storage}: this feeder has no storage elements"),
+            )),
+        }
+    }
+
+    fn monitored(&self) -> Vec<(String, usize)> {
+        let nodes = &self.grid.flow.network().nodes;
+        self.monitored
+            .iter()
+            .map(|&n| (nodes[n].bus.clone(), nodes[n].phase))
+            .collect()
+    }
+
+    fn voltage_sensitivity(
+        &self,
+        datacenter: &str,
+        step_kw: f64,
+    ) -> Result<Option<VoltageSensitivity>> {
+        let Some(a) = self
+            .cfg
+            .datacenters
+            .iter()
+            .position(|(d, _)| d == datacenter)
+        else {
+            return Ok(None);
+        };
+        let s = analytic(&self.grid, a, self.cfg.pf, step_kw, &self.monitored)?;
+        Ok(Some(VoltageSensitivity {
+            rows: self.monitored(),
+            h: s.h,
+        }))
+    }
+}
