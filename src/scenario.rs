@@ -20,6 +20,9 @@ use crate::coordinator::controllers::{
 };
 use crate::coordinator::grid_metrics::GridOutputSpec;
 use crate::coordinator::ofo::{OfoConfig, OfoController, OfoModel};
+use crate::coordinator::voltage_control::{
+    RuleBasedConfig, RuleBasedController, RuleBasedModel, TapChange, TapScheduleController,
+};
 use crate::coordinator::Grid;
 use crate::coordinator::{Controller, Coordinator, Datacenter, Seconds};
 use crate::datacenter::{
@@ -135,6 +138,35 @@ pub struct OfoSection {
     pub latency_dual_step_size: Option<f64>,
     pub sensitivity_update_interval: Option<u64>,
     pub sensitivity_perturbation_kw: Option<f64>,
+}
+
+/// `kind = "rule-based"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBasedSection {
+    pub dt_s: Period,
+    /// The datacenter it steers (default: the scenario's).
+    pub datacenter: Option<String>,
+    /// Model label → mean-ITL deadline (s) of the latency guard (a model not named has none).
+    #[serde(default)]
+    pub itl_deadline_s: BTreeMap<String, f64>,
+    pub step_size: Option<f64>,
+    pub v_min: Option<f64>,
+    pub v_max: Option<f64>,
+    pub deadband: Option<f64>,
+    pub latency_guard: Option<bool>,
+    /// Buses not looked at (default: the grid's exclude_buses).
+    pub exclude_buses: Option<Vec<String>>,
+    /// Only these buses (default: all).
+    pub zone_buses: Option<Vec<String>>,
+}
+
+/// One tap-schedule entry: regulator (or a/b/c) → tap (pu) at `at_s`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapChangeSection {
+    pub at_s: f64,
+    pub taps: BTreeMap<String, f64>,
 }
 
 /// A model's logistic fits for the OFO controller (the peer's `logistic_fit.json` shape).
@@ -317,6 +349,13 @@ pub enum ControllerSection {
     },
     /// OFO batch-size control on the grid's voltages (GRID.md; defaults as the peer's).
     Ofo(Box<OfoSection>),
+    /// Rule-based batch-size control on the worst voltage violation.
+    RuleBased(Box<RuleBasedSection>),
+    /// Regulator taps at scheduled times.
+    TapSchedule {
+        dt_s: Period,
+        changes: Vec<TapChangeSection>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -620,6 +659,30 @@ fn build_controllers(sc: &Scenario, models: &ModelBatches) -> Result<Vec<Box<dyn
             ControllerSection::Ofo(o) => {
                 controllers.push(Box::new(build_ofo(o, &field, &d.name, models)?));
             }
+            ControllerSection::RuleBased(r) => {
+                let exclude = r.exclude_buses.clone().unwrap_or_else(|| {
+                    sc.grid
+                        .as_ref()
+                        .map(|g| g.exclude_buses.clone())
+                        .unwrap_or_default()
+                });
+                controllers.push(Box::new(build_rule_based(
+                    r, &field, &d.name, models, exclude,
+                )?));
+            }
+            ControllerSection::TapSchedule { dt_s, changes } => {
+                let entries = changes
+                    .iter()
+                    .map(|c| TapChange {
+                        at_s: c.at_s,
+                        taps: c.taps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    })
+                    .collect();
+                controllers.push(Box::new(TapScheduleController::new(
+                    dt_s.exact(&format!("{field}.dt_s"))?,
+                    entries,
+                )?));
+            }
         }
     }
     Ok(controllers)
@@ -705,6 +768,52 @@ fn build_ofo(
         datacenter.as_deref().unwrap_or(default_dc),
         ofo_models,
         cfg,
+    )
+}
+
+fn build_rule_based(
+    r: &RuleBasedSection,
+    field: &str,
+    default_dc: &str,
+    models: &ModelBatches,
+    exclude: Vec<String>,
+) -> Result<RuleBasedController> {
+    for label in r.itl_deadline_s.keys() {
+        if !models.iter().any(|(l, _, _)| l == label) {
+            return Err(Error::config(
+                format!("{field}.itl_deadline_s"),
+                format!("model {label:?} is not in [[models]]"),
+            ));
+        }
+    }
+    let d = RuleBasedConfig::default();
+    let cfg = RuleBasedConfig {
+        step_size: r.step_size.unwrap_or(d.step_size),
+        v_min: r.v_min.unwrap_or(d.v_min),
+        v_max: r.v_max.unwrap_or(d.v_max),
+        deadband: r.deadband.unwrap_or(d.deadband),
+        latency_guard: r.latency_guard.unwrap_or(d.latency_guard),
+    };
+    let rb_models = models
+        .iter()
+        .map(|(label, batches, initial)| RuleBasedModel {
+            label: label.clone(),
+            feasible_batch_sizes: batches.clone(),
+            itl_deadline_s: r
+                .itl_deadline_s
+                .get(label)
+                .copied()
+                .unwrap_or(f64::INFINITY),
+            initial_batch_size: *initial,
+        })
+        .collect();
+    RuleBasedController::new(
+        r.dt_s.exact(&format!("{field}.dt_s"))?,
+        r.datacenter.as_deref().unwrap_or(default_dc),
+        rb_models,
+        cfg,
+        exclude,
+        r.zone_buses.clone(),
     )
 }
 

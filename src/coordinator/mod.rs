@@ -19,6 +19,7 @@ pub mod grid_metrics;
 pub mod merge;
 pub mod ofo;
 pub mod sink;
+pub mod voltage_control;
 
 use serde::Serialize;
 

@@ -52,6 +52,8 @@ pub struct FeederGrid {
     last_kw: Vec<[f64; 3]>,
     /// Every bus with its phase-1..3 node indices (the snapshot's layout, found once).
     bus_nodes: Vec<(String, [Option<usize>; 3])>,
+    /// The regulator on phase a, b, c (`None`: none or several, so the shorthand is refused).
+    phase_regulator: [Option<String>; 3],
 }
 
 impl FeederGrid {
@@ -90,6 +92,7 @@ impl FeederGrid {
                 (bus, nodes)
             })
             .collect();
+        let phase_regulator = phase_regulators(&feeder);
         Ok(FeederGrid {
             cfg,
             feeder,
@@ -97,7 +100,31 @@ impl FeederGrid {
             monitored,
             last_kw: vec![[0.0; 3]; n],
             bus_nodes,
+            phase_regulator,
         })
+    }
+
+    /// A regulator name, or a/b/c for the one regulator on that phase.
+    fn resolve_regulator(&self, name: &str) -> Result<String> {
+        let lower = name.to_ascii_lowercase();
+        let phase = match lower.as_str() {
+            "a" => Some(0),
+            "b" => Some(1),
+            "c" => Some(2),
+            _ => None,
+        };
+        match phase {
+            Some(p) => self.phase_regulator[p].clone().ok_or_else(|| {
+                Error::config(
+                    "tap",
+                    format!(
+                        "phase shorthand {name:?}: the feeder has no single regulator on that \
+                         phase; name the regulator (RegControl) instead"
+                    ),
+                )
+            }),
+            None => Ok(lower),
+        }
     }
 
     /// The prepared feeder (power flow, attachments).
@@ -130,6 +157,32 @@ impl FeederGrid {
             tap_positions,
         }
     }
+}
+
+/// The regulator each phase's a/b/c shorthand names: the one whose transformer's first
+/// written node is that phase; none when several regulators share the phase (the peer's rule).
+fn phase_regulators(feeder: &Feeder) -> [Option<String>; 3] {
+    let mut out: [Option<String>; 3] = [None, None, None];
+    let mut seen = [0usize; 3];
+    for r in &feeder.regulators {
+        let Some(t) = feeder.transformers.iter().find(|t| t.name == r.transformer) else {
+            continue;
+        };
+        let phase = t
+            .windings
+            .iter()
+            .find_map(|w| w.bus.nodes.first().copied().filter(|p| (1..=3).contains(p)));
+        if let Some(p) = phase {
+            seen[p - 1] += 1;
+            out[p - 1] = Some(r.name.clone());
+        }
+    }
+    for (slot, n) in out.iter_mut().zip(seen) {
+        if n != 1 {
+            *slot = None;
+        }
+    }
+    out
 }
 
 fn prepare(feeder: &Feeder, cfg: &FeederGridConfig) -> Result<PreparedGrid> {
@@ -182,7 +235,10 @@ impl Grid for FeederGrid {
         match command {
             GridCommand::SetTaps(taps) => {
                 let mut changes = Vec::with_capacity(taps.len());
-                for (reg, tap) in taps {
+                for (name, tap) in taps {
+                    let reg = self.resolve_regulator(name)?;
+                    let reg = reg.as_str();
+                    let tap = &((tap * 1e6).round() / 1e6);
                     if !(*tap > 0.5 && *tap < 1.5) {
                         return Err(Error::config(
                             format!("tap of {reg}"),

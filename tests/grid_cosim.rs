@@ -1,0 +1,233 @@
+//! The grid inside a run: `simulate` with a `[grid]` on the IEEE 13-bus feeder — the tables and
+//! metrics it writes (checked against a recomputation from the written voltages), the
+//! controllers' known answers in a closed loop, and bad input refused before anything is
+//! written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn feeder() -> Option<PathBuf> {
+    common::shared("feeders").map(|f| f.join("ieee13/IEEE13Bus.dss"))
+}
+
+/// A scenario: one model on 2000 GPUs at bus 671, the given grid extras and controllers.
+fn scenario(dir: &Path, feeder: &Path, grid_extra: &str, controllers: &str) -> PathBuf {
+    let text = format!(
+        r#"duration_s = 60
+seed = 3
+[datacenter]
+name = "dc"
+dt_s = "1/10"
+gpus_per_server = 8
+total_gpu_capacity = 4000
+base_kw_per_phase = 300.0
+[[models]]
+label = "m"
+gpus_per_replica = 1
+initial_batch_size = 512
+capacity_share = 1.0
+power = {{ kind = "parametric", batch_sizes = [8, 16, 32, 64, 128, 256, 512], level_w = [300.0, 560.0], trace_s = 60.0, trace_dt_s = 0.1, seed = 1 }}
+itl = {{ kind = "parametric", loc_s = 0.002, pi_steady = 0.9, sigma_steady = 0.15, sigma_stall = 0.5, scale_s = 0.012, per_log2_batch = 0.12, stall_factor = 3.0 }}
+[grid]
+feeder = "{}"
+dt_s = "1/10"
+source_pu = 1.0
+datacenter_buses = {{ dc = "671" }}
+exclude_buses = ["sourcebus", "650", "rg60"]
+{grid_extra}
+{controllers}
+"#,
+        feeder.display()
+    );
+    let p = dir.join("scenario.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn simulate(scenario: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_simulate"))
+        .args([
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+fn floats(path: &Path, column: &str) -> Vec<f64> {
+    powersynth::table::ParquetTable::read(path)
+        .unwrap()
+        .floats(column)
+        .unwrap()
+}
+
+fn integers(path: &Path, column: &str) -> Vec<i64> {
+    powersynth::table::ParquetTable::read(path)
+        .unwrap()
+        .integers(column)
+        .unwrap()
+}
+
+/// The written voltages give back the metrics: violation integral, time in violation, worst
+/// voltages; tap positions are the setup's.
+#[test]
+fn grid_tables_and_metrics_agree() {
+    let Some(feeder) = feeder() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sc = scenario(
+        dir.path(),
+        &feeder,
+        "taps = { creg1a = 10, creg1b = 2, creg1c = 11 }",
+        "[[controllers]]\nkind = \"noop\"\ndt_s = 1\n",
+    );
+    let out = dir.path().join("out");
+    let o = simulate(&sc, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let grid = out.join("grid/part-0.parquet");
+    let v = floats(&grid, "v_pu");
+    let ticks = integers(&grid, "tick");
+    // 600 grid steps × 32 monitored bus-phases (41 nodes less sourcebus, 650, rg60).
+    assert_eq!(v.len(), 600 * 32);
+    let mut integral = 0.0;
+    let mut time = 0.0;
+    for step in v.chunks(32) {
+        let s: f64 = step
+            .iter()
+            .map(|x| (0.95 - x).max(0.0) + (x - 1.05).max(0.0))
+            .sum();
+        integral += s * 0.1;
+        if s > 0.0 {
+            time += 0.1;
+        }
+    }
+    assert!(ticks.chunks(32).all(|w| w[0] == w[31]));
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("grid_metrics.json")).unwrap())
+            .unwrap();
+    let got = m["violation_integral_pu_s"].as_f64().unwrap();
+    assert!(integral > 0.0, "the setup is meant to sag below 0.95 pu");
+    assert!(
+        (got - integral).abs() <= 1e-9 * integral.max(1.0),
+        "{got} vs {integral}"
+    );
+    assert!((m["time_in_violation_s"].as_f64().unwrap() - time).abs() < 1e-6);
+    let vmin = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(m["min_voltage_pu"].as_f64().unwrap(), vmin);
+    assert_eq!(m["tap_operations"].as_u64().unwrap(), 0);
+    let taps = floats(&out.join("taps/part-0.parquet"), "tap_pu");
+    assert_eq!(taps[..3], [1.0625, 1.0125, 1.06875]);
+}
+
+/// A tap schedule fires at its tick: creg1a (by name) and phase b (shorthand for creg1b) move
+/// at t = 2 s; the grid step after it (t = 2.1 s) solves with the new taps.
+#[test]
+fn tap_schedule_moves_taps_at_its_time() {
+    let Some(feeder) = feeder() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sc = scenario(
+        dir.path(),
+        &feeder,
+        "taps = { creg1a = 10, creg1b = 2, creg1c = 11 }",
+        "[[controllers]]\nkind = \"tap-schedule\"\ndt_s = \"1/10\"\nchanges = [{ at_s = 2.0, taps = { creg1a = 1.1, b = 1.05 } }]\n",
+    );
+    let out = dir.path().join("out");
+    let o = simulate(&sc, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let taps = out.join("taps/part-0.parquet");
+    let t_s = floats(&taps, "t_s");
+    let tap = floats(&taps, "tap_pu");
+    // Rows: 3 regulators per grid step, in creg1a, creg1b, creg1c order.
+    for (k, (t, row)) in t_s.chunks(3).zip(tap.chunks(3)).enumerate() {
+        let want = if t[0] > 2.05 {
+            [1.1, 1.05, 1.06875]
+        } else {
+            [1.0625, 1.0125, 1.06875]
+        };
+        assert_eq!(row, want, "grid step {k} at t = {} s", t[0]);
+    }
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("grid_metrics.json")).unwrap())
+            .unwrap();
+    // creg1a 10 → 16 steps, creg1b 2 → 8 steps.
+    assert_eq!(m["tap_operations"].as_u64().unwrap(), 12);
+}
+
+/// Rule-based control on a sagging feeder: each batch change follows a step whose snapshot
+/// had an under-voltage beyond the deadband, and lowers the batch.
+#[test]
+fn rule_based_lowers_the_batch_on_a_dip() {
+    let Some(feeder) = feeder() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sc = scenario(
+        dir.path(),
+        &feeder,
+        "taps = { creg1a = 10, creg1b = 2, creg1c = 11 }",
+        "[[controllers]]\nkind = \"rule-based\"\ndt_s = 1\nstep_size = 10.0\n",
+    );
+    let out = dir.path().join("out");
+    let o = simulate(&sc, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let batch = integers(&out.join("models/part-0.parquet"), "batch_size");
+    assert_eq!(batch[0], 512);
+    let lowered = batch.windows(2).filter(|w| w[1] < w[0]).count();
+    let raised = batch.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(lowered >= 1, "the dip never lowered the batch: {batch:?}");
+    assert_eq!(raised, 0, "no over-voltage here, so no increase");
+    let v = floats(&out.join("grid/part-0.parquet"), "v_pu");
+    let first_change = batch.windows(2).position(|w| w[1] != w[0]).unwrap() + 1;
+    // The command was decided at the controller step (whole second) before it took effect.
+    let decided_at = first_change - 1;
+    assert_eq!(decided_at % 10, 0);
+    let worst = v[decided_at * 32..(decided_at + 1) * 32]
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        0.95 - worst > 1e-4,
+        "changed at a step without a dip: {worst}"
+    );
+}
+
+/// Bad grid input is refused with the name and nothing is written.
+#[test]
+fn bad_grid_input_is_refused_before_writing() {
+    let Some(feeder) = feeder() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("taps = { cregx = 1 }", "", "unknown regulator `cregx`"),
+        ("exclude_buses = [\"nowhere\"]", "", "unknown bus `nowhere`"),
+        (
+            "",
+            "[[controllers]]\nkind = \"ofo\"\ndt_s = 1\nitl_deadline_s = { m = 0.05 }\n[controllers.fits.x]\npower = { L = 1.0, x0 = 1.0, k = 1.0, b0 = 1.0 }\nlatency = { L = 1.0, x0 = 1.0, k = 1.0, b0 = 1.0 }\nthroughput = { L = 1.0, x0 = 1.0, k = 1.0, b0 = 1.0 }\n",
+            "model \"x\" is not in [[models]]",
+        ),
+        ("source_pu = 0.2", "", "did not converge"),
+    ];
+    for (extra, controllers, want) in cases {
+        // `exclude_buses` is given once by the template; a case that sets it replaces it.
+        let sc = scenario(dir.path(), &feeder, "", controllers);
+        let text = std::fs::read_to_string(&sc).unwrap();
+        let text = if extra.starts_with("exclude_buses") {
+            text.replace("exclude_buses = [\"sourcebus\", \"650\", \"rg60\"]", extra)
+        } else if extra.starts_with("source_pu") {
+            text.replace("source_pu = 1.0", extra)
+        } else {
+            text.replace("[grid]\n", &format!("[grid]\n{extra}\n"))
+        };
+        std::fs::write(&sc, text).unwrap();
+        let out = dir.path().join("out-bad");
+        let o = simulate(&sc, &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra} {controllers}: succeeded");
+        assert!(err.contains(want), "{extra}: {err}");
+        assert!(!out.exists(), "{extra}: wrote {}", out.display());
+    }
+}
