@@ -267,7 +267,13 @@ fn malformed_feeder_lines_name_file_line_token() {
 fn analytic_sensitivity_matches_perturbation() {
     use powersynth::grid::sensitivity::{analytic, monitored_nodes, perturbation, PERTURBATION_KW};
     let Some(feeders) = feeders() else { return };
-    type Setup<'a> = (&'a str, f64, &'a [&'a str], &'a [(&'a str, i32)], &'a [&'a str]);
+    type Setup<'a> = (
+        &'a str,
+        f64,
+        &'a [&'a str],
+        &'a [(&'a str, i32)],
+        &'a [&'a str],
+    );
     let setups: [Setup; 3] = [
         (
             "ieee13/IEEE13Bus.dss",
