@@ -32,7 +32,7 @@ use crate::datacenter::{
 use crate::error::{Error, Result};
 use crate::fits::itl_mixture::ItlMixture;
 use crate::fits::logistic::LogisticFit;
-use crate::grid::component::{FeederGrid, FeederGridConfig};
+use crate::grid::component::{BusProfile, FeederGrid, FeederGridConfig, ProfileKind};
 use crate::traces::{build_template, interp, InferenceTrace, TemplateOptions};
 
 /// A period: a number of seconds or exact text ("1/10").
@@ -102,6 +102,26 @@ pub struct GridSection {
     /// Power-flow tolerance: largest node-voltage change between iterations (pu).
     #[serde(default = "default_grid_tolerance")]
     pub tolerance_pu: f64,
+    /// Generators (PV, wind, …) on feeder buses: each phase injects the profile's kW.
+    #[serde(default)]
+    pub generators: Vec<ProfileSection>,
+    /// External loads on feeder buses: each phase draws the profile's kW.
+    #[serde(default)]
+    pub loads: Vec<ProfileSection>,
+}
+
+/// A generator's or external load's power over time: one of `kw` (constant), `profile`
+/// ((t_s, kW) points, linear, held beyond the ends) or `csv` (two columns time_s,kW with a
+/// header row; relative to the scenario file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSection {
+    pub bus: String,
+    /// Power factor (default 1.0 for generators, 0.96 for loads, as the peer).
+    pub pf: Option<f64>,
+    pub kw: Option<f64>,
+    pub profile: Option<Vec<(f64, f64)>>,
+    pub csv: Option<PathBuf>,
 }
 
 fn default_pf() -> f64 {
@@ -817,6 +837,41 @@ fn build_rule_based(
     )
 }
 
+/// A profile's (t_s, kW) points from whichever of `kw`, `profile`, `csv` it gives.
+fn profile_points(p: &ProfileSection, field: &str, base_dir: &Path) -> Result<Vec<(f64, f64)>> {
+    match (p.kw, &p.profile, &p.csv) {
+        (Some(kw), None, None) => Ok(vec![(0.0, kw)]),
+        (None, Some(points), None) => Ok(points.clone()),
+        (None, None, Some(csv)) => {
+            let path = base_dir.join(csv);
+            let mut reader =
+                csv::Reader::from_path(&path).map_err(|e| Error::content(&path, e.to_string()))?;
+            let mut points = Vec::new();
+            for (i, rec) in reader.records().enumerate() {
+                let rec = rec.map_err(|e| Error::row(&path, i + 2, e.to_string()))?;
+                let num = |k: usize| -> Result<f64> {
+                    rec.get(k)
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| {
+                            Error::row(
+                                &path,
+                                i + 2,
+                                format!("column {} is not a finite number", k + 1),
+                            )
+                        })
+                };
+                points.push((num(0)?, num(1)?));
+            }
+            Ok(points)
+        }
+        _ => Err(Error::config(
+            field,
+            "give exactly one of kw, profile and csv",
+        )),
+    }
+}
+
 fn build_grid(
     g: &GridSection,
     dc_name: &str,
@@ -842,6 +897,25 @@ fn build_grid(
         return Err(Error::config("grid.v_min", "must be below grid.v_max"));
     }
     let dt = g.dt_s.exact("grid.dt_s")?;
+    let mut profiles = Vec::new();
+    for (kind, list, field, pf) in [
+        (
+            ProfileKind::Generator,
+            &g.generators,
+            "grid.generators",
+            1.0,
+        ),
+        (ProfileKind::Load, &g.loads, "grid.loads", 0.96),
+    ] {
+        for (i, p) in list.iter().enumerate() {
+            profiles.push(BusProfile {
+                kind,
+                bus: p.bus.clone(),
+                pf: p.pf.unwrap_or(pf),
+                points: profile_points(p, &format!("{field}[{i}]"), base_dir)?,
+            });
+        }
+    }
     let grid = FeederGrid::new(FeederGridConfig {
         feeder: base_dir.join(&g.feeder),
         dt_s: dt,
@@ -851,6 +925,7 @@ fn build_grid(
         pf: g.pf,
         excluded_buses: g.exclude_buses.clone(),
         tolerance_pu: g.tolerance_pu,
+        profiles,
     })?;
     let outputs = GridOutputSpec {
         monitored: grid.monitored(),

@@ -231,3 +231,33 @@ fn bad_grid_input_is_refused_before_writing() {
         assert!(!out.exists(), "{extra}: wrote {}", out.display());
     }
 }
+
+/// A generator at 675 lifts the voltages (less violation) and an external load there lowers
+/// them; a profile ramps linearly between its points.
+#[test]
+fn generators_and_external_loads_move_the_voltages() {
+    let Some(feeder) = feeder() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let noop = "[[controllers]]\nkind = \"noop\"\ndt_s = 1\n";
+    let taps = "taps = { creg1a = 10, creg1b = 2, creg1c = 11 }";
+    let run = |extra: &str, name: &str| -> f64 {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let sc = scenario(&sub, &feeder, &format!("{taps}\n{extra}"), noop);
+        let out = sub.join("out");
+        let o = simulate(&sc, &out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("grid_metrics.json")).unwrap())
+                .unwrap();
+        m["violation_integral_pu_s"].as_f64().unwrap()
+    };
+    let base = run("", "base");
+    let generator = run("[[grid.generators]]\nbus = \"675\"\nkw = 300.0\n", "gen");
+    let load = run(
+        "[[grid.loads]]\nbus = \"675\"\nprofile = [[0.0, 0.0], [60.0, 300.0]]\n",
+        "load",
+    );
+    assert!(generator < base, "generator {generator} vs {base}");
+    assert!(load > base, "load {load} vs {base}");
+}

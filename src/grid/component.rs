@@ -41,6 +41,44 @@ pub struct FeederGridConfig {
     pub excluded_buses: Vec<String>,
     /// Power-flow tolerance (pu change between iterations).
     pub tolerance_pu: f64,
+    /// Generators and external loads with their power profiles.
+    pub profiles: Vec<BusProfile>,
+}
+
+/// What a profile attachment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// Injects power (a negative load on each phase).
+    Generator,
+    /// Draws power.
+    Load,
+}
+
+/// A generator or external load: each phase gets the profile's full kW (the peer's rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusProfile {
+    pub kind: ProfileKind,
+    pub bus: String,
+    pub pf: f64,
+    /// (t_s, kW) points, increasing in time; linear between, held beyond the ends.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl BusProfile {
+    /// kW at `t_s` (numpy's `interp`).
+    pub fn kw_at(&self, t_s: f64) -> f64 {
+        let p = &self.points;
+        let i = p.partition_point(|(t, _)| *t <= t_s);
+        match i {
+            0 => p[0].1,
+            i if i == p.len() => p[p.len() - 1].1,
+            i => {
+                let (t0, y0) = p[i - 1];
+                let (t1, y1) = p[i];
+                y0 + (y1 - y0) * (t_s - t0) / (t1 - t0)
+            }
+        }
+    }
 }
 
 /// A feeder stepped by the coordinator.
@@ -71,6 +109,21 @@ impl FeederGrid {
                 "grid.tolerance_pu",
                 format!("{} is outside (0, 0.1)", cfg.tolerance_pu),
             ));
+        }
+        for (i, p) in cfg.profiles.iter().enumerate() {
+            let ok_time = p.points.windows(2).all(|w| w[0].0 < w[1].0);
+            if p.points.is_empty()
+                || !ok_time
+                || p.points
+                    .iter()
+                    .any(|(t, kw)| !t.is_finite() || !kw.is_finite() || *kw < 0.0)
+                || !(p.pf > 0.0 && p.pf <= 1.0)
+            {
+                return Err(Error::config(
+                    format!("grid profile {i} at bus {}", p.bus),
+                    "needs ≥ 1 point, strictly increasing times, finite kW ≥ 0 and pf in (0, 1]",
+                ));
+            }
         }
         let feeder = Feeder::read(&cfg.feeder)?;
         let grid = prepare(&feeder, &cfg)?;
@@ -192,6 +245,13 @@ fn prepare(feeder: &Feeder, cfg: &FeederGridConfig) -> Result<PreparedGrid> {
         datacenter_buses: cfg.datacenters.iter().map(|(_, b)| b.clone()).collect(),
     };
     let mut grid = PreparedGrid::new(feeder.clone(), &setup)?;
+    for (i, p) in cfg.profiles.iter().enumerate() {
+        let name = match p.kind {
+            ProfileKind::Generator => format!("gen_{i}"),
+            ProfileKind::Load => format!("extload_{i}"),
+        };
+        grid.attach_extra(&p.bus, &name)?;
+    }
     grid.flow.options.tolerance_pu = cfg.tolerance_pu;
     Ok(grid)
 }
@@ -223,6 +283,15 @@ impl Grid for FeederGrid {
         }
         for (i, kw) in self.last_kw.clone().into_iter().enumerate() {
             self.grid.set_datacenter_kw(i, kw, self.cfg.pf);
+        }
+        let first = self.cfg.datacenters.len();
+        for (k, p) in self.cfg.profiles.iter().enumerate() {
+            let kw = p.kw_at(clock.time_s());
+            let signed = match p.kind {
+                ProfileKind::Generator => -kw,
+                ProfileKind::Load => kw,
+            };
+            self.grid.set_datacenter_kw(first + k, [signed; 3], p.pf);
         }
         self.grid
             .flow
@@ -289,5 +358,24 @@ impl Grid for FeederGrid {
             rows: self.monitored(),
             h: s.h,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_interpolates_and_holds_at_the_ends() {
+        let p = BusProfile {
+            kind: ProfileKind::Generator,
+            bus: "x".into(),
+            pf: 1.0,
+            points: vec![(10.0, 100.0), (20.0, 300.0)],
+        };
+        assert_eq!(p.kw_at(0.0), 100.0);
+        assert_eq!(p.kw_at(15.0), 200.0);
+        assert_eq!(p.kw_at(20.0), 300.0);
+        assert_eq!(p.kw_at(99.0), 300.0);
     }
 }

@@ -87,6 +87,14 @@ impl PreparedGrid {
         })
     }
 
+    /// Attaches one more three-phase set of single-phase wye loads (a generator or an
+    /// external load) at `bus`; returns its attachment index.
+    pub fn attach_extra(&mut self, bus: &str, name: &str) -> Result<usize, GridError> {
+        let a = attach_named(&mut self.flow, bus, &|suffix| format!("{name}_{suffix}"))?;
+        self.attachments.push(a);
+        Ok(self.attachments.len() - 1)
+    }
+
     /// Sets every attachment's power per phase (kW; kvar from the power factor).
     pub fn set_datacenter_kw(&mut self, attachment: usize, kw_per_phase: [f64; 3], pf: f64) {
         let tan = tan_phi(pf);
@@ -113,6 +121,21 @@ fn attach(
     index: usize,
     count: usize,
 ) -> Result<Attachment, GridError> {
+    let name = |suffix: &str| {
+        if count == 1 {
+            format!("datacenter{suffix}")
+        } else {
+            format!("dc_{index}_{suffix}")
+        }
+    };
+    attach_named(flow, bus, &name)
+}
+
+fn attach_named(
+    flow: &mut PowerFlow,
+    bus: &str,
+    name: &dyn Fn(&str) -> String,
+) -> Result<Attachment, GridError> {
     let bus = bus.to_ascii_lowercase();
     let net = flow.network();
     if !net.has_bus(&bus) {
@@ -129,13 +152,8 @@ fn attach(
     let base_kv = round6(net.bus_base_v[&bus] / 1000.0);
     let mut loads = [0; 3];
     for (k, suffix) in ["a", "b", "c"].iter().enumerate() {
-        let name = if count == 1 {
-            format!("datacenter{suffix}")
-        } else {
-            format!("dc_{index}_{suffix}")
-        };
         loads[k] = flow.add_load(&Load {
-            name,
+            name: name(suffix),
             bus1: BusSpec {
                 bus: bus.clone(),
                 nodes: vec![k + 1],
