@@ -213,3 +213,72 @@ fn leaderboard_configurations_with_edge_values_load_or_fail_with_an_error() {
         })
         .unwrap();
 }
+
+/// OpenDSS feeder scripts: the IEEE 13 file with random lines replaced by edge numbers, cut
+/// short, or given stray brackets, `=` and continuation marks either reads and solves (or
+/// fails to converge) or fails with an error naming its file — never a panic.
+#[test]
+fn feeder_scripts_with_mutated_lines_never_panic() {
+    use powersynth::grid::setup::{GridSetup, PreparedGrid};
+    let Some(feeders) = common::shared("feeders") else {
+        return;
+    };
+    let dir = feeders.join("ieee13");
+    let text = std::fs::read_to_string(dir.join("IEEE13Bus.dss")).unwrap();
+    let codes = std::fs::read_to_string(dir.join("IEEELineCodes.dss")).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("IEEELineCodes.dss"), codes).unwrap();
+    let mutation = prop_oneof![
+        edge_number().prop_map(|n| format!("={n}")),
+        Just("(".to_string()),
+        Just("[1 2 |".to_string()),
+        Just("~".to_string()),
+        Just("=".to_string()),
+        Just("\"".to_string()),
+        Just("/*".to_string()),
+        Just(".1.2.3.4.5".to_string()),
+        Just(" bus1=".to_string()),
+        Just("kV=0".to_string()),
+        Just("length=-3".to_string()),
+        Just("phases=0".to_string()),
+    ];
+    let strategy = (
+        prop::collection::vec((0usize..lines.len(), 0usize..80, mutation), 1..4),
+        0usize..=lines.len(),
+    );
+    let mut runner = runner(400);
+    runner
+        .run(&strategy, |(edits, keep)| {
+            let mut l = lines.clone();
+            for (line, at, piece) in edits {
+                let s = &mut l[line];
+                let cut = s
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain(std::iter::once(s.len()))
+                    .find(|&i| i >= at.min(s.len()))
+                    .unwrap_or(s.len());
+                s.insert_str(cut, &piece);
+            }
+            l.truncate(keep.max(1));
+            let path = tmp.path().join("f.dss");
+            std::fs::write(&path, l.join("\n")).unwrap();
+            let setup = GridSetup {
+                source_pu: Some(1.0),
+                taps: vec![],
+                datacenter_buses: vec!["671".into()],
+            };
+            match PreparedGrid::open(&path, &setup) {
+                Ok(mut g) => {
+                    let _ = g.flow.solve();
+                }
+                Err(e) => {
+                    let s = e.to_string();
+                    prop_assert!(!s.is_empty());
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
