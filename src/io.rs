@@ -158,6 +158,15 @@ fn remove_stale(parent: &Path, name: &str) {
             None => true,
         };
         if !alive {
+            // A run killed between commit's two renames left the previous result as
+            // `….old` and no target: put it back rather than lose it.
+            let target = parent.join(name);
+            if file.ends_with(".old") && !target.exists() {
+                tracing::info!(folder = %e.path().display(), "restoring the previous result a killed run had moved aside");
+                if std::fs::rename(e.path(), &target).is_ok() {
+                    continue;
+                }
+            }
             tracing::info!(folder = %e.path().display(), "removing a staging folder left by a killed run");
             let _ = std::fs::remove_dir_all(e.path());
         }
@@ -195,6 +204,15 @@ mod tests {
         s.commit().unwrap();
         assert_eq!(names(tmp.path()), ["out"]);
         assert_eq!(names(&target), ["new.txt"]);
+        // Killed between commit's renames: the previous result was moved aside (`.old`) and the
+        // target is gone; the next run puts it back before staging.
+        let aside = tmp.path().join(".out.staging-4000000001.old");
+        std::fs::rename(&target, &aside).unwrap();
+        std::fs::create_dir(tmp.path().join(".out.staging-4000000001")).unwrap();
+        let s = StagedDir::begin(&target, "new.txt").unwrap();
+        assert!(target.join("new.txt").exists(), "previous result restored");
+        drop(s);
+        assert_eq!(names(tmp.path()), ["out"]);
         // A staging folder of a dead process (no pid reaches 4e9 on Linux) is cleaned.
         let stale = tmp.path().join(".out.staging-4000000000");
         std::fs::create_dir(&stale).unwrap();

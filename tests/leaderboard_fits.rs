@@ -399,3 +399,39 @@ fn sharded_pipeline_merges_to_the_unsplit_outputs_byte_for_byte() {
     assert!(!split.join("shards").exists());
     assert!(!split.join("fits/logistic_fits/shard=0").exists());
 }
+
+/// A broken measured run is found before anything is written (no specs/, no fits/).
+#[test]
+fn measured_runs_are_checked_before_the_first_write() {
+    let Some(board) = common::shared("mlenergy-leaderboard") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let bad = runs.join("bad_run");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("manifest.json"), "{ not json").unwrap();
+    std::fs::write(bad.join("power.csv"), "timestamp,power\n").unwrap();
+    let mut cfg = PipelineConfig::from_file(Path::new("pipelines/leaderboard.toml")).unwrap();
+    if let SourceConfig::Leaderboard { tasks, .. } = &mut cfg.source {
+        *tasks = Some(vec!["gpqa".into()]);
+    }
+    cfg.templates = None;
+    let out = tmp.path().join("out");
+    let opts = RunOptions {
+        out_dir: out.clone(),
+        force: false,
+        source_path: Some(board.clone()),
+        measured_path: Some(runs.clone()),
+        pipeline_file: None,
+        progress: &common::Quiet,
+        shard: Default::default(),
+    };
+    let err = pipeline::run(&cfg, &opts).unwrap_err();
+    assert!(err.to_string().contains("bad_run"), "{err}");
+    assert!(
+        !out.exists(),
+        "wrote {} before checking the measured runs",
+        out.display()
+    );
+}

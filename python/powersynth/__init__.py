@@ -22,6 +22,7 @@ from ._powersynth import (
     PowersynthError,
     Rng,
     load_leaderboard as _load_leaderboard,
+    power_flow as _power_flow,
     run_scenario as _run_scenario,
     synthesize as _synthesize,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "PowersynthError",
     "Rng",
     "load_leaderboard",
+    "power_flow",
     "run_scenario",
     "synthesize",
 ]
@@ -115,3 +117,31 @@ def run_scenario(
 
 
 __all__.append("synthesis_info")
+
+
+def power_flow(
+    feeder: PathLike,
+    *,
+    loads: Optional[Mapping[str, float]] = None,
+    taps: Optional[Mapping[str, int]] = None,
+    source_pu: Optional[float] = None,
+    pf: float = 0.95,
+    tolerance_pu: float = 1e-6,
+) -> Dict[str, object]:
+    """One unbalanced three-phase power flow on an OpenDSS feeder (docs/grid.md).
+
+    ``loads``: bus → kW per phase; each bus gets one single-phase wye constant-PQ load per
+    phase (kV = the bus's line-to-neutral base) at power factor ``pf``. ``taps``: RegControl
+    name → tap steps of 0.00625 from 1.0 (others keep what the script's own ``Solve`` chose).
+    Returns ``{"converged": bool, "iterations": int, "nodes": {"bus.phase": v_pu}}`` with every
+    node, names lowercase as OpenDSS writes them. Raises ``PowersynthError`` on a malformed
+    feeder (file, line, token), an unknown bus or regulator, or a solve that does not converge.
+    """
+    return _power_flow(
+        str(feeder),
+        dict(loads) if loads is not None else None,
+        dict(taps) if taps is not None else None,
+        source_pu,
+        pf,
+        tolerance_pu,
+    )

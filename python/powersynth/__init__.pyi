@@ -67,3 +67,13 @@ def run_scenario(
     duration_s: Optional[float] = None,
     seed: Optional[int] = None,
 ) -> Dict[str, pa.Table]: ...
+
+def power_flow(
+    feeder: PathLike,
+    *,
+    loads: Optional[Mapping[str, float]] = None,
+    taps: Optional[Mapping[str, int]] = None,
+    source_pu: Optional[float] = None,
+    pf: float = 0.95,
+    tolerance_pu: float = 1e-6,
+) -> Dict[str, object]: ...

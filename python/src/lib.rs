@@ -424,6 +424,67 @@ fn run_scenario(
     Ok(out.unbind())
 }
 
+/// One three-phase power flow on an OpenDSS feeder with datacenter loads (as `powerflow`):
+/// returns {"converged", "iterations", "nodes": {"bus.phase": v_pu}}.
+#[pyfunction]
+#[pyo3(signature = (feeder, loads=None, taps=None, source_pu=None, pf=0.95, tolerance_pu=1e-6))]
+fn power_flow(
+    py: Python<'_>,
+    feeder: PathBuf,
+    loads: Option<BTreeMap<String, f64>>,
+    taps: Option<BTreeMap<String, i32>>,
+    source_pu: Option<f64>,
+    pf: f64,
+    tolerance_pu: f64,
+) -> PyResult<Py<PyDict>> {
+    use powersynth::grid::setup::{GridSetup, PreparedGrid};
+    if !(pf > 0.0 && pf <= 1.0) {
+        return Err(err(format!("pf {pf} must be in (0, 1]")));
+    }
+    let loads: Vec<(String, f64)> = loads.unwrap_or_default().into_iter().collect();
+    for (bus, kw) in &loads {
+        if !(kw.is_finite() && *kw >= 0.0) {
+            return Err(err(format!(
+                "load at {bus}: {kw} kW per phase must be finite and ≥ 0"
+            )));
+        }
+    }
+    let setup = GridSetup {
+        source_pu,
+        taps: taps.unwrap_or_default().into_iter().collect(),
+        datacenter_buses: loads.iter().map(|(b, _)| b.clone()).collect(),
+    };
+    let (report, nodes) = py
+        .allow_threads(|| -> Result<_, powersynth::grid::GridError> {
+            let mut grid = PreparedGrid::open(&feeder, &setup)?;
+            for (k, (_, kw)) in loads.iter().enumerate() {
+                grid.set_datacenter_kw(k, [*kw; 3], pf);
+            }
+            grid.flow.options.tolerance_pu = tolerance_pu;
+            let report = grid.flow.solve()?;
+            let v = grid.flow.voltages_pu();
+            let nodes: Vec<(String, f64)> = grid
+                .flow
+                .network()
+                .nodes
+                .iter()
+                .zip(v)
+                .map(|(n, v)| (n.to_string(), v))
+                .collect();
+            Ok((report, nodes))
+        })
+        .map_err(err)?;
+    let out = PyDict::new(py);
+    out.set_item("converged", report.converged)?;
+    out.set_item("iterations", report.iterations)?;
+    let d = PyDict::new(py);
+    for (k, v) in nodes {
+        d.set_item(k, v)?;
+    }
+    out.set_item("nodes", d)?;
+    Ok(out.unbind())
+}
+
 #[pymodule]
 fn _powersynth(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PowersynthError", m.py().get_type::<PowersynthError>())?;
@@ -433,5 +494,6 @@ fn _powersynth(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_leaderboard, m)?)?;
     m.add_function(wrap_pyfunction!(synthesize, m)?)?;
     m.add_function(wrap_pyfunction!(run_scenario, m)?)?;
+    m.add_function(wrap_pyfunction!(power_flow, m)?)?;
     Ok(())
 }

@@ -141,3 +141,24 @@ def test_the_readme_example_runs(monkeypatch):
     assert ns["trace"].num_rows == 240
     assert ps.synthesis_info(ns["trace"])["transfer"]["mode"] == "direct"
     assert all(t.num_rows > 0 for t in ns["tables"].values())
+
+
+FEEDERS = SHARED / "feeders"
+GOLDEN = ROOT / "tests" / "fixtures" / "grid" / "ieee13.json"
+
+
+@pytest.mark.skipif(not FEEDERS.is_dir(), reason="../shared/data/feeders not present")
+def test_power_flow_matches_opendss_golden_case():
+    case = next(c for c in json.loads(GOLDEN.read_text())["cases"] if c["name"] == "grid_start_kw500")
+    out = ps.power_flow(
+        FEEDERS / "ieee13" / "IEEE13Bus.dss",
+        loads={"671": 500.0},
+        taps=case["taps"],
+        source_pu=1.0,
+    )
+    assert out["converged"]
+    assert set(out["nodes"]) == set(case["nodes"])
+    worst = max(abs(out["nodes"][k] - v) for k, v in case["nodes"].items())
+    assert worst < 1e-4
+    with pytest.raises(ps.PowersynthError, match="unknown bus"):
+        ps.power_flow(FEEDERS / "ieee13" / "IEEE13Bus.dss", loads={"nowhere": 1.0})

@@ -398,9 +398,24 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         .take(range.len())
         .collect();
     tracing::debug!(%shard, groups = groups.len(), of = total_groups, "groups of this run");
-    // The output folder appears only once the source has been read and yields groups: a run
-    // that fails on its inputs leaves no empty folder.
+    // Measured runs are read and checked before anything is written (the last shard's).
+    let measured_loaded = match (&cfg.measured, shard.index + 1 == shard.count) {
+        (Some(m), true) => {
+            let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
+            Some(load_measured(&root, opts, &mut inputs)?)
+        }
+        _ => None,
+    };
+    // The output folder appears only once every input has been read: a run that fails on its
+    // inputs leaves no empty folder. A previous manifest goes first, so a run killed while
+    // writing leaves a folder without one (incomplete), never an old manifest beside new files.
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if shard.is_whole() {
+        let old = out.join("manifest.json");
+        if old.exists() {
+            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+        }
+    }
     // 2. Per group: ensure the spec folder.
     let itl_opts = ItlFitOptions {
         mode: cfg.itl.mode,
@@ -428,10 +443,8 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     // 5. Measured runs: the last shard's (so the templates keep the unsplit order).
     let mut itl_quality = Vec::new();
     let mut measured_runs = 0;
-    if let (Some(m), true) = (&cfg.measured, shard.index + 1 == shard.count) {
-        let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
-        let (n, quality, traces) =
-            measured_stage(&root, out, &itl_opts, opts, &mut inputs, &mut outputs)?;
+    if let Some(runs) = measured_loaded {
+        let (n, quality, traces) = measured_stage(runs, out, &itl_opts, &mut outputs)?;
         measured_runs = n;
         itl_quality = quality;
         all_traces.extend(traces);
@@ -664,14 +677,12 @@ fn fit_quality(groups: &[GroupResult]) -> ((usize, usize), Vec<String>) {
 
 /// Step 5: the measured runs under `root` → `measured/` tables and trace store; returns the
 /// number of runs, the ITL fit quality and their traces.
-fn measured_stage(
+/// Reads and checks every measured run under `root` (before anything is written).
+fn load_measured(
     root: &Path,
-    out: &Path,
-    itl_opts: &ItlFitOptions,
     opts: &RunOptions,
     inputs: &mut Vec<PathBuf>,
-    outputs: &mut Vec<(String, usize)>,
-) -> Result<(usize, Vec<ItlQualityRow>, Vec<MeasuredTrace>)> {
+) -> Result<Vec<measured::MeasuredRun>> {
     let dirs = measured::discover_runs(root)?;
     opts.progress.begin("measured runs", dirs.len() as u64);
     let runs: Vec<measured::MeasuredRun> = dirs
@@ -696,6 +707,17 @@ fn measured_stage(
             }
         }
     }
+    opts.progress.end(&format!("{} measured runs", runs.len()));
+    Ok(runs)
+}
+
+/// Step 5: the measured runs' tables and traces.
+fn measured_stage(
+    runs: Vec<measured::MeasuredRun>,
+    out: &Path,
+    itl_opts: &ItlFitOptions,
+    outputs: &mut Vec<(String, usize)>,
+) -> Result<(usize, Vec<ItlQualityRow>, Vec<MeasuredTrace>)> {
     let (table, quality, traces) = measured_outputs(&runs, itl_opts)?;
     let measured_dir = out.join("measured");
     let path = Shard::WHOLE.table_path(&measured_dir, "runs");
@@ -712,7 +734,6 @@ fn measured_stage(
         "measured/traces/manifest.parquet".to_string(),
         entries.len(),
     ));
-    opts.progress.end(&format!("{} measured runs", runs.len()));
     Ok((runs.len(), quality, traces))
 }
 
