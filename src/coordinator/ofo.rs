@@ -244,27 +244,11 @@ impl Controller for OfoController {
         view: &SimView<'_>,
         events: &mut Events,
     ) -> Result<Vec<Command>> {
-        let grid = view
-            .grid
-            .ok_or_else(|| Error::config("controllers.ofo", "no grid"))?;
-        let interval = self.cfg.sensitivity_update_interval;
-        if self.h.is_none() || (interval > 0 && self.steps.is_multiple_of(interval)) {
-            let h = grid
-                .voltage_sensitivity(&self.datacenter, self.cfg.sensitivity_perturbation_kw)?
-                .ok_or_else(|| {
-                    Error::config(
-                        "controllers.ofo",
-                        format!("the grid has no datacenter {:?}", self.datacenter),
-                    )
-                })?;
-            self.lambda_under.resize(h.rows.len(), 0.0);
-            self.lambda_over.resize(h.rows.len(), 0.0);
-            self.h = Some(h);
-        }
+        self.refresh_sensitivity(view)?;
         let state = view
             .grid_state
             .ok_or_else(|| Error::config("controllers.ofo", "no grid state yet"))?;
-        let h = self.h.as_ref().expect("set above");
+        let h = self.h.as_ref().expect("set by refresh_sensitivity");
         let v: Vec<f64> = h
             .rows
             .iter()
@@ -292,11 +276,7 @@ impl Controller for OfoController {
                     )
                 })
                 .unwrap_or((0.0, f64::NAN));
-            if itl.is_finite() && replicas > 0.0 {
-                self.mu[m] = (self.mu[m]
-                    + self.cfg.latency_dual_step_size * (itl - self.models[m].itl_deadline_s))
-                    .max(0.0);
-            }
+            self.update_latency_dual(m, itl, replicas);
             let e = normalised(shares.get(k).copied().unwrap_or([1.0 / 3.0; 3]));
             let eta_h_e: f64 = eta
                 .iter()
@@ -310,22 +290,71 @@ impl Controller for OfoController {
             batch.push((self.models[m].label.clone(), self.snap(x_new)));
         }
         self.steps += 1;
+        Ok(self.command(clock, batch, events))
+    }
+}
+
+impl OfoController {
+    /// H from the grid at the first step and every `sensitivity_update_interval` steps.
+    fn refresh_sensitivity(&mut self, view: &SimView<'_>) -> Result<()> {
+        let grid = view
+            .grid
+            .ok_or_else(|| Error::config("controllers.ofo", "no grid"))?;
+        let interval = self.cfg.sensitivity_update_interval;
+        if self.h.is_none() || (interval > 0 && self.steps.is_multiple_of(interval)) {
+            let h = grid
+                .voltage_sensitivity(&self.datacenter, self.cfg.sensitivity_perturbation_kw)?
+                .ok_or_else(|| {
+                    Error::config(
+                        "controllers.ofo",
+                        format!("the grid has no datacenter {:?}", self.datacenter),
+                    )
+                })?;
+            self.lambda_under.resize(h.rows.len(), 0.0);
+            self.lambda_over.resize(h.rows.len(), 0.0);
+            self.h = Some(h);
+        }
+        Ok(())
+    }
+
+    /// μ ← max(0, μ + ρ_l(ITL − deadline)) when the ITL is finite and replicas serve.
+    fn update_latency_dual(&mut self, m: usize, itl: f64, replicas: f64) {
+        if itl.is_finite() && replicas > 0.0 {
+            self.mu[m] = (self.mu[m]
+                + self.cfg.latency_dual_step_size * (itl - self.models[m].itl_deadline_s))
+                .max(0.0);
+        }
+    }
+
+    /// The step's `SetBatchSize` (every step, as the peer) and its event.
+    fn command(
+        &self,
+        clock: &SimulationClock,
+        batch: Vec<(String, u32)>,
+        events: &mut Events,
+    ) -> Vec<Command> {
+        let duals: BTreeMap<String, f64> = self
+            .models
+            .iter()
+            .zip(&self.mu)
+            .map(|(m, mu)| (m.label.clone(), *mu))
+            .collect();
         events.emit(
             EventSource::Controller,
             "controller.ofo.step",
             serde_json::json!({
                 "t_s": clock.time_s(),
                 "batch_size_by_model": batch.iter().cloned().collect::<BTreeMap<_, _>>(),
-                "latency_dual_by_model": self.models.iter().zip(&self.mu).map(|(m, mu)| (m.label.clone(), *mu)).collect::<BTreeMap<_, _>>(),
+                "latency_dual_by_model": duals,
             }),
         );
-        Ok(vec![Command::Datacenter {
+        vec![Command::Datacenter {
             target: self.datacenter.clone(),
             command: DatacenterCommand::SetBatchSize {
                 batch_size_by_model: batch,
                 ramp_up_rate_by_model: Vec::new(),
             },
-        }])
+        }]
     }
 }
 

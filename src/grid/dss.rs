@@ -89,140 +89,152 @@ fn read_into(path: &Path, depth: usize, out: &mut Vec<Command>) -> Result<(), Gr
         path: path.to_path_buf(),
         source,
     })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
     let mut in_block_comment = false;
     for (i, raw) in text.lines().enumerate() {
         let location = Location {
             file: path.to_path_buf(),
             line: i + 1,
         };
-        let mut line = raw.trim();
-        if in_block_comment {
-            match line.find("*/") {
-                Some(end) => {
-                    in_block_comment = false;
-                    line = line[end + 2..].trim();
-                }
-                None => continue,
-            }
-        }
-        if line.starts_with("/*") {
-            match line.find("*/") {
-                Some(end) if end >= 2 => line = line[end + 2..].trim(),
-                _ => {
-                    in_block_comment = true;
-                    continue;
-                }
-            }
-        }
+        let Some(line) = outside_block_comment(raw.trim(), &mut in_block_comment) else {
+            continue;
+        };
         let tokens = tokenize(line, &location)?;
         let Some((first, rest)) = tokens.split_first() else {
             continue;
         };
         if let Some(key) = &first.key {
-            // `Class.name.property=value`: an edit of one property.
-            let mut parts = key.splitn(3, '.');
-            if let (Some(class), Some(name), Some(property)) =
-                (parts.next(), parts.next(), parts.next())
-            {
-                if !class.is_empty() && !name.is_empty() && !property.is_empty() {
-                    let mut params = vec![Param {
-                        key: Some(property.to_string()),
-                        value: first.value.clone(),
-                        location: location.clone(),
-                    }];
-                    params.extend(rest.iter().cloned());
-                    out.push(Command {
-                        verb: Verb::Edit {
-                            class: class.to_string(),
-                            name: name.to_string(),
-                        },
-                        params,
-                        location,
-                    });
-                    continue;
-                }
-            }
-            return Err(GridError::parse(
-                path,
-                location.line,
-                &first.value,
-                "a command must start with a verb (New, Edit, ~, Set, Redirect, Solve, …) or be \
-                 Class.name.property=value",
-            ));
+            out.push(property_edit(key, first, rest, location)?);
+            continue;
         }
-        let verb_word = first.value.to_ascii_lowercase();
-        match verb_word.as_str() {
-            "~" | "more" | "m" => match out.last_mut() {
-                Some(Command {
-                    verb: Verb::New { .. } | Verb::Edit { .. },
-                    params,
-                    ..
-                }) => params.extend(rest.iter().cloned()),
-                _ => {
-                    return Err(GridError::parse(
-                        path,
-                        location.line,
-                        "~",
-                        "a continuation line must follow a New or Edit command",
-                    ))
-                }
-            },
-            "new" | "edit" => {
-                let (class, name, params) = object_and_params(rest, &location)?;
-                let verb = if verb_word == "new" {
-                    Verb::New { class, name }
-                } else {
-                    Verb::Edit { class, name }
-                };
-                out.push(Command {
-                    verb,
-                    params,
-                    location,
-                });
+        command(first, rest, location, depth, out)?;
+    }
+    Ok(())
+}
+
+/// The part of a line outside `/* … */` (`None`: all of it is inside).
+fn outside_block_comment<'a>(mut line: &'a str, in_block: &mut bool) -> Option<&'a str> {
+    if *in_block {
+        let end = line.find("*/")?;
+        *in_block = false;
+        line = line[end + 2..].trim();
+    }
+    if line.starts_with("/*") {
+        match line.find("*/") {
+            Some(end) if end >= 2 => line = line[end + 2..].trim(),
+            _ => {
+                *in_block = true;
+                return None;
             }
-            "redirect" | "compile" => {
-                let Some(target) = rest.first() else {
-                    return Err(GridError::parse(
-                        path,
-                        location.line,
-                        &first.value,
-                        "names no file",
-                    ));
-                };
-                read_into(&dir.join(&target.value), depth + 1, out)?;
-            }
-            "clear" => out.push(Command {
-                verb: Verb::Clear,
-                params: Vec::new(),
+        }
+    }
+    Some(line)
+}
+
+/// `Class.name.property=value …`: an edit of one object.
+fn property_edit(
+    key: &str,
+    first: &Param,
+    rest: &[Param],
+    location: Location,
+) -> Result<Command, GridError> {
+    let mut parts = key.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(class), Some(name), Some(property))
+            if !class.is_empty() && !name.is_empty() && !property.is_empty() =>
+        {
+            let mut params = vec![Param {
+                key: Some(property.to_string()),
+                value: first.value.clone(),
+                location: location.clone(),
+            }];
+            params.extend(rest.iter().cloned());
+            Ok(Command {
+                verb: Verb::Edit {
+                    class: class.to_string(),
+                    name: name.to_string(),
+                },
+                params,
                 location,
-            }),
-            "set" => out.push(Command {
-                verb: Verb::Set,
-                params: rest.to_vec(),
-                location,
-            }),
-            "solve" => out.push(Command {
-                verb: Verb::Solve,
-                params: rest.to_vec(),
-                location,
-            }),
-            "calcv" | "calcvoltagebases" => out.push(Command {
-                verb: Verb::CalcVoltageBases,
-                params: Vec::new(),
-                location,
-            }),
-            // Plotting coordinates and reports do not change the circuit.
-            "setbusxy" | "buscoords" | "show" | "plot" | "export" => {}
-            other => {
+            })
+        }
+        _ => Err(GridError::parse(
+            &location.file,
+            location.line,
+            &first.value,
+            "a command must start with a verb (New, Edit, ~, Set, Redirect, Solve, …) or be \
+             Class.name.property=value",
+        )),
+    }
+}
+
+/// One command line: appended to `out` (continuations to the command before; `Redirect`
+/// reads its file in place).
+fn command(
+    first: &Param,
+    rest: &[Param],
+    location: Location,
+    depth: usize,
+    out: &mut Vec<Command>,
+) -> Result<(), GridError> {
+    let path = location.file.clone();
+    let simple = |verb: Verb, params: Vec<Param>, location: Location| Command {
+        verb,
+        params,
+        location,
+    };
+    match first.value.to_ascii_lowercase().as_str() {
+        "~" | "more" | "m" => match out.last_mut() {
+            Some(Command {
+                verb: Verb::New { .. } | Verb::Edit { .. },
+                params,
+                ..
+            }) => params.extend(rest.iter().cloned()),
+            _ => {
                 return Err(GridError::parse(
-                    path,
+                    &path,
                     location.line,
-                    other,
-                    "unsupported command (supported: Clear, Set, New, Edit, ~, Redirect, \
-                     Compile, Solve, CalcVoltageBases, SetBusXY, BusCoords)",
+                    "~",
+                    "a continuation line must follow a New or Edit command",
                 ))
             }
+        },
+        verb @ ("new" | "edit") => {
+            let (class, name, params) = object_and_params(rest, &location)?;
+            let verb = if verb == "new" {
+                Verb::New { class, name }
+            } else {
+                Verb::Edit { class, name }
+            };
+            out.push(simple(verb, params, location));
+        }
+        "redirect" | "compile" => {
+            let Some(target) = rest.first() else {
+                return Err(GridError::parse(
+                    &path,
+                    location.line,
+                    &first.value,
+                    "names no file",
+                ));
+            };
+            let dir = path.parent().unwrap_or(Path::new("."));
+            read_into(&dir.join(&target.value), depth + 1, out)?;
+        }
+        "clear" => out.push(simple(Verb::Clear, Vec::new(), location)),
+        "set" => out.push(simple(Verb::Set, rest.to_vec(), location)),
+        "solve" => out.push(simple(Verb::Solve, rest.to_vec(), location)),
+        "calcv" | "calcvoltagebases" => {
+            out.push(simple(Verb::CalcVoltageBases, Vec::new(), location))
+        }
+        // Plotting coordinates and reports do not change the circuit.
+        "setbusxy" | "buscoords" | "show" | "plot" | "export" => {}
+        other => {
+            return Err(GridError::parse(
+                &path,
+                location.line,
+                other,
+                "unsupported command (supported: Clear, Set, New, Edit, ~, Redirect, \
+                 Compile, Solve, CalcVoltageBases, SetBusXY, BusCoords)",
+            ))
         }
     }
     Ok(())

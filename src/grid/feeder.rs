@@ -356,10 +356,24 @@ fn build(path: &Path, commands: &[Command]) -> Result<Feeder, GridError> {
         voltage_bases_kv: objects.voltage_bases.clone(),
         solves: objects.solves,
     };
+    interpret_objects(&objects, &mut feeder)?;
+    check_regulators(&objects, &feeder)?;
+    if feeder.voltage_bases_kv.is_empty() {
+        return Err(bad(
+            &circuit_location,
+            "VoltageBases",
+            "the script sets no voltage bases (Set VoltageBases=[…]); per-unit voltages need them",
+        ));
+    }
+    Ok(feeder)
+}
+
+/// Every object, in creation order, as its typed element.
+fn interpret_objects(objects: &Objects, feeder: &mut Feeder) -> Result<(), GridError> {
     let mut linecodes: HashMap<String, LineImpedance> = HashMap::new();
     for key in &objects.order {
         let (location, _) = &objects.props[key];
-        let params = flatten(&objects, key, 0)?;
+        let params = flatten(objects, key, 0)?;
         let (class, name) = (key.0.as_str(), key.1.clone());
         match class {
             "vsource" => feeder.source = vsource(&params, location)?,
@@ -385,6 +399,11 @@ fn build(path: &Path, commands: &[Command]) -> Result<Feeder, GridError> {
             }
         }
     }
+    Ok(())
+}
+
+/// Every RegControl names a defined transformer.
+fn check_regulators(objects: &Objects, feeder: &Feeder) -> Result<(), GridError> {
     for reg in &feeder.regulators {
         if !feeder
             .transformers
@@ -402,14 +421,7 @@ fn build(path: &Path, commands: &[Command]) -> Result<Feeder, GridError> {
             ));
         }
     }
-    if feeder.voltage_bases_kv.is_empty() {
-        return Err(bad(
-            &circuit_location,
-            "VoltageBases",
-            "the script sets no voltage bases (Set VoltageBases=[…]); per-unit voltages need them",
-        ));
-    }
-    Ok(feeder)
+    Ok(())
 }
 
 fn apply_command(objects: &mut Objects, command: &Command) -> Result<(), GridError> {
@@ -1033,9 +1045,9 @@ fn transformer(
     params: &[Param],
     location: &Location,
 ) -> Result<Transformer, GridError> {
-    let default_winding = |bus: &str| Winding {
+    let default_winding = Winding {
         bus: BusSpec {
-            bus: bus.into(),
+            bus: String::new(),
             nodes: vec![],
         },
         connection: Connection::Wye,
@@ -1044,31 +1056,24 @@ fn transformer(
         pct_r: 0.2,
         tap: 1.0,
     };
-    let mut w = [default_winding(""), default_winding("")];
-    let mut phases = 3;
+    let mut t = Transformer {
+        name,
+        phases: 3,
+        windings: [default_winding.clone(), default_winding],
+        xhl_pct: 7.0,
+        pct_noload_loss: 0.0,
+        pct_imag: 0.0,
+        ppm_antifloat: 1.0,
+    };
     let mut active = 0usize;
-    let (mut xhl, mut noload, mut imag, mut ppm) = (7.0, 0.0, 0.0, 1.0);
     let mut buses_set = [false, false];
     for p in params {
         let key = key_of(p)?;
-        let array = |p: &Param| -> Result<Vec<String>, GridError> {
-            let words = dss::parse_words(&p.value);
-            if words.len() != 2 {
-                return Err(bad(
-                    &p.location,
-                    &p.value,
-                    "expected one value per winding (two windings)",
-                ));
-            }
-            Ok(words)
-        };
-        let word_param = |p: &Param, v: &str| Param {
-            key: p.key.clone(),
-            value: v.to_string(),
-            location: p.location.clone(),
-        };
+        if winding_property(key, p, &mut t.windings, active, &mut buses_set)? {
+            continue;
+        }
         match key {
-            "phases" => phases = count(p, 3)?,
+            "phases" => t.phases = count(p, 3)?,
             "windings" => {
                 if count(p, 3)? != 2 {
                     return Err(bad(
@@ -1078,50 +1083,16 @@ fn transformer(
                     ));
                 }
             }
-            "wdg" => {
-                let k = count(p, 2)?;
-                active = k - 1;
-            }
-            "bus" => {
-                w[active].bus = BusSpec::parse(&p.value, &p.location)?;
-                buses_set[active] = true;
-            }
-            "conn" => w[active].connection = connection(p)?,
-            "kv" => w[active].kv = positive(p)?,
-            "kva" => w[active].kva = positive(p)?,
-            "%r" | "r" => w[active].pct_r = non_negative(p)?,
-            "tap" => w[active].tap = positive(p)?,
-            "buses" => {
-                for (k, v) in array(p)?.iter().enumerate() {
-                    w[k].bus = BusSpec::parse(v, &p.location)?;
-                    buses_set[k] = true;
-                }
-            }
-            "conns" => {
-                for (k, v) in array(p)?.iter().enumerate() {
-                    w[k].connection = connection(&word_param(p, v))?;
-                }
-            }
-            "kvs" | "kvas" | "taps" | "%rs" => {
-                for (k, v) in array(p)?.iter().enumerate() {
-                    let q = word_param(p, v);
-                    match key {
-                        "kvs" => w[k].kv = positive(&q)?,
-                        "kvas" => w[k].kva = positive(&q)?,
-                        "taps" => w[k].tap = positive(&q)?,
-                        _ => w[k].pct_r = non_negative(&q)?,
-                    }
-                }
-            }
-            "xhl" | "x12" => xhl = positive(p)?,
+            "wdg" => active = count(p, 2)? - 1,
+            "xhl" | "x12" => t.xhl_pct = positive(p)?,
             "%loadloss" => {
                 let r = non_negative(p)? / 2.0;
-                w[0].pct_r = r;
-                w[1].pct_r = r;
+                t.windings[0].pct_r = r;
+                t.windings[1].pct_r = r;
             }
-            "%noloadloss" => noload = non_negative(p)?,
-            "%imag" => imag = non_negative(p)?,
-            "ppm_antifloat" | "ppm" => ppm = non_negative(p)?,
+            "%noloadloss" => t.pct_noload_loss = non_negative(p)?,
+            "%imag" => t.pct_imag = non_negative(p)?,
+            "ppm_antifloat" | "ppm" => t.ppm_antifloat = non_negative(p)?,
             "xht" | "xlt" | "x13" | "x23" | "xfmrcode" | "xscarray" => {
                 return Err(unsupported(p, "Transformer (two windings, no XfmrCode)"))
             }
@@ -1129,24 +1100,72 @@ fn transformer(
             _ => return Err(unsupported(p, "Transformer")),
         }
     }
-    for (k, set) in buses_set.iter().enumerate() {
-        if !set {
+    if let Some(k) = buses_set.iter().position(|set| !set) {
+        return Err(bad(
+            location,
+            &t.name,
+            format!("Transformer has no bus for winding {}", k + 1),
+        ));
+    }
+    Ok(t)
+}
+
+/// A property of the active winding (`bus`, `conn`, `kv`, `kva`, `%r`, `tap`) or of both
+/// (`buses`, `conns`, `kvs`, `kvas`, `taps`, `%rs`); false when `key` is neither.
+fn winding_property(
+    key: &str,
+    p: &Param,
+    w: &mut [Winding; 2],
+    active: usize,
+    buses_set: &mut [bool; 2],
+) -> Result<bool, GridError> {
+    let per_winding = |p: &Param| -> Result<Vec<Param>, GridError> {
+        let words = dss::parse_words(&p.value);
+        if words.len() != 2 {
             return Err(bad(
-                location,
-                &name,
-                format!("Transformer has no bus for winding {}", k + 1),
+                &p.location,
+                &p.value,
+                "expected one value per winding (two windings)",
             ));
         }
+        Ok(words
+            .into_iter()
+            .map(|v| Param {
+                key: p.key.clone(),
+                value: v,
+                location: p.location.clone(),
+            })
+            .collect())
+    };
+    let (targets, single): (Vec<(usize, Param)>, &str) = match key {
+        "bus" | "conn" | "kv" | "kva" | "%r" | "r" | "tap" => (vec![(active, p.clone())], key),
+        "buses" | "conns" | "kvs" | "kvas" | "taps" | "%rs" => (
+            per_winding(p)?.into_iter().enumerate().collect(),
+            match key {
+                "buses" => "bus",
+                "conns" => "conn",
+                "kvs" => "kv",
+                "kvas" => "kva",
+                "taps" => "tap",
+                _ => "%r",
+            },
+        ),
+        _ => return Ok(false),
+    };
+    for (k, q) in targets {
+        match single {
+            "bus" => {
+                w[k].bus = BusSpec::parse(&q.value, &q.location)?;
+                buses_set[k] = true;
+            }
+            "conn" => w[k].connection = connection(&q)?,
+            "kv" => w[k].kv = positive(&q)?,
+            "kva" => w[k].kva = positive(&q)?,
+            "tap" => w[k].tap = positive(&q)?,
+            _ => w[k].pct_r = non_negative(&q)?,
+        }
     }
-    Ok(Transformer {
-        name,
-        phases,
-        windings: w,
-        xhl_pct: xhl,
-        pct_noload_loss: noload,
-        pct_imag: imag,
-        ppm_antifloat: ppm,
-    })
+    Ok(true)
 }
 
 fn regcontrol(
@@ -1249,21 +1268,7 @@ fn load(name: String, params: &[Param], location: &Location) -> Result<Load, Gri
             "bus1" => l.bus1 = BusSpec::parse(&p.value, &p.location)?,
             "phases" => l.phases = count(p, 3)?,
             "conn" => l.connection = connection(p)?,
-            "model" => {
-                l.model = match count(p, 8)? {
-                    1 => LoadModel::ConstantPq,
-                    2 => LoadModel::ConstantZ,
-                    4 => LoadModel::Exponential,
-                    5 => LoadModel::ConstantI,
-                    _ => {
-                        return Err(bad(
-                            &p.location,
-                            &p.value,
-                            "unsupported load model (supported: 1, 2, 4, 5)",
-                        ))
-                    }
-                }
-            }
+            "model" => l.model = load_model(p)?,
             "kv" => l.kv = positive(p)?,
             "kw" => l.kw = number(p)?,
             "kvar" => {
@@ -1295,6 +1300,27 @@ fn load(name: String, params: &[Param], location: &Location) -> Result<Load, Gri
         let tan = (1.0 / (pf * pf) - 1.0).max(0.0).sqrt();
         l.kvar = l.kw * tan * pf.signum();
     }
+    check_load(l, location)
+}
+
+fn load_model(p: &Param) -> Result<LoadModel, GridError> {
+    Ok(match count(p, 8)? {
+        1 => LoadModel::ConstantPq,
+        2 => LoadModel::ConstantZ,
+        4 => LoadModel::Exponential,
+        5 => LoadModel::ConstantI,
+        _ => {
+            return Err(bad(
+                &p.location,
+                &p.value,
+                "unsupported load model (supported: 1, 2, 4, 5)",
+            ))
+        }
+    })
+}
+
+/// A load has a bus and vlowpu < vminpu < vmaxpu.
+fn check_load(l: Load, location: &Location) -> Result<Load, GridError> {
     if l.bus1.bus.is_empty() {
         return Err(bad(location, &l.name, "Load has no bus1"));
     }
