@@ -515,89 +515,11 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
     let mut deployments = Vec::new();
     let mut gpus_used = 0;
     for m in &sc.models {
-        let field = format!("models.{}", m.label);
-        let replicas = match (m.replicas, m.capacity_share) {
-            (Some(r), None) => r,
-            (None, Some(share)) => {
-                if !(0.0..=1.0).contains(&share) {
-                    return Err(Error::config(
-                        format!("{field}.capacity_share"),
-                        format!("{share} (need 0…1)"),
-                    ));
-                }
-                let g = m.gpus_per_replica.max(1) as u64;
-                let step = num_integer::lcm(d.gpus_per_server as u64, g);
-                ((capacity as f64 * share) as u64 / step) * step / g
-            }
-            _ => {
-                return Err(Error::config(
-                    &field,
-                    "give exactly one of replicas and capacity_share",
-                ));
-            }
-        };
-        gpus_used += replicas * m.gpus_per_replica as u64;
-        let mut schedule = ReplicaSchedule::new(replicas);
-        for r in &m.ramps {
-            schedule = schedule
-                .ramp_to(r.target, r.t_start_s, r.t_end_s)
-                .map_err(|e| Error::config(format!("{field}.ramps"), e.to_string()))?;
-        }
-        let (templates, store_itl) =
-            templates_for(m, base_dir, &topts, sc.templates.periodic, seed)?;
-        let itl_fits = match &m.itl {
-            None => None,
-            Some(ItlSource::SpecStore) => Some(store_itl.ok_or_else(|| {
-                Error::config(
-                    format!("{field}.itl"),
-                    "kind = \"spec-store\" needs power.kind = \"spec-store\"",
-                )
-            })?),
-            Some(ItlSource::Parametric {
-                loc_s,
-                pi_steady,
-                sigma_steady,
-                sigma_stall,
-                scale_s,
-                per_log2_batch,
-                stall_factor,
-            }) => Some(
-                templates
-                    .keys()
-                    .map(|&b| {
-                        let scale = scale_s * (1.0 + per_log2_batch * (b as f64).log2());
-                        (
-                            b,
-                            ItlMixture {
-                                loc: *loc_s,
-                                pi_steady: *pi_steady,
-                                sigma_steady: *sigma_steady,
-                                scale_steady: scale,
-                                pi_stall: 1.0 - pi_steady,
-                                sigma_stall: *sigma_stall,
-                                scale_stall: scale * stall_factor,
-                            },
-                        )
-                    })
-                    .collect(),
-            ),
-        };
-        deployments.push(ModelDeployment {
-            label: m.label.clone(),
-            gpus_per_replica: m.gpus_per_replica,
-            initial_batch_size: m.initial_batch_size,
-            schedule,
-            templates,
-            itl_fits,
-        });
+        let d = deployment(m, sc, base_dir, &topts, capacity, seed)?;
+        gpus_used += d.schedule.initial * m.gpus_per_replica as u64;
+        deployments.push(d);
     }
-    let mut training = TrainingSchedule::default();
-    for (i, t) in sc.training.iter().enumerate() {
-        let trace = TrainingTrace::generate(&t.trace)?;
-        let run = TrainingRun::new(t.n_gpus, &trace, t.target_peak_w_per_gpu)
-            .map_err(|e| Error::config(format!("training[{i}]"), e.to_string()))?;
-        training = training.with(run, t.t_start_s, t.t_end_s)?;
-    }
+    let training = training_schedule(sc)?;
     let cfg_whole = cfg.shard.is_whole();
     let deployments_batches: Vec<(String, Vec<u32>, u32)> = deployments
         .iter()
@@ -613,13 +535,11 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
     let servers = dc.pool().servers();
     let controllers = build_controllers(sc, &deployments_batches)?;
     let (grid, grid_outputs) = match &sc.grid {
+        Some(_) if !cfg_whole => return Err(Error::config(
+            "grid",
+            "a run with a [grid] cannot be sharded (the feeder needs the whole datacenter's power)",
+        )),
         Some(g) => {
-            if !cfg_whole {
-                return Err(Error::config(
-                    "grid",
-                    "a run with a [grid] cannot be sharded (the feeder needs the whole datacenter's power)",
-                ));
-            }
             let (grid, outputs) = build_grid(g, &d.name, base_dir)?;
             (Some(grid), Some(outputs))
         }
@@ -635,6 +555,114 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
         gpus_used,
         servers,
     })
+}
+
+/// One model's deployment: replicas (or its capacity share in whole servers of whole
+/// replicas), replica ramps, templates and ITL fits.
+fn deployment(
+    m: &ModelSection,
+    sc: &Scenario,
+    base_dir: &Path,
+    topts: &TemplateOptions,
+    capacity: u64,
+    seed: u64,
+) -> Result<ModelDeployment> {
+    let d = &sc.datacenter;
+    let field = format!("models.{}", m.label);
+    let replicas = match (m.replicas, m.capacity_share) {
+        (Some(r), None) => r,
+        (None, Some(share)) => {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(Error::config(
+                    format!("{field}.capacity_share"),
+                    format!("{share} (need 0…1)"),
+                ));
+            }
+            let g = m.gpus_per_replica.max(1) as u64;
+            let step = num_integer::lcm(d.gpus_per_server as u64, g);
+            ((capacity as f64 * share) as u64 / step) * step / g
+        }
+        _ => {
+            return Err(Error::config(
+                &field,
+                "give exactly one of replicas and capacity_share",
+            ));
+        }
+    };
+    let mut schedule = ReplicaSchedule::new(replicas);
+    for r in &m.ramps {
+        schedule = schedule
+            .ramp_to(r.target, r.t_start_s, r.t_end_s)
+            .map_err(|e| Error::config(format!("{field}.ramps"), e.to_string()))?;
+    }
+    let (templates, store_itl) = templates_for(m, base_dir, topts, sc.templates.periodic, seed)?;
+    let itl_fits = itl_fits(m, &field, &templates, store_itl)?;
+    Ok(ModelDeployment {
+        label: m.label.clone(),
+        gpus_per_replica: m.gpus_per_replica,
+        initial_batch_size: m.initial_batch_size,
+        schedule,
+        templates,
+        itl_fits,
+    })
+}
+
+/// A model's ITL fits per batch size: none, the spec store's, or the parametric family.
+fn itl_fits(
+    m: &ModelSection,
+    field: &str,
+    templates: &Templates,
+    store_itl: Option<BTreeMap<u32, ItlMixture>>,
+) -> Result<Option<BTreeMap<u32, ItlMixture>>> {
+    Ok(match &m.itl {
+        None => None,
+        Some(ItlSource::SpecStore) => Some(store_itl.ok_or_else(|| {
+            Error::config(
+                format!("{field}.itl"),
+                "kind = \"spec-store\" needs power.kind = \"spec-store\"",
+            )
+        })?),
+        Some(ItlSource::Parametric {
+            loc_s,
+            pi_steady,
+            sigma_steady,
+            sigma_stall,
+            scale_s,
+            per_log2_batch,
+            stall_factor,
+        }) => Some(
+            templates
+                .keys()
+                .map(|&b| {
+                    let scale = scale_s * (1.0 + per_log2_batch * (b as f64).log2());
+                    (
+                        b,
+                        ItlMixture {
+                            loc: *loc_s,
+                            pi_steady: *pi_steady,
+                            sigma_steady: *sigma_steady,
+                            scale_steady: scale,
+                            pi_stall: 1.0 - pi_steady,
+                            sigma_stall: *sigma_stall,
+                            scale_stall: scale * stall_factor,
+                        },
+                    )
+                })
+                .collect(),
+        ),
+    })
+}
+
+/// The training overlay of every `[[training]]` entry.
+fn training_schedule(sc: &Scenario) -> Result<TrainingSchedule> {
+    let mut training = TrainingSchedule::default();
+    for (i, t) in sc.training.iter().enumerate() {
+        let trace = TrainingTrace::generate(&t.trace)?;
+        let run = TrainingRun::new(t.n_gpus, &trace, t.target_peak_w_per_gpu)
+            .map_err(|e| Error::config(format!("training[{i}]"), e.to_string()))?;
+        training = training.with(run, t.t_start_s, t.t_end_s)?;
+    }
+    Ok(training)
 }
 
 /// (label, feasible batch sizes, initial batch size) of each model.
