@@ -277,56 +277,7 @@ impl OfflineDatacenter {
         training: TrainingSchedule,
         seed: u64,
     ) -> Result<Self> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(Error::config(
-                "datacenter.name",
-                format!("{name:?} (use letters, digits, _ and -)"),
-            ));
-        }
-        if models.is_empty() {
-            return Err(Error::config("models", "none (need ≥ 1)"));
-        }
-        if cfg.total_gpu_capacity == 0 {
-            return Err(Error::config(
-                "datacenter.total_gpu_capacity",
-                "0 (need ≥ 1)",
-            ));
-        }
-        if !(cfg.noise_fraction >= 0.0 && cfg.noise_fraction.is_finite()) {
-            return Err(Error::config(
-                "datacenter.noise_fraction",
-                format!("{} (need ≥ 0)", cfg.noise_fraction),
-            ));
-        }
-        // Upper bounds far above any facility keep every sum finite (1e308 kW was accepted
-        // and wrote infinite power).
-        for (f, v, max) in [
-            ("datacenter.base_kw_per_phase", cfg.base_kw_per_phase, 1e7),
-            (
-                "datacenter.non_gpu_w_per_server",
-                cfg.non_gpu_w_per_server,
-                1e5,
-            ),
-            (
-                "datacenter.idle_w_per_gpu",
-                cfg.idle_w_per_gpu,
-                training::MAX_W_PER_GPU,
-            ),
-        ] {
-            if !(v >= 0.0 && v <= max) {
-                return Err(Error::config(f, format!("{v} (need 0 … {max})")));
-            }
-        }
-        if !(cfg.pue >= 1.0 && cfg.pue <= 10.0) {
-            return Err(Error::config(
-                "datacenter.pue",
-                format!("{} (need 1 … 10)", cfg.pue),
-            ));
-        }
+        check_config(name, &cfg, &models)?;
         let labels: Vec<String> = models.iter().map(|m| m.label.clone()).collect();
         let mut sorted: Vec<usize> = (0..models.len()).collect();
         sorted.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
@@ -353,46 +304,9 @@ impl OfflineDatacenter {
             cfg.amplitude_scale_range,
             seed,
         )?;
-        // Capacity at t = 0 and at every ramp boundary.
-        let mut times = vec![0.0];
-        for m in &models {
-            times.extend(m.schedule.boundaries());
-        }
-        for &t in &times {
-            let demand: Vec<u64> = models
-                .iter()
-                .map(|m| m.schedule.replicas_at(t) * m.gpus_per_replica as u64)
-                .collect();
-            let total: u64 = demand.iter().sum();
-            if total > cfg.total_gpu_capacity {
-                return Err(Error::config(
-                    "replica schedules",
-                    format!(
-                        "at t = {t} s the models need {total} GPUs, capacity is {}",
-                        cfg.total_gpu_capacity
-                    ),
-                ));
-            }
-            pool.allocate(&demand, &sorted, &labels)?;
-        }
+        check_capacity(&pool, &cfg, &models, &sorted, &labels)?;
         let racks_per_row = cfg.racks_per_row as usize;
-        let (racks, rack_of_server) = if cfg.servers_per_rack > 0 && cfg.racks_per_row > 0 {
-            let per_rack = cfg.servers_per_rack as usize;
-            let s = pool.servers();
-            (
-                s.div_ceil(per_rack),
-                (0..s).map(|i| (i / per_rack) as u32).collect(),
-            )
-        } else {
-            (0, vec![0; pool.servers()])
-        };
-        let owned = if racks > 0 {
-            let r = cfg.shard.range(racks);
-            let per_rack = cfg.servers_per_rack as usize;
-            (r.start * per_rack).min(pool.servers())..(r.end * per_rack).min(pool.servers())
-        } else {
-            cfg.shard.range(pool.servers())
-        };
+        let (racks, rack_of_server, owned) = rack_layout(&cfg, pool.servers());
         let runtimes = models
             .into_iter()
             .map(|d| {
@@ -588,6 +502,119 @@ impl Component for OfflineDatacenter {
             ..DcState::default()
         };
     }
+}
+
+/// The name and the facility figures: bounded and finite (1e308 kW was once accepted and wrote
+/// infinite power), at least one model and one GPU.
+fn check_config(name: &str, cfg: &DatacenterConfig, models: &[ModelDeployment]) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Error::config(
+            "datacenter.name",
+            format!("{name:?} (use letters, digits, _ and -)"),
+        ));
+    }
+    if models.is_empty() {
+        return Err(Error::config("models", "none (need ≥ 1)"));
+    }
+    if cfg.total_gpu_capacity == 0 {
+        return Err(Error::config(
+            "datacenter.total_gpu_capacity",
+            "0 (need ≥ 1)",
+        ));
+    }
+    if !(cfg.noise_fraction >= 0.0 && cfg.noise_fraction.is_finite()) {
+        return Err(Error::config(
+            "datacenter.noise_fraction",
+            format!("{} (need ≥ 0)", cfg.noise_fraction),
+        ));
+    }
+    // Upper bounds far above any facility keep every sum finite (1e308 kW was accepted
+    // and wrote infinite power).
+    for (f, v, max) in [
+        ("datacenter.base_kw_per_phase", cfg.base_kw_per_phase, 1e7),
+        (
+            "datacenter.non_gpu_w_per_server",
+            cfg.non_gpu_w_per_server,
+            1e5,
+        ),
+        (
+            "datacenter.idle_w_per_gpu",
+            cfg.idle_w_per_gpu,
+            training::MAX_W_PER_GPU,
+        ),
+    ] {
+        if !(v >= 0.0 && v <= max) {
+            return Err(Error::config(f, format!("{v} (need 0 … {max})")));
+        }
+    }
+    if !(cfg.pue >= 1.0 && cfg.pue <= 10.0) {
+        return Err(Error::config(
+            "datacenter.pue",
+            format!("{} (need 1 … 10)", cfg.pue),
+        ));
+    }
+    Ok(())
+}
+
+/// Capacity at t = 0 and at every ramp boundary: in GPUs, and placeable by the pool.
+fn check_capacity(
+    pool: &ServerPool,
+    cfg: &DatacenterConfig,
+    models: &[ModelDeployment],
+    sorted: &[usize],
+    labels: &[String],
+) -> Result<()> {
+    let mut times = vec![0.0];
+    for m in models {
+        times.extend(m.schedule.boundaries());
+    }
+    for &t in &times {
+        let demand: Vec<u64> = models
+            .iter()
+            .map(|m| m.schedule.replicas_at(t) * m.gpus_per_replica as u64)
+            .collect();
+        let total: u64 = demand.iter().sum();
+        if total > cfg.total_gpu_capacity {
+            return Err(Error::config(
+                "replica schedules",
+                format!(
+                    "at t = {t} s the models need {total} GPUs, capacity is {}",
+                    cfg.total_gpu_capacity
+                ),
+            ));
+        }
+        pool.allocate(&demand, sorted, labels)?;
+    }
+    Ok(())
+}
+
+/// (racks, rack of each server, servers this shard owns): whole racks per shard with a rack
+/// layout, a contiguous range of servers without one.
+fn rack_layout(
+    cfg: &DatacenterConfig,
+    servers: usize,
+) -> (usize, Vec<u32>, std::ops::Range<usize>) {
+    let (racks, rack_of_server) = if cfg.servers_per_rack > 0 && cfg.racks_per_row > 0 {
+        let per_rack = cfg.servers_per_rack as usize;
+        (
+            servers.div_ceil(per_rack),
+            (0..servers).map(|i| (i / per_rack) as u32).collect(),
+        )
+    } else {
+        (0, vec![0; servers])
+    };
+    let owned = if racks > 0 {
+        let r = cfg.shard.range(racks);
+        let per_rack = cfg.servers_per_rack as usize;
+        (r.start * per_rack).min(servers)..(r.end * per_rack).min(servers)
+    } else {
+        cfg.shard.range(servers)
+    };
+    (racks, rack_of_server, owned)
 }
 
 impl Datacenter for OfflineDatacenter {
