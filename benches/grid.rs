@@ -5,6 +5,8 @@
 //! (source pu, datacenter buses, initial taps) from GRID.md's table; skipped when
 //! ../shared/data/feeders is absent. Also the prepare cost (`PreparedGrid::open`) on IEEE 123.
 //! OpenDSS's C API from Rust on this machine: 7.8 / 25.9 / 41 µs (IEEE 13 / 34 / 123).
+//! `grid_step_walk` times the same step with every datacenter phase on its own random walk
+//! (up to ±10 % per step), so the warm start's predictor cannot lean on the alternation.
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +86,56 @@ fn step(grid: &mut PreparedGrid, k: u64) -> usize {
     report.iterations
 }
 
+/// Every datacenter phase's kW on its own multiplicative random walk (xorshift, fixed seed):
+/// up to ±10 % per step, kept within 250–750 kW.
+struct Walk {
+    state: u64,
+    kw: Vec<[f64; 3]>,
+}
+
+impl Walk {
+    fn new(datacenters: usize) -> Walk {
+        Walk {
+            state: 0x9E37_79B9_7F4A_7C15,
+            kw: vec![[500.0; 3]; datacenters],
+        }
+    }
+
+    /// Uniform in [−0.5, 0.5).
+    fn uniform(&mut self) -> f64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    }
+
+    /// One walk step; returns the solve's iterations.
+    fn step(&mut self, grid: &mut PreparedGrid) -> usize {
+        for a in 0..self.kw.len() {
+            for phase in 0..3 {
+                let kw = self.kw[a][phase] * (1.0 + 0.2 * self.uniform());
+                self.kw[a][phase] = kw.clamp(250.0, 750.0);
+            }
+            grid.set_datacenter_kw(a, self.kw[a], 0.95);
+        }
+        let report = grid.flow.solve().expect("grid step converges");
+        black_box(grid.flow.voltages_pu());
+        report.iterations
+    }
+}
+
+/// Mean, min and max of `count` iterations counts.
+fn iteration_stats(mut next: impl FnMut() -> usize, count: usize) -> (f64, usize, usize) {
+    let (mut total, mut min, mut max) = (0usize, usize::MAX, 0usize);
+    for _ in 0..count {
+        let it = next();
+        total += it;
+        min = min.min(it);
+        max = max.max(it);
+    }
+    (total as f64 / count as f64, min, max)
+}
+
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/feeders");
     if !root.is_dir() {
@@ -99,27 +151,40 @@ fn bench(c: &mut Criterion) {
         for k in 0..4 {
             step(&mut grid, k);
         }
-        let (mut total, mut min, mut max) = (0usize, usize::MAX, 0usize);
-        for k in 0..1000 {
-            let it = step(&mut grid, k);
-            total += it;
-            min = min.min(it);
-            max = max.max(it);
-        }
+        let mut k = 0u64;
+        let (mean, min, max) = iteration_stats(
+            || {
+                k += 1;
+                step(&mut grid, k)
+            },
+            1000,
+        );
         let nodes = grid.flow.voltages().len();
         eprintln!(
-            "grid_step/{id}: {nodes} nodes, {} datacenters, iterations per step mean {:.2} \
+            "grid_step/{id}: {nodes} nodes, {} datacenters, iterations per step mean {mean:.2} \
              (min {min}, max {max})",
             grid.attachments.len(),
-            total as f64 / 1000.0
         );
-        let mut k = 0u64;
         g.bench_function(*id, |b| {
             b.iter(|| {
                 k += 1;
                 step(&mut grid, k)
             })
         });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("grid_step_walk");
+    for (id, path, setup) in &feeders {
+        let mut grid = PreparedGrid::open(path, setup).expect("feeder prepares");
+        grid.flow.options.tolerance_pu = 1e-4;
+        let mut walk = Walk::new(grid.attachments.len());
+        for _ in 0..4 {
+            walk.step(&mut grid);
+        }
+        let (mean, min, max) = iteration_stats(|| walk.step(&mut grid), 1000);
+        eprintln!("grid_step_walk/{id}: iterations per step mean {mean:.2} (min {min}, max {max})");
+        g.bench_function(*id, |b| b.iter(|| walk.step(&mut grid)));
     }
     g.finish();
 

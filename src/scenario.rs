@@ -20,6 +20,9 @@ use crate::coordinator::controllers::{
 };
 use crate::coordinator::grid_metrics::GridOutputSpec;
 use crate::coordinator::ofo::{OfoConfig, OfoController, OfoModel};
+use crate::coordinator::storage_droop::{
+    DroopConfig, DroopMode, DroopStorage, StorageDroopController, VoltageStatistic,
+};
 use crate::coordinator::voltage_control::{
     RuleBasedConfig, RuleBasedController, RuleBasedModel, TapChange, TapScheduleController,
 };
@@ -33,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::fits::itl_mixture::ItlMixture;
 use crate::fits::logistic::LogisticFit;
 use crate::grid::component::{BusProfile, FeederGrid, FeederGridConfig, ProfileKind};
+use crate::grid::storage::StorageSpec;
 use crate::traces::{build_template, interp, InferenceTrace, TemplateOptions};
 
 /// A period: a number of seconds or exact text ("1/10").
@@ -108,6 +112,67 @@ pub struct GridSection {
     /// External loads on feeder buses: each phase draws the profile's kW.
     #[serde(default)]
     pub loads: Vec<ProfileSection>,
+    /// Batteries on three-phase buses (OpenDSS `Storage`, external dispatch), idle until a
+    /// `storage-droop` controller (or another `SetStoragePower`) dispatches them.
+    #[serde(default)]
+    pub storage: Vec<StorageSection>,
+}
+
+/// `[[grid.storage]]`: the peer's `BatteryStorage` (its defaults).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub name: String,
+    pub bus: String,
+    /// Largest charge or discharge power (kW).
+    pub rated_power_kw: f64,
+    /// Energy capacity (kWh).
+    pub capacity_kwh: f64,
+    /// Apparent-power rating (kVA; default the kW rating).
+    pub apparent_power_kva: Option<f64>,
+    #[serde(default = "half")]
+    pub initial_soc: f64,
+    #[serde(default)]
+    pub reserve_soc: f64,
+    #[serde(default = "one_f64")]
+    pub charge_efficiency: f64,
+    #[serde(default = "one_f64")]
+    pub discharge_efficiency: f64,
+    /// OpenDSS `%IdlingkW`: losses while connected, % of the kW rating.
+    #[serde(default)]
+    pub idle_loss_percent: f64,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// `kind = "storage-droop"`: the peer's `StorageDroopConfig` (its defaults).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageDroopSection {
+    pub dt_s: Period,
+    /// Batteries it drives (default: every `[[grid.storage]]`).
+    pub storage: Option<Vec<String>>,
+    /// "qv" (kvar) or "pv" (kW).
+    #[serde(default = "default_droop_mode")]
+    pub mode: String,
+    pub v_ref: Option<f64>,
+    pub deadband_pu: Option<f64>,
+    pub full_output_voltage_error_pu: Option<f64>,
+    pub droop_gain_per_pu: Option<f64>,
+    pub max_abs_output: Option<f64>,
+    pub allow_negative_output: Option<bool>,
+    /// "minimum", "mean" or "latest" of the bus voltage over the states since the last step.
+    #[serde(default = "default_voltage_statistic")]
+    pub voltage_statistic: String,
+}
+
+fn default_droop_mode() -> String {
+    "qv".into()
+}
+fn default_voltage_statistic() -> String {
+    "minimum".into()
 }
 
 /// A generator's or external load's power over time: one of `kw` (constant), `profile`
@@ -376,6 +441,8 @@ pub enum ControllerSection {
         dt_s: Period,
         changes: Vec<TapChangeSection>,
     },
+    /// Battery kvar (qv) or kW (pv) from the local voltage.
+    StorageDroop(Box<StorageDroopSection>),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -731,9 +798,75 @@ fn build_controllers(sc: &Scenario, models: &ModelBatches) -> Result<Vec<Box<dyn
                     entries,
                 )?));
             }
+            ControllerSection::StorageDroop(sd) => {
+                controllers.push(Box::new(build_storage_droop(sd, &field, sc)?));
+            }
         }
     }
     Ok(controllers)
+}
+
+fn build_storage_droop(
+    sd: &StorageDroopSection,
+    field: &str,
+    sc: &Scenario,
+) -> Result<StorageDroopController> {
+    let batteries = sc.grid.as_ref().map(|g| &g.storage[..]).unwrap_or(&[]);
+    let names = sd
+        .storage
+        .clone()
+        .unwrap_or_else(|| batteries.iter().map(|b| b.name.clone()).collect());
+    let mut storage = Vec::with_capacity(names.len());
+    for name in &names {
+        let b = batteries.iter().find(|b| &b.name == name).ok_or_else(|| {
+            Error::config(
+                format!("{field}.storage"),
+                format!("no [[grid.storage]] named {name:?}"),
+            )
+        })?;
+        storage.push(DroopStorage {
+            name: b.name.clone(),
+            bus: b.bus.clone(),
+            kw_rated: b.rated_power_kw,
+            kva_rated: b.apparent_power_kva.unwrap_or(b.rated_power_kw),
+        });
+    }
+    let mode = match sd.mode.as_str() {
+        "qv" => DroopMode::Qv,
+        "pv" => DroopMode::Pv,
+        m => {
+            return Err(Error::config(
+                format!("{field}.mode"),
+                format!("{m:?}: give \"qv\" (kvar) or \"pv\" (kW)"),
+            ))
+        }
+    };
+    let voltage_statistic = match sd.voltage_statistic.as_str() {
+        "minimum" => VoltageStatistic::Minimum,
+        "mean" => VoltageStatistic::Mean,
+        "latest" => VoltageStatistic::Latest,
+        m => {
+            return Err(Error::config(
+                format!("{field}.voltage_statistic"),
+                format!("{m:?}: give \"minimum\", \"mean\" or \"latest\""),
+            ))
+        }
+    };
+    let d = DroopConfig::default();
+    let cfg = DroopConfig {
+        mode,
+        v_ref: sd.v_ref.unwrap_or(d.v_ref),
+        deadband_pu: sd.deadband_pu.unwrap_or(d.deadband_pu),
+        full_output_voltage_error_pu: sd
+            .full_output_voltage_error_pu
+            .unwrap_or(d.full_output_voltage_error_pu),
+        droop_gain_per_pu: sd.droop_gain_per_pu,
+        max_abs_output: sd.max_abs_output,
+        allow_negative_output: sd.allow_negative_output.unwrap_or(d.allow_negative_output),
+        voltage_statistic,
+    };
+    StorageDroopController::new(sd.dt_s.exact(&format!("{field}.dt_s"))?, storage, cfg)
+        .map_err(|e| Error::config(field, e.to_string()))
 }
 
 fn build_ofo(
@@ -954,6 +1087,22 @@ fn build_grid(
         excluded_buses: g.exclude_buses.clone(),
         tolerance_pu: g.tolerance_pu,
         profiles,
+        storage: g
+            .storage
+            .iter()
+            .map(|b| StorageSpec {
+                name: b.name.clone(),
+                bus: b.bus.clone(),
+                kw_rated: b.rated_power_kw,
+                kva_rated: b.apparent_power_kva.unwrap_or(b.rated_power_kw),
+                kwh_rated: b.capacity_kwh,
+                initial_soc: b.initial_soc,
+                reserve_soc: b.reserve_soc,
+                charge_efficiency: b.charge_efficiency,
+                discharge_efficiency: b.discharge_efficiency,
+                idling_percent: b.idle_loss_percent,
+            })
+            .collect(),
     })?;
     let outputs = GridOutputSpec {
         monitored: grid.monitored(),

@@ -152,6 +152,7 @@ mod tests {
             time_s: 0.0,
             voltages_pu: vec![("a".into(), va), ("b".into(), vb)],
             tap_positions: vec![("r".into(), tap)],
+            storage: vec![],
         };
         // 0.94 → 0.01 under; 1.07 → 0.02 over; phase 3 of a is not monitored.
         acc.add(&snap([0.94, 1.07, 0.5], [1.0, f64::NAN, f64::NAN], 1.0));

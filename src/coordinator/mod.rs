@@ -19,6 +19,7 @@ pub mod grid_metrics;
 pub mod merge;
 pub mod ofo;
 pub mod sink;
+pub mod storage_droop;
 pub mod voltage_control;
 
 use serde::Serialize;
@@ -88,9 +89,12 @@ pub enum DatacenterCommand {
 pub enum GridCommand {
     /// Regulator (RegControl name) → tap (per unit), applied before the grid's next solve.
     SetTaps(Vec<(String, f64)>),
+    /// A battery's dispatch, kept until the next command: kW (+ discharging into the grid,
+    /// − charging) and kvar (+ injecting).
     SetStoragePower {
         storage: String,
-        power: f64,
+        power_kw: f64,
+        reactive_power_kvar: f64,
     },
 }
 
@@ -186,6 +190,24 @@ pub struct GridState {
     pub voltages_pu: Vec<(String, [f64; 3])>,
     /// Regulator (RegControl name) → tap (per unit).
     pub tap_positions: Vec<(String, f64)>,
+    /// Every battery after the step, in the grid's storage order.
+    pub storage: Vec<StorageReading>,
+}
+
+/// A battery after a grid step (the peer's `StorageState`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StorageReading {
+    pub name: String,
+    /// Stored energy after the step's integration (kWh) and as a fraction of the rating.
+    pub stored_kwh: f64,
+    pub soc: f64,
+    /// Terminal power during the step: kW injected (+ discharging, − charging or idling
+    /// losses) and kvar injected.
+    pub power_kw: f64,
+    pub reactive_power_kvar: f64,
+    /// "charging", "discharging" or "idling" (after the step: a battery that reached its
+    /// reserve or its rating idles).
+    pub mode: &'static str,
 }
 
 impl GridState {
@@ -223,6 +245,10 @@ pub trait Grid: Component {
     fn monitored(&self) -> Vec<(String, usize)> {
         Vec::new()
     }
+    /// The batteries a `SetStoragePower` command may name.
+    fn storage_names(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// H of the monitored bus-phases for a datacenter at the present solution, as the slope
     /// over a step of `step_kw` per phase; `None` when the backend cannot tell.
     fn voltage_sensitivity(
@@ -250,12 +276,16 @@ impl SimView<'_> {
     }
 }
 
-/// A controller. Voltage-based controllers (rule-based, OFO, load shift, storage droop) will
-/// implement the same trait once a grid backend exists; `check` is where a controller rejects
-/// a setup it cannot drive (the peer's `TypeError` at construction).
+/// A controller (schedules, and the voltage controllers of [`ofo`], [`voltage_control`] and
+/// [`storage_droop`]); `check` is where a controller rejects a setup it cannot drive (the
+/// peer's `TypeError` at construction).
 pub trait Controller: Component {
     fn name(&self) -> &str;
     fn check(&self, view: &SimView<'_>) -> Result<()>;
+    /// Every grid state as the grid produces it (before the controllers of that tick step):
+    /// for controllers that act on the states since their last step (the peer's grid
+    /// history window). Nothing by default.
+    fn observe_grid(&mut self, _state: &GridState) {}
     fn step(
         &mut self,
         clock: &SimulationClock,
@@ -517,8 +547,11 @@ impl Coordinator {
         self.grid_stepped = false;
         if let Some(g) = &mut self.grid {
             if self.clock.is_due(self.grid_every) {
-                self.grid_state =
-                    Some(g.step(&self.clock, &self.grid_buffers, &mut self.events)?);
+                let state = g.step(&self.clock, &self.grid_buffers, &mut self.events)?;
+                for c in &mut self.controllers {
+                    c.observe_grid(&state);
+                }
+                self.grid_state = Some(state);
                 for b in &mut self.grid_buffers {
                     b.clear();
                 }

@@ -713,11 +713,70 @@ impl Rows for TapRows {
     }
 }
 
+/// Batteries per grid step, long: (tick, t_s, storage, soc, stored_kwh, power_kw,
+/// reactive_power_kvar, mode).
+#[derive(Default)]
+struct StorageRows {
+    names: Arc<[String]>,
+    modes: Arc<[String]>,
+    tick: Vec<i64>,
+    t_s: Vec<f64>,
+    storage: Vec<u32>,
+    soc: Vec<f64>,
+    stored_kwh: Vec<f64>,
+    power_kw: Vec<f64>,
+    reactive_power_kvar: Vec<f64>,
+    mode: Vec<u32>,
+}
+
+impl Rows for StorageRows {
+    fn len(&self) -> usize {
+        self.tick.len()
+    }
+    fn take(&mut self) -> Table {
+        Table::new()
+            .with("tick", Column::I64(take(&mut self.tick)))
+            .with("t_s", Column::F64(take(&mut self.t_s)))
+            .with(
+                "storage",
+                Column::Cat(take(&mut self.storage), self.names.clone()),
+            )
+            .with("soc", Column::F64(take(&mut self.soc)))
+            .with("stored_kwh", Column::F64(take(&mut self.stored_kwh)))
+            .with("power_kw", Column::F64(take(&mut self.power_kw)))
+            .with(
+                "reactive_power_kvar",
+                Column::F64(take(&mut self.reactive_power_kvar)),
+            )
+            .with(
+                "mode",
+                Column::Cat(take(&mut self.mode), self.modes.clone()),
+            )
+    }
+}
+
+impl StorageRows {
+    fn push(&mut self, tick: u64, t_s: f64, readings: &[super::StorageReading]) {
+        for (i, r) in readings.iter().enumerate() {
+            self.tick.push(tick as i64);
+            self.t_s.push(t_s);
+            self.storage.push(i as u32);
+            self.soc.push(r.soc);
+            self.stored_kwh.push(r.stored_kwh);
+            self.power_kw.push(r.power_kw);
+            self.reactive_power_kvar.push(r.reactive_power_kvar);
+            let mode = self.modes.iter().position(|m| m == r.mode).unwrap_or(0);
+            self.mode.push(mode as u32);
+        }
+    }
+}
+
 /// The grid tables of a run being written, and its metrics.
 struct GridOutput {
     dir: PathBuf,
     voltages: Streamed<GridRows>,
     taps: Option<Streamed<TapRows>>,
+    storage: Option<Streamed<StorageRows>>,
     metrics: GridMetricsAccumulator,
     bus_code: Vec<u32>,
 }
@@ -744,6 +803,7 @@ impl GridOutput {
             dir: dir.to_path_buf(),
             voltages: Streamed::create(&Shard::WHOLE.table_path(dir, "grid"), rows)?,
             taps: None,
+            storage: None,
             metrics: GridMetricsAccumulator::new(spec),
             bus_code,
         })
@@ -780,12 +840,30 @@ impl GridOutput {
             }
             t.flush_if_full()?;
         }
+        if self.storage.is_none() && !state.storage.is_empty() {
+            let rows = StorageRows {
+                names: state.storage.iter().map(|r| r.name.clone()).collect(),
+                modes: ["idling", "charging", "discharging"]
+                    .map(String::from)
+                    .into(),
+                ..StorageRows::default()
+            };
+            let path = Shard::WHOLE.table_path(&self.dir, "storage");
+            self.storage = Some(Streamed::create(&path, rows)?);
+        }
+        if let Some(t) = &mut self.storage {
+            t.rows.push(tick, t_s, &state.storage);
+            t.flush_if_full()?;
+        }
         Ok(())
     }
 
     fn finish(self) -> Result<()> {
         self.voltages.finish()?;
         if let Some(t) = self.taps {
+            t.finish()?;
+        }
+        if let Some(t) = self.storage {
             t.finish()?;
         }
         crate::store::write_json(&self.dir.join("grid_metrics.json"), &self.metrics.metrics())

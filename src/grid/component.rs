@@ -7,14 +7,15 @@
 use std::path::PathBuf;
 
 use crate::coordinator::{
-    Component, Events, Grid, GridCommand, GridState, Seconds, SimulationClock, ThreePhase,
-    VoltageSensitivity,
+    Component, Events, Grid, GridCommand, GridState, Seconds, SimulationClock, StorageReading,
+    ThreePhase, VoltageSensitivity,
 };
 use crate::error::{Error, Result};
 
 use super::feeder::Feeder;
 use super::sensitivity::{analytic, monitored_nodes};
 use super::setup::{GridSetup, PreparedGrid};
+use super::storage::{StorageSpec, StorageUnit};
 use super::GridError;
 
 impl From<GridError> for Error {
@@ -43,6 +44,8 @@ pub struct FeederGridConfig {
     pub tolerance_pu: f64,
     /// Generators and external loads with their power profiles.
     pub profiles: Vec<BusProfile>,
+    /// Batteries (three-phase buses), idle until a `SetStoragePower` command.
+    pub storage: Vec<StorageSpec>,
 }
 
 /// What a profile attachment is.
@@ -92,6 +95,8 @@ pub struct FeederGrid {
     bus_nodes: Vec<(String, [Option<usize>; 3])>,
     /// The regulator on phase a, b, c (`None`: none or several, so the shorthand is refused).
     phase_regulator: [Option<String>; 3],
+    /// Each battery and its load index in the power flow.
+    storage: Vec<(StorageUnit, usize)>,
 }
 
 impl FeederGrid {
@@ -126,7 +131,7 @@ impl FeederGrid {
             }
         }
         let feeder = Feeder::read(&cfg.feeder)?;
-        let grid = prepare(&feeder, &cfg)?;
+        let (grid, storage) = prepare(&feeder, &cfg)?;
         for bus in &cfg.excluded_buses {
             if !grid.flow.network().has_bus(bus) {
                 return Err(
@@ -154,6 +159,7 @@ impl FeederGrid {
             last_kw: vec![[0.0; 3]; n],
             bus_nodes,
             phase_regulator,
+            storage,
         })
     }
 
@@ -204,11 +210,50 @@ impl FeederGrid {
             .iter()
             .map(|r| (r.name.clone(), net.tap(&r.transformer).unwrap_or(1.0)))
             .collect();
+        let storage = self
+            .storage
+            .iter()
+            .map(|(u, load)| {
+                let (kw, kvar) = self.grid.flow.load_power_kw(*load);
+                StorageReading {
+                    name: u.spec.name.clone(),
+                    stored_kwh: u.stored_kwh,
+                    soc: u.soc(),
+                    power_kw: -kw,
+                    reactive_power_kvar: -kvar,
+                    mode: u.mode.as_str(),
+                }
+            })
+            .collect();
         GridState {
             time_s,
             voltages_pu,
             tap_positions,
+            storage,
         }
+    }
+
+    /// Sets each battery's terminal power for the coming solve.
+    fn dispatch_storage(&mut self) {
+        for (unit, load) in &mut self.storage {
+            let (kw, kvar) = unit.prepare_solve();
+            self.grid.flow.set_load_power(*load, -kw, -kvar);
+        }
+    }
+
+    fn set_storage_power(&mut self, name: &str, kw: f64, kvar: f64) -> Result<()> {
+        let Some((unit, _)) = self.storage.iter_mut().find(|(u, _)| u.spec.name == name) else {
+            let known: Vec<&str> = self
+                .storage
+                .iter()
+                .map(|(u, _)| u.spec.name.as_str())
+                .collect();
+            return Err(Error::config(
+                "grid command",
+                format!("no storage named {name:?} (the grid has: {known:?})"),
+            ));
+        };
+        Ok(unit.set_dispatch(kw, kvar)?)
     }
 }
 
@@ -238,7 +283,12 @@ fn phase_regulators(feeder: &Feeder) -> [Option<String>; 3] {
     out
 }
 
-fn prepare(feeder: &Feeder, cfg: &FeederGridConfig) -> Result<PreparedGrid> {
+/// The feeder with the setup, the profiles' attachments and the batteries (idle, at their
+/// initial charge).
+fn prepare(
+    feeder: &Feeder,
+    cfg: &FeederGridConfig,
+) -> Result<(PreparedGrid, Vec<(StorageUnit, usize)>)> {
     let setup = GridSetup {
         source_pu: cfg.source_pu,
         taps: cfg.taps.clone(),
@@ -252,8 +302,19 @@ fn prepare(feeder: &Feeder, cfg: &FeederGridConfig) -> Result<PreparedGrid> {
         };
         grid.attach_extra(&p.bus, &name)?;
     }
+    let mut storage = Vec::with_capacity(cfg.storage.len());
+    for (i, spec) in cfg.storage.iter().enumerate() {
+        if cfg.storage[..i].iter().any(|s| s.name == spec.name) {
+            return Err(Error::config(
+                "grid.storage",
+                format!("two batteries named {:?}", spec.name),
+            ));
+        }
+        let load = grid.attach_storage(&spec.bus, &spec.name)?;
+        storage.push((StorageUnit::new(spec.clone())?, load));
+    }
     grid.flow.options.tolerance_pu = cfg.tolerance_pu;
-    Ok(grid)
+    Ok((grid, storage))
 }
 
 impl Component for FeederGrid {
@@ -262,8 +323,9 @@ impl Component for FeederGrid {
     }
     fn reset(&mut self) {
         // Re-reading nothing: the feeder is kept; taps and voltages go back to the start.
-        if let Ok(grid) = prepare(&self.feeder, &self.cfg) {
+        if let Ok((grid, storage)) = prepare(&self.feeder, &self.cfg) {
             self.grid = grid;
+            self.storage = storage;
         }
         self.last_kw = vec![[0.0; 3]; self.cfg.datacenters.len()];
     }
@@ -293,10 +355,16 @@ impl Grid for FeederGrid {
             };
             self.grid.set_datacenter_kw(first + k, [signed; 3], p.pf);
         }
+        self.dispatch_storage();
         self.grid
             .flow
             .solve()
             .map_err(|e| Error::data(format!("grid step at t = {} s: {e}", clock.time_s())))?;
+        let dt_s = crate::coordinator::clock::to_f64(self.cfg.dt_s);
+        for (unit, load) in &mut self.storage {
+            let (drawn_kw, _) = self.grid.flow.load_power_kw(*load);
+            unit.advance(dt_s, -drawn_kw);
+        }
         Ok(self.state(clock.time_s()))
     }
 
@@ -325,10 +393,23 @@ impl Grid for FeederGrid {
                 );
                 Ok(())
             }
-            GridCommand::SetStoragePower { storage, .. } => Err(Error::config(
-                "grid command",
-                format!("storage {storage}: this feeder has no storage elements"),
-            )),
+            GridCommand::SetStoragePower {
+                storage,
+                power_kw,
+                reactive_power_kvar,
+            } => {
+                self.set_storage_power(storage, *power_kw, *reactive_power_kvar)?;
+                events.emit(
+                    crate::coordinator::EventSource::Grid,
+                    "grid.storage",
+                    serde_json::json!({
+                        "storage": storage,
+                        "power_kw": power_kw,
+                        "reactive_power_kvar": reactive_power_kvar,
+                    }),
+                );
+                Ok(())
+            }
         }
     }
 
@@ -337,6 +418,13 @@ impl Grid for FeederGrid {
         self.monitored
             .iter()
             .map(|&n| (nodes[n].bus.clone(), nodes[n].phase))
+            .collect()
+    }
+
+    fn storage_names(&self) -> Vec<String> {
+        self.storage
+            .iter()
+            .map(|(u, _)| u.spec.name.clone())
             .collect()
     }
 

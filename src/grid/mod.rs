@@ -15,6 +15,7 @@ pub mod powerflow;
 pub mod regulators;
 pub mod sensitivity;
 pub mod setup;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 

@@ -95,6 +95,36 @@ impl PreparedGrid {
         Ok(self.attachments.len() - 1)
     }
 
+    /// Attaches a battery at `bus` as OpenDSS's three-phase wye `Storage` element sees the
+    /// power flow (kV = the bus's line-to-neutral base × √3, constant power inside
+    /// [0.9, 1.1] pu, the impedance continuous with it outside); returns its load index, whose
+    /// power is the negative of the battery's injection ([`super::storage`]).
+    pub fn attach_storage(&mut self, bus: &str, name: &str) -> Result<usize, GridError> {
+        let bus = bus.to_ascii_lowercase();
+        let context = format!("storage {name} bus");
+        check_three_phase(&self.flow, &bus, &context, "a storage element")?;
+        let kv_ln = self.flow.network().bus_base_v[&bus] / 1000.0;
+        self.flow.add_load(&Load {
+            name: format!("storage_{name}"),
+            bus1: BusSpec {
+                bus,
+                nodes: vec![1, 2, 3],
+            },
+            phases: 3,
+            connection: Connection::Wye,
+            model: LoadModel::ConstantPq,
+            kv: round6(kv_ln * 3f64.sqrt()),
+            kw: 0.0,
+            kvar: 0.0,
+            vminpu: 0.9,
+            vmaxpu: 1.1,
+            // Below 0.9 pu the current falls linearly to 0 at 0 V: the impedance Yeq/0.9².
+            vlowpu: 0.0,
+            cvr_watts: 1.0,
+            cvr_vars: 2.0,
+        })
+    }
+
     /// Sets every attachment's power per phase (kW; kvar from the power factor).
     pub fn set_datacenter_kw(&mut self, attachment: usize, kw_per_phase: [f64; 3], pf: f64) {
         let tan = tan_phi(pf);
@@ -137,18 +167,8 @@ fn attach_named(
     name: &dyn Fn(&str) -> String,
 ) -> Result<Attachment, GridError> {
     let bus = bus.to_ascii_lowercase();
+    check_three_phase(flow, &bus, "datacenter bus", "a datacenter")?;
     let net = flow.network();
-    if !net.has_bus(&bus) {
-        return Err(unknown_bus(flow, &bus, "datacenter bus"));
-    }
-    for phase in 1..=3 {
-        if net.node(&bus, phase).is_none() {
-            return Err(GridError::invalid(
-                format!("datacenter bus {bus}"),
-                format!("has no phase {phase}; a datacenter needs a three-phase bus"),
-            ));
-        }
-    }
     let base_kv = round6(net.bus_base_v[&bus] / 1000.0);
     let mut loads = [0; 3];
     for (k, suffix) in ["a", "b", "c"].iter().enumerate() {
@@ -172,6 +192,28 @@ fn attach_named(
         })?;
     }
     Ok(Attachment { bus, loads })
+}
+
+/// `bus` exists and has phases 1, 2 and 3 (`what` needs them).
+fn check_three_phase(
+    flow: &PowerFlow,
+    bus: &str,
+    context: &str,
+    what: &str,
+) -> Result<(), GridError> {
+    let net = flow.network();
+    if !net.has_bus(bus) {
+        return Err(unknown_bus(flow, bus, context));
+    }
+    for phase in 1..=3 {
+        if net.node(bus, phase).is_none() {
+            return Err(GridError::invalid(
+                format!("{context} {bus}"),
+                format!("has no phase {phase}; {what} needs a three-phase bus"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An unknown-bus error listing (some of) the feeder's buses.
