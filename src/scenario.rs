@@ -19,6 +19,7 @@ use crate::coordinator::controllers::{
     BatchSizeChange, BatchSizeSchedule, BatchSizeScheduleController, NoopController,
 };
 use crate::coordinator::grid_metrics::GridOutputSpec;
+use crate::coordinator::load_shift::{LoadShiftController, ShiftModel, ShiftSite};
 use crate::coordinator::ofo::{OfoConfig, OfoController, OfoModel};
 use crate::coordinator::storage_droop::{
     DroopConfig, DroopMode, DroopStorage, StorageDroopController, VoltageStatistic,
@@ -65,6 +66,10 @@ pub struct Scenario {
     #[serde(default)]
     pub seed: u64,
     pub datacenter: DatacenterSection,
+    /// Several datacenters ("sites") sharing `[datacenter]`'s settings and the models, each
+    /// on its own feeder bus; none: the one `[datacenter]`.
+    #[serde(default)]
+    pub sites: Vec<SiteSection>,
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub training: Vec<TrainingSection>,
@@ -116,6 +121,21 @@ pub struct GridSection {
     /// `storage-droop` controller (or another `SetStoragePower`) dispatches them.
     #[serde(default)]
     pub storage: Vec<StorageSection>,
+}
+
+/// `[[sites]]`: one datacenter of a multi-site scenario.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    pub name: String,
+    /// GPUs of this site (default `[datacenter].total_gpu_capacity`).
+    pub total_gpu_capacity: Option<u64>,
+    /// Base load per phase (kW; default `[datacenter].base_kw_per_phase`).
+    pub base_kw_per_phase: Option<f64>,
+    /// Model label → replicas here (default: the model's `replicas`, or its capacity share of
+    /// this site's GPUs, with its ramps); a model given 0 is served elsewhere only.
+    #[serde(default)]
+    pub replicas: BTreeMap<String, u64>,
 }
 
 /// `[[grid.storage]]`: the peer's `BatteryStorage` (its defaults).
@@ -430,6 +450,8 @@ pub enum ControllerSection {
     },
     BatchSchedule {
         dt_s: Period,
+        /// The site it steers (default: the only datacenter).
+        datacenter: Option<String>,
         changes: Vec<ChangeSection>,
     },
     /// OFO batch-size control on the grid's voltages (GRID.md; defaults as the peer's).
@@ -443,6 +465,20 @@ pub enum ControllerSection {
     },
     /// Battery kvar (qv) or kW (pv) from the local voltage.
     StorageDroop(Box<StorageDroopSection>),
+    /// Replicas moved between sites when batch control is exhausted at a violated bus.
+    LoadShift {
+        dt_s: Period,
+        /// GPUs' worth of replicas moved per step (default 8, the peer's).
+        #[serde(default = "default_gpus_per_shift")]
+        gpus_per_shift: u32,
+        /// Voltage band (default: the grid's v_min / v_max).
+        v_min: Option<f64>,
+        v_max: Option<f64>,
+    },
+}
+
+fn default_gpus_per_shift() -> u32 {
+    8
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -546,7 +582,65 @@ fn log2_level(b: u32, bmin: u32, bmax: u32, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * f
 }
 
-/// Builds the coordinator: templates for the simulated duration at the datacenter's dt.
+/// A datacenter of the run: `[datacenter]` itself, or one `[[sites]]` entry.
+struct SitePlan<'a> {
+    name: &'a str,
+    capacity: u64,
+    base_kw_per_phase: f64,
+    /// Per-model replica overrides of a `[[sites]]` entry.
+    replicas: Option<&'a BTreeMap<String, u64>>,
+}
+
+/// The run's datacenters, checked: unique names, known models, no `--gpus` or shard with
+/// several sites.
+fn site_plans<'a>(sc: &'a Scenario, ov: &Overrides) -> Result<Vec<SitePlan<'a>>> {
+    let d = &sc.datacenter;
+    if sc.sites.is_empty() {
+        return Ok(vec![SitePlan {
+            name: &d.name,
+            capacity: ov.gpus.unwrap_or(d.total_gpu_capacity),
+            base_kw_per_phase: d.base_kw_per_phase,
+            replicas: None,
+        }]);
+    }
+    if ov.gpus.is_some() || !ov.shard.unwrap_or_default().is_whole() {
+        return Err(Error::config(
+            "sites",
+            "--gpus and --shard apply to a single datacenter; give each site's \
+             total_gpu_capacity instead",
+        ));
+    }
+    let mut plans: Vec<SitePlan<'a>> = Vec::with_capacity(sc.sites.len());
+    for (i, site) in sc.sites.iter().enumerate() {
+        let field = format!("sites[{i}]");
+        if site.name.is_empty() || plans.iter().any(|p| p.name == site.name) {
+            return Err(Error::config(
+                format!("{field}.name"),
+                format!("{:?}: each site needs its own non-empty name", site.name),
+            ));
+        }
+        if let Some(l) = site
+            .replicas
+            .keys()
+            .find(|l| !sc.models.iter().any(|m| &m.label == *l))
+        {
+            return Err(Error::config(
+                format!("{field}.replicas"),
+                format!("model {l:?} is not in [[models]]"),
+            ));
+        }
+        plans.push(SitePlan {
+            name: &site.name,
+            capacity: site.total_gpu_capacity.unwrap_or(d.total_gpu_capacity),
+            base_kw_per_phase: site.base_kw_per_phase.unwrap_or(d.base_kw_per_phase),
+            replicas: Some(&site.replicas),
+        });
+    }
+    Ok(plans)
+}
+
+/// Builds the coordinator: templates for the simulated duration at the datacenter's dt (once
+/// per model, shared by every site).
 pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
     let duration = match ov.duration_s {
         Some(d) => seconds_from_f64("--duration-s", d)?,
@@ -554,41 +648,29 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
     };
     let seed = ov.seed.unwrap_or(sc.seed);
     let dc_dt = sc.datacenter.dt_s.exact("datacenter.dt_s")?;
-    let dt_s = to_f64(dc_dt);
     let d = &sc.datacenter;
     if d.gpus_per_server == 0 {
         return Err(Error::config("datacenter.gpus_per_server", "0 (need ≥ 1)"));
     }
-    let capacity = ov.gpus.unwrap_or(d.total_gpu_capacity);
-    let cfg = DatacenterConfig {
-        gpus_per_server: d.gpus_per_server,
-        total_gpu_capacity: capacity,
-        base_kw_per_phase: d.base_kw_per_phase,
-        amplitude_scale_range: d.amplitude_scale_range,
-        noise_fraction: d.noise_fraction,
-        non_gpu_w_per_server: d.non_gpu_w_per_server,
-        idle_w_per_gpu: d.idle_w_per_gpu,
-        pue: d.pue,
-        servers_per_rack: d.servers_per_rack,
-        racks_per_row: d.racks_per_row,
-        shard: ov.shard.unwrap_or_default(),
-    };
+    let plans = site_plans(sc, ov)?;
     let topts = TemplateOptions {
         duration_s: sc.templates.duration_s.unwrap_or(to_f64(duration)),
-        dt_s,
+        dt_s: to_f64(dc_dt),
         steady_skip_s: sc.templates.steady_skip_s,
     };
     topts.validate()?;
     let mut deployments = Vec::new();
-    let mut gpus_used = 0;
     for m in &sc.models {
-        let d = deployment(m, sc, base_dir, &topts, capacity, seed)?;
-        gpus_used += d.schedule.initial * m.gpus_per_replica as u64;
-        deployments.push(d);
+        deployments.push(deployment(
+            m,
+            sc,
+            base_dir,
+            &topts,
+            plans[0].capacity,
+            seed,
+        )?);
     }
-    let training = training_schedule(sc)?;
-    let cfg_whole = cfg.shard.is_whole();
-    let deployments_batches: Vec<(String, Vec<u32>, u32)> = deployments
+    let model_batches: Vec<(String, Vec<u32>, u32)> = deployments
         .iter()
         .map(|m| {
             (
@@ -598,21 +680,46 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
             )
         })
         .collect();
-    let dc = OfflineDatacenter::new(&d.name, dc_dt, cfg, deployments, training, seed)?;
-    let servers = dc.pool().servers();
-    let controllers = build_controllers(sc, &deployments_batches)?;
+    let (mut gpus_used, mut servers) = (0, 0);
+    let mut dcs: Vec<Box<dyn Datacenter>> = Vec::with_capacity(plans.len());
+    for (k, plan) in plans.iter().enumerate() {
+        let mut site = deployments.clone();
+        if let Some(overrides) = plan.replicas {
+            for (dep, m) in site.iter_mut().zip(&sc.models) {
+                dep.schedule = match overrides.get(&m.label) {
+                    Some(&r) => ReplicaSchedule::new(r),
+                    None => replica_schedule(m, plan.capacity, d.gpus_per_server)?,
+                };
+            }
+        }
+        for (dep, m) in site.iter().zip(&sc.models) {
+            gpus_used += dep.schedule.initial * m.gpus_per_replica as u64;
+        }
+        let cfg = datacenter_config(d, plan, ov);
+        // The training overlay runs at the first site.
+        let training = if k == 0 {
+            training_schedule(sc)?
+        } else {
+            TrainingSchedule::default()
+        };
+        let site_seed = seed.wrapping_add(k as u64);
+        let dc = OfflineDatacenter::new(plan.name, dc_dt, cfg, site, training, site_seed)?;
+        servers += dc.pool().servers();
+        dcs.push(Box::new(dc));
+    }
+    let names: Vec<&str> = plans.iter().map(|p| p.name).collect();
+    let controllers = build_controllers(sc, &model_batches, &names)?;
     let (grid, grid_outputs) = match &sc.grid {
-        Some(_) if !cfg_whole => return Err(Error::config(
+        Some(_) if !ov.shard.unwrap_or_default().is_whole() => return Err(Error::config(
             "grid",
             "a run with a [grid] cannot be sharded (the feeder needs the whole datacenter's power)",
         )),
         Some(g) => {
-            let (grid, outputs) = build_grid(g, &d.name, base_dir)?;
+            let (grid, outputs) = build_grid(g, &names, base_dir)?;
             (Some(grid), Some(outputs))
         }
         None => (None, None),
     };
-    let dcs: Vec<Box<dyn Datacenter>> = vec![Box::new(dc)];
     let coordinator = Coordinator::new(dcs, grid, controllers, duration)?;
     Ok(Built {
         coordinator,
@@ -624,17 +731,33 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
     })
 }
 
-/// One model's deployment: replicas (or its capacity share in whole servers of whole
-/// replicas), replica ramps, templates and ITL fits.
-fn deployment(
+fn datacenter_config(
+    d: &DatacenterSection,
+    plan: &SitePlan<'_>,
+    ov: &Overrides,
+) -> DatacenterConfig {
+    DatacenterConfig {
+        gpus_per_server: d.gpus_per_server,
+        total_gpu_capacity: plan.capacity,
+        base_kw_per_phase: plan.base_kw_per_phase,
+        amplitude_scale_range: d.amplitude_scale_range,
+        noise_fraction: d.noise_fraction,
+        non_gpu_w_per_server: d.non_gpu_w_per_server,
+        idle_w_per_gpu: d.idle_w_per_gpu,
+        pue: d.pue,
+        servers_per_rack: d.servers_per_rack,
+        racks_per_row: d.racks_per_row,
+        shard: ov.shard.unwrap_or_default(),
+    }
+}
+
+/// A model's replicas over time at a site of `capacity` GPUs: its `replicas`, or its capacity
+/// share in whole servers of whole replicas; then its ramps.
+fn replica_schedule(
     m: &ModelSection,
-    sc: &Scenario,
-    base_dir: &Path,
-    topts: &TemplateOptions,
     capacity: u64,
-    seed: u64,
-) -> Result<ModelDeployment> {
-    let d = &sc.datacenter;
+    gpus_per_server: u32,
+) -> Result<ReplicaSchedule> {
     let field = format!("models.{}", m.label);
     let replicas = match (m.replicas, m.capacity_share) {
         (Some(r), None) => r,
@@ -646,7 +769,7 @@ fn deployment(
                 ));
             }
             let g = m.gpus_per_replica.max(1) as u64;
-            let step = num_integer::lcm(d.gpus_per_server as u64, g);
+            let step = num_integer::lcm(gpus_per_server as u64, g);
             ((capacity as f64 * share) as u64 / step) * step / g
         }
         _ => {
@@ -662,6 +785,21 @@ fn deployment(
             .ramp_to(r.target, r.t_start_s, r.t_end_s)
             .map_err(|e| Error::config(format!("{field}.ramps"), e.to_string()))?;
     }
+    Ok(schedule)
+}
+
+/// One model's deployment: replicas (or its capacity share in whole servers of whole
+/// replicas), replica ramps, templates and ITL fits.
+fn deployment(
+    m: &ModelSection,
+    sc: &Scenario,
+    base_dir: &Path,
+    topts: &TemplateOptions,
+    capacity: u64,
+    seed: u64,
+) -> Result<ModelDeployment> {
+    let field = format!("models.{}", m.label);
+    let schedule = replica_schedule(m, capacity, sc.datacenter.gpus_per_server)?;
     let (templates, store_itl) = templates_for(m, base_dir, topts, sc.templates.periodic, seed)?;
     let itl_fits = itl_fits(m, &field, &templates, store_itl)?;
     Ok(ModelDeployment {
@@ -735,55 +873,56 @@ fn training_schedule(sc: &Scenario) -> Result<TrainingSchedule> {
 /// (label, feasible batch sizes, initial batch size) of each model.
 type ModelBatches = [(String, Vec<u32>, u32)];
 
-fn build_controllers(sc: &Scenario, models: &ModelBatches) -> Result<Vec<Box<dyn Controller>>> {
-    let d = &sc.datacenter;
+/// The datacenter a controller steers: its own `datacenter`, else the only one.
+fn target_datacenter<'a>(
+    given: Option<&'a str>,
+    sites: &[&'a str],
+    field: &str,
+) -> Result<&'a str> {
+    match (given, sites) {
+        (Some(name), _) => Ok(name),
+        (None, [only]) => Ok(only),
+        (None, _) => Err(Error::config(
+            format!("{field}.datacenter"),
+            format!("this scenario has several sites ({sites:?}): name the one to steer"),
+        )),
+    }
+}
+
+fn build_controllers(
+    sc: &Scenario,
+    models: &ModelBatches,
+    sites: &[&str],
+) -> Result<Vec<Box<dyn Controller>>> {
     let mut controllers: Vec<Box<dyn Controller>> = Vec::new();
+    let grid_exclude = || {
+        sc.grid
+            .as_ref()
+            .map(|g| g.exclude_buses.clone())
+            .unwrap_or_default()
+    };
     for (i, c) in sc.controllers.iter().enumerate() {
         let field = format!("controllers[{i}]");
-        match c {
-            ControllerSection::Noop { dt_s } => controllers.push(Box::new(NoopController {
-                dt_s: dt_s.exact(&format!("{field}.dt_s"))?,
-            })),
-            ControllerSection::BatchSchedule { dt_s, changes } => {
-                let mut per_model: BTreeMap<String, Vec<BatchSizeChange>> = BTreeMap::new();
-                for ch in changes {
-                    per_model
-                        .entry(ch.model.clone())
-                        .or_default()
-                        .push(BatchSizeChange {
-                            at_s: ch.at_s,
-                            batch_size: ch.batch_size,
-                            ramp_up_rate: ch.ramp_up_rate,
-                        });
-                }
-                let schedules = per_model
-                    .into_iter()
-                    .map(|(m, v)| {
-                        Ok((
-                            m.clone(),
-                            BatchSizeSchedule::new(&format!("{field}.changes for {m}"), v)?,
-                        ))
-                    })
-                    .collect::<Result<BTreeMap<_, _>>>()?;
-                controllers.push(Box::new(BatchSizeScheduleController::new(
-                    dt_s.exact(&format!("{field}.dt_s"))?,
-                    &d.name,
-                    schedules,
-                )));
-            }
+        let dt = |dt_s: &Period| dt_s.exact(&format!("{field}.dt_s"));
+        let c: Box<dyn Controller> = match c {
+            ControllerSection::Noop { dt_s } => Box::new(NoopController { dt_s: dt(dt_s)? }),
+            ControllerSection::BatchSchedule {
+                dt_s,
+                datacenter,
+                changes,
+            } => Box::new(BatchSizeScheduleController::new(
+                dt(dt_s)?,
+                target_datacenter(datacenter.as_deref(), sites, &field)?,
+                batch_schedules(changes, &field)?,
+            )),
             ControllerSection::Ofo(o) => {
-                controllers.push(Box::new(build_ofo(o, &field, &d.name, models)?));
+                let dc = target_datacenter(o.datacenter.as_deref(), sites, &field)?;
+                Box::new(build_ofo(o, &field, dc, models)?)
             }
             ControllerSection::RuleBased(r) => {
-                let exclude = r.exclude_buses.clone().unwrap_or_else(|| {
-                    sc.grid
-                        .as_ref()
-                        .map(|g| g.exclude_buses.clone())
-                        .unwrap_or_default()
-                });
-                controllers.push(Box::new(build_rule_based(
-                    r, &field, &d.name, models, exclude,
-                )?));
+                let dc = target_datacenter(r.datacenter.as_deref(), sites, &field)?;
+                let exclude = r.exclude_buses.clone().unwrap_or_else(grid_exclude);
+                Box::new(build_rule_based(r, &field, dc, models, exclude)?)
             }
             ControllerSection::TapSchedule { dt_s, changes } => {
                 let entries = changes
@@ -793,17 +932,101 @@ fn build_controllers(sc: &Scenario, models: &ModelBatches) -> Result<Vec<Box<dyn
                         taps: c.taps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     })
                     .collect();
-                controllers.push(Box::new(TapScheduleController::new(
-                    dt_s.exact(&format!("{field}.dt_s"))?,
-                    entries,
-                )?));
+                Box::new(TapScheduleController::new(dt(dt_s)?, entries)?)
             }
-            ControllerSection::StorageDroop(sd) => {
-                controllers.push(Box::new(build_storage_droop(sd, &field, sc)?));
-            }
-        }
+            ControllerSection::StorageDroop(sd) => Box::new(build_storage_droop(sd, &field, sc)?),
+            ControllerSection::LoadShift {
+                dt_s,
+                gpus_per_shift,
+                v_min,
+                v_max,
+            } => Box::new(build_load_shift(
+                sc,
+                models,
+                sites,
+                dt(dt_s)?,
+                *gpus_per_shift,
+                (*v_min, *v_max),
+            )?),
+        };
+        controllers.push(c);
     }
     Ok(controllers)
+}
+
+/// Per model, the schedule of a batch-schedule controller's changes.
+fn batch_schedules(
+    changes: &[ChangeSection],
+    field: &str,
+) -> Result<BTreeMap<String, BatchSizeSchedule>> {
+    let mut per_model: BTreeMap<String, Vec<BatchSizeChange>> = BTreeMap::new();
+    for ch in changes {
+        per_model
+            .entry(ch.model.clone())
+            .or_default()
+            .push(BatchSizeChange {
+                at_s: ch.at_s,
+                batch_size: ch.batch_size,
+                ramp_up_rate: ch.ramp_up_rate,
+            });
+    }
+    per_model
+        .into_iter()
+        .map(|(m, v)| {
+            Ok((
+                m.clone(),
+                BatchSizeSchedule::new(&format!("{field}.changes for {m}"), v)?,
+            ))
+        })
+        .collect()
+}
+
+/// The load-shift controller over every site (each serving the scenario's models) on its
+/// `grid.datacenter_buses` bus.
+fn build_load_shift(
+    sc: &Scenario,
+    models: &ModelBatches,
+    sites: &[&str],
+    dt_s: Seconds,
+    gpus_per_shift: u32,
+    (v_min, v_max): (Option<f64>, Option<f64>),
+) -> Result<LoadShiftController> {
+    let g = sc.grid.as_ref().ok_or_else(|| {
+        Error::config(
+            "controllers.load-shift",
+            "needs a [grid] with the sites' buses",
+        )
+    })?;
+    let shift_sites = sites
+        .iter()
+        .map(|name| ShiftSite {
+            datacenter: name.to_string(),
+            bus: g.datacenter_buses.get(*name).cloned().unwrap_or_default(),
+            models: sc.models.iter().map(|m| m.label.clone()).collect(),
+        })
+        .collect();
+    let shift_models = sc
+        .models
+        .iter()
+        .zip(models)
+        .map(|(m, (label, batches, _))| {
+            (
+                label.clone(),
+                ShiftModel {
+                    gpus_per_replica: m.gpus_per_replica,
+                    feasible_batch_sizes: batches.clone(),
+                },
+            )
+        })
+        .collect();
+    LoadShiftController::new(
+        dt_s,
+        shift_sites,
+        shift_models,
+        gpus_per_shift,
+        v_min.unwrap_or(g.v_min),
+        v_max.unwrap_or(g.v_max),
+    )
 }
 
 fn build_storage_droop(
@@ -1035,24 +1258,29 @@ fn profile_points(p: &ProfileSection, field: &str, base_dir: &Path) -> Result<Ve
 
 fn build_grid(
     g: &GridSection,
-    dc_name: &str,
+    sites: &[&str],
     base_dir: &Path,
 ) -> Result<(Box<dyn Grid>, GridOutputSpec)> {
-    let mut datacenters = Vec::new();
-    for (name, bus) in &g.datacenter_buses {
-        if name != dc_name {
-            return Err(Error::config(
-                "grid.datacenter_buses",
-                format!("no datacenter named {name:?} (the scenario's is {dc_name:?})"),
-            ));
-        }
-        datacenters.push((name.clone(), bus.clone()));
-    }
-    if datacenters.is_empty() {
+    if let Some(name) = g
+        .datacenter_buses
+        .keys()
+        .find(|n| !sites.contains(&n.as_str()))
+    {
         return Err(Error::config(
             "grid.datacenter_buses",
-            format!("empty: give {dc_name} = \"BUS\""),
+            format!("no datacenter named {name:?} (the scenario has {sites:?})"),
         ));
+    }
+    // In the coordinator's datacenter order: every site on a bus.
+    let mut datacenters = Vec::with_capacity(sites.len());
+    for name in sites {
+        let bus = g.datacenter_buses.get(*name).ok_or_else(|| {
+            Error::config(
+                "grid.datacenter_buses",
+                format!("no bus for datacenter {name:?}: give {name} = \"BUS\""),
+            )
+        })?;
+        datacenters.push((name.to_string(), bus.clone()));
     }
     if !(g.v_min < g.v_max) {
         return Err(Error::config("grid.v_min", "must be below grid.v_max"));

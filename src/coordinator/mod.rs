@@ -16,6 +16,7 @@
 pub mod clock;
 pub mod controllers;
 pub mod grid_metrics;
+pub mod load_shift;
 pub mod merge;
 pub mod ofo;
 pub mod sink;
@@ -181,6 +182,11 @@ pub trait Datacenter: Component {
         vec![[1.0 / 3.0; 3]; self.model_labels().len()]
     }
     fn apply_control(&mut self, command: &DatacenterCommand, events: &mut Events) -> Result<()>;
+    /// GPUs not serving any model's replicas at the last step (`None`: the backend cannot
+    /// tell, so no replicas are shifted to it).
+    fn available_gpu_capacity(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Voltages of a grid snapshot: (bus, per-phase pu, NaN for absent phases), and taps.

@@ -713,6 +713,15 @@ impl Datacenter for OfflineDatacenter {
         self.stepped.then_some(&self.state)
     }
 
+    fn available_gpu_capacity(&self) -> Option<u64> {
+        let used: u64 = self
+            .models
+            .iter()
+            .map(|x| x.replicas * x.d.gpus_per_replica as u64)
+            .sum();
+        Some(self.cfg.total_gpu_capacity.saturating_sub(used))
+    }
+
     fn apply_control(&mut self, command: &DatacenterCommand, events: &mut Events) -> Result<()> {
         let find = |labels: &[String], l: &str| {
             labels.iter().position(|x| x == l).ok_or_else(|| {
