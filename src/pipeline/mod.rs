@@ -398,11 +398,14 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         .take(range.len())
         .collect();
     tracing::debug!(%shard, groups = groups.len(), of = total_groups, "groups of this run");
-    // Measured runs are read and checked before anything is written (the last shard's).
+    // Measured runs are read and checked before anything is written (the last shard's);
+    // their files join the inputs only at step 5, so the compact fits (derived from the
+    // source alone) name the same inputs whole or sharded.
+    let mut measured_inputs = Vec::new();
     let measured_loaded = match (&cfg.measured, shard.index + 1 == shard.count) {
         (Some(m), true) => {
             let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
-            Some(load_measured(&root, opts, &mut inputs)?)
+            Some(load_measured(&root, opts, &mut measured_inputs)?)
         }
         _ => None,
     };
@@ -444,6 +447,7 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     let mut itl_quality = Vec::new();
     let mut measured_runs = 0;
     if let Some(runs) = measured_loaded {
+        inputs.append(&mut measured_inputs);
         let (n, quality, traces) = measured_stage(runs, out, &itl_opts, &mut outputs)?;
         measured_runs = n;
         itl_quality = quality;
