@@ -83,7 +83,7 @@ impl GridMetricsAccumulator {
                     state
                         .voltages_pu
                         .iter()
-                        .position(|(b, _)| b == bus)
+                        .position(|(b, _)| **b == **bus)
                         .map(|i| (i, phase - 1))
                 })
                 .collect();

@@ -431,7 +431,7 @@ mod tests {
             voltages_pu: ["b1", "b2", "b3"]
                 .iter()
                 .zip(v)
-                .map(|(b, v)| (b.to_string(), v))
+                .map(|(b, v)| ((*b).into(), v))
                 .collect(),
             ..GridState::default()
         }

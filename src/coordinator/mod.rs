@@ -193,7 +193,8 @@ pub trait Datacenter: Component {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GridState {
     pub time_s: f64,
-    pub voltages_pu: Vec<(String, [f64; 3])>,
+    /// Bus names are shared with the grid (no copy per step).
+    pub voltages_pu: Vec<(std::sync::Arc<str>, [f64; 3])>,
     /// Regulator (RegControl name) → tap (per unit).
     pub tap_positions: Vec<(String, f64)>,
     /// Every battery after the step, in the grid's storage order.
@@ -221,7 +222,7 @@ impl GridState {
     pub fn voltage(&self, bus: &str, phase: usize) -> Option<f64> {
         self.voltages_pu
             .iter()
-            .find(|(b, _)| b == bus)
+            .find(|(b, _)| &**b == bus)
             .map(|(_, v)| v[phase - 1])
             .filter(|v| v.is_finite())
     }

@@ -124,8 +124,10 @@ impl<R: Rows> Streamed<R> {
     }
 }
 
+/// The buffered values; the buffer keeps its capacity for the next row group (no regrowth).
 fn take<T>(v: &mut Vec<T>) -> Vec<T> {
-    std::mem::take(v)
+    let capacity = v.capacity();
+    std::mem::replace(v, Vec::with_capacity(capacity))
 }
 
 /// `steps`: one row per datacenter step.

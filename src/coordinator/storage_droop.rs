@@ -184,7 +184,7 @@ fn check_config(cfg: &DroopConfig) -> Result<()> {
 
 /// The lowest finite phase voltage of `bus` in a state.
 fn bus_min_voltage(state: &GridState, bus: &str) -> Option<f64> {
-    let (_, v) = state.voltages_pu.iter().find(|(b, _)| b == bus)?;
+    let (_, v) = state.voltages_pu.iter().find(|(b, _)| &**b == bus)?;
     v.iter().copied().filter(|x| x.is_finite()).reduce(f64::min)
 }
 

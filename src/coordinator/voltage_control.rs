@@ -105,10 +105,11 @@ impl RuleBasedController {
 
     /// The signed pressure of a snapshot: worst under-voltage if above the deadband, else
     /// minus the worst over-voltage if above it, else 0.
-    pub fn pressure(&self, voltages_pu: &[(String, [f64; 3])]) -> f64 {
+    pub fn pressure(&self, voltages_pu: &[(std::sync::Arc<str>, [f64; 3])]) -> f64 {
         let (mut under, mut over) = (0.0f64, 0.0f64);
         for (bus, abc) in voltages_pu {
-            if self.exclude.contains(bus) || self.zone.as_ref().is_some_and(|z| !z.contains(bus)) {
+            let named = |list: &[String]| list.iter().any(|b| **b == **bus);
+            if named(&self.exclude) || self.zone.as_deref().is_some_and(|z| !named(z)) {
                 continue;
             }
             for &v in abc.iter().filter(|v| v.is_finite()) {
@@ -363,7 +364,9 @@ mod tests {
     #[test]
     fn pressure_under_first_then_over_deadband_and_exclusions() {
         let c = rule();
-        let snap = |v: [f64; 3]| vec![("src".to_string(), [0.5; 3]), ("b".to_string(), v)];
+        let snap = |v: [f64; 3]| -> Vec<(std::sync::Arc<str>, [f64; 3])> {
+            vec![("src".into(), [0.5; 3]), ("b".into(), v)]
+        };
         // Under-voltage 0.02 wins over an over-voltage of 0.03.
         assert!((c.pressure(&snap([0.93, 1.08, f64::NAN])) - 0.02).abs() < 1e-12);
         assert!((c.pressure(&snap([1.0, 1.08, 1.0])) + 0.03).abs() < 1e-12);

@@ -92,7 +92,7 @@ pub struct FeederGrid {
     monitored: Vec<usize>,
     last_kw: Vec<[f64; 3]>,
     /// Every bus with its phase-1..3 node indices (the snapshot's layout, found once).
-    bus_nodes: Vec<(String, [Option<usize>; 3])>,
+    bus_nodes: Vec<(std::sync::Arc<str>, [Option<usize>; 3])>,
     /// The regulator on phase a, b, c (`None`: none or several, so the shorthand is refused).
     phase_regulator: [Option<String>; 3],
     /// Each battery and its load index in the power flow.
@@ -147,7 +147,7 @@ impl FeederGrid {
             .into_iter()
             .map(|bus| {
                 let nodes = [1, 2, 3].map(|p| net.node(&bus, p));
-                (bus, nodes)
+                (bus.into(), nodes)
             })
             .collect();
         let phase_regulator = phase_regulators(&feeder);
