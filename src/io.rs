@@ -1,11 +1,74 @@
-//! File-system helpers at the bottom of the crate (they import nothing above `error`): output
-//! folders staged beside their target and renamed into place, and the registry of what a
-//! signal must clean up (temporary files and staging folders of the running command).
+//! File-system helpers at the bottom of the crate (they import nothing above `error`): files
+//! written atomically (a temporary file beside the target, renamed), JSON read and written
+//! with errors that name the file, output folders staged beside their target and renamed into
+//! place, and the registry of what a signal must clean up (temporary files and staging folders
+//! of the running command).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
+
+/// Writes a file atomically: `write` fills a temporary file beside `path`, which is then
+/// flushed and renamed over `path`. On error the temporary file is removed.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
+    write(tmp.as_file_mut())?;
+    tmp.as_file_mut().flush().map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    // Temporary files are created 0600; artifacts are ordinary readable files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Pretty JSON with sorted keys (serde_json's map is ordered), written atomically.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let v = serde_json::to_value(value).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut text = serde_json::to_string_pretty(&v).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.push('\n');
+    write_atomic(path, |f| {
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
+    })
+}
+
+/// Reads a JSON file into `T`; an empty file or bad JSON is an error naming the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if text.trim().is_empty() {
+        return Err(Error::content(path, "file is empty"));
+    }
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 /// Paths to remove if the process is interrupted (SIGINT/SIGTERM) before it finishes them.
 static IN_PROGRESS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());

@@ -578,7 +578,7 @@ impl LearnedModel {
     /// Reads a learned model written by `synthesize --model-out`, checking its schema and that
     /// its cell table covers every engine state.
     pub fn read_json(path: &Path) -> Result<Self> {
-        let model: Self = crate::sources::measured::read_json(path)?;
+        let model: Self = crate::io::read_json(path)?;
         if model.schema != LEARNED_MODEL_SCHEMA {
             return Err(Error::content(
                 path,

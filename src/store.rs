@@ -7,7 +7,6 @@
 //! written last: a spec folder is complete iff its manifest exists and names the same inputs.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,51 +20,7 @@ use crate::spec::InferenceModelSpec;
 use crate::table::{write_parquet, Column, ParquetTable, Table};
 use crate::traces::{InferenceTrace, TemplateOptions};
 
-/// Writes a file atomically: `write` fills a temporary file beside `path`, which is then
-/// flushed and renamed over `path`. On error the temporary file is removed.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
-) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
-    write(tmp.as_file_mut())?;
-    tmp.as_file_mut().flush().map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    // Temporary files are created 0600; artifacts are ordinary readable files.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| Error::io(path, e))?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
-}
-
-/// Pretty JSON with sorted keys (serde_json's map is ordered), written atomically.
-pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let v = serde_json::to_value(value).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut text = serde_json::to_string_pretty(&v).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    text.push('\n');
-    write_atomic(path, |f| {
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
-    })
-}
+pub use crate::io::{write_atomic, write_json};
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -222,7 +177,7 @@ impl SpecStore {
         let mut a = SpecArtifacts::default();
         let lpath = dir.join("logistic_fit.json");
         if lpath.is_file() {
-            a.logistic = Some(crate::sources::measured::read_json(&lpath)?);
+            a.logistic = Some(crate::io::read_json(&lpath)?);
         }
         let ipath = dir.join("itl_fit.json");
         if ipath.is_file() {
@@ -230,7 +185,7 @@ impl SpecStore {
             struct ItlFile {
                 per_batch: BTreeMap<String, ItlMixture>,
             }
-            let f: ItlFile = crate::sources::measured::read_json(&ipath)?;
+            let f: ItlFile = crate::io::read_json(&ipath)?;
             for (k, m) in f.per_batch {
                 let b = k.parse().map_err(|_| {
                     Error::content(&ipath, format!("per_batch key {k:?} is not a batch size"))
@@ -240,7 +195,7 @@ impl SpecStore {
         }
         let rpath = dir.join("fit_report.json");
         if rpath.is_file() {
-            a.report = Some(crate::sources::measured::read_json(&rpath)?);
+            a.report = Some(crate::io::read_json(&rpath)?);
         }
         let tdir = dir.join("traces");
         if tdir.join(TraceStore::MANIFEST).is_file() {
@@ -447,6 +402,7 @@ pub fn sanitize(label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn spec() -> InferenceModelSpec {
         InferenceModelSpec::builder("m", "org/m", "H100", "lm-arena-chat")

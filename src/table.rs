@@ -117,7 +117,7 @@ pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
         what: e.to_string(),
     };
     let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| pq_err(&e))?;
-    crate::store::write_atomic(path, |file| {
+    crate::io::write_atomic(path, |file| {
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();

@@ -227,7 +227,7 @@ const COMPACT_SCHEMA: &str = "powersynth.compact_fits.v1";
 impl CompactFits {
     /// Reads a compact fits file, checking its schema.
     pub fn read(path: &Path) -> Result<Self> {
-        let compact: CompactFits = measured::read_json(path)?;
+        let compact: CompactFits = crate::io::read_json(path)?;
         if compact.schema != COMPACT_SCHEMA {
             return Err(Error::content(
                 path,

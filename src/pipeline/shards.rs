@@ -95,7 +95,7 @@ fn read_records(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Vec<DatasetSh
         if path.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        let r: DatasetShardRecord = crate::sources::measured::read_json(&path)?;
+        let r: DatasetShardRecord = crate::io::read_json(&path)?;
         if r.schema != SCHEMA {
             return Err(Error::content(
                 &path,

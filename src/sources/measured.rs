@@ -12,6 +12,7 @@ use chrono::NaiveDateTime;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::io::read_json;
 
 /// The parts of `manifest.json` the toolkit uses.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -294,17 +295,6 @@ fn check_requests_in_power_window(dir: &Path, log: &RequestLog, power: &PowerSer
         ));
     }
     Ok(())
-}
-
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    if text.trim().is_empty() {
-        return Err(Error::content(path, "file is empty"));
-    }
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// A CSV reader over the file with CRLF line ends made LF first (csv's record positions count
