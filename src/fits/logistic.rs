@@ -186,15 +186,27 @@ pub fn fit(x: &[f64], y: &[f64]) -> LogisticFitReport {
             });
         let (lo_x0, hi_x0) = (x_min - 1.0, x_max + 1.0);
         let (lo_lnk, hi_lnk) = (1e-2f64.ln(), 1e2f64.ln());
+        let scratch = std::cell::RefCell::new(Vec::with_capacity(x.len()));
         let cost = |p: &[f64]| {
             if p[0] < lo_x0 || p[0] > hi_x0 || p[1] < lo_lnk || p[1] > hi_lnk {
                 return f64::INFINITY;
             }
-            let mut s = Vec::with_capacity(x.len());
-            projected(x, y, p[0], p[1].exp(), &mut s).1
+            projected(x, y, p[0], p[1].exp(), &mut scratch.borrow_mut()).1
         };
         let start = [grid.x0, grid.k.ln()];
-        let (p, sse) = super::nelder_mead(cost, &start, &[0.1, 0.1], 2000);
+        // Stop once the simplex's SSEs agree to 1e-15 of the grid's SSE (an absolute 1e-14 sits
+        // below the SSE's own rounding on curves of hundreds of watts: the simplex would wander
+        // to its 2000-iteration limit), then restart from the best point with a small simplex
+        // while that still improves (a simplex can collapse before the minimum).
+        let tol = (1e-15 * grid_sse).max(1e-300);
+        let (mut p, mut sse) = super::nelder_mead_tol(cost, &start, &[0.1, 0.1], 2000, tol);
+        for _ in 0..10 {
+            let (q, c) = super::nelder_mead_tol(cost, &p, &[1e-3, 1e-3], 2000, tol);
+            if c >= sse {
+                break;
+            }
+            (p, sse) = (q, c);
+        }
         if sse < best_sse {
             let mut s = Vec::new();
             best = projected(x, y, p[0], p[1].exp(), &mut s).0;

@@ -23,6 +23,18 @@ pub(crate) fn nelder_mead(
     step: &[f64],
     max_iters: u64,
 ) -> (Vec<f64>, f64) {
+    nelder_mead_tol(cost, start, step, max_iters, 1e-14)
+}
+
+/// [`nelder_mead`] stopping once the standard deviation of the simplex's costs is below
+/// `sd_tolerance` (absolute, in the cost's units).
+pub(crate) fn nelder_mead_tol(
+    cost: impl Fn(&[f64]) -> f64,
+    start: &[f64],
+    step: &[f64],
+    max_iters: u64,
+    sd_tolerance: f64,
+) -> (Vec<f64>, f64) {
     struct Problem<F>(F);
     impl<F: Fn(&[f64]) -> f64> CostFunction for Problem<F> {
         type Param = Vec<f64>;
@@ -46,7 +58,7 @@ pub(crate) fn nelder_mead(
         v[i] += s;
         simplex.push(v);
     }
-    let solver = match NelderMead::new(simplex).with_sd_tolerance(1e-14) {
+    let solver = match NelderMead::new(simplex).with_sd_tolerance(sd_tolerance) {
         Ok(s) => s,
         Err(_) => return (start.to_vec(), start_cost),
     };
