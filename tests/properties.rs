@@ -282,3 +282,200 @@ fn feeder_scripts_with_mutated_lines_never_panic() {
         })
         .unwrap();
 }
+
+/// Serving settings (`synthesize --serving`) with edge values in every field: read or refused
+/// with an error naming the file, never a panic.
+#[test]
+fn serving_settings_with_edge_values_read_or_fail_with_an_error() {
+    use powersynth::engine::ServingConfig;
+    let field = || {
+        prop_oneof![
+            edge_number(),
+            Just("true".to_string()),
+            Just("\"x\"".to_string()),
+            Just("null".to_string()),
+            Just("-4294967297".to_string()),
+        ]
+    };
+    let flag = || {
+        prop_oneof![
+            3 => Just("true".to_string()),
+            3 => Just("false".to_string()),
+            1 => field(),
+        ]
+    };
+    let count = || prop_oneof![2 => (1u32..5000).prop_map(|v| v.to_string()), 1 => field()];
+    let strategy = (count(), count(), count(), flag(), flag(), any::<bool>());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serving.json");
+    let accepted = std::cell::Cell::new(0);
+    runner(300)
+        .run(&strategy, |(tp, seqs, tokens, chunked, cache, extra_key)| {
+            let as_json = |v: &str| match v.parse::<f64>() {
+                Ok(f) if !f.is_finite() => format!("{v:?}"),
+                _ => v.to_string(),
+            };
+            let text = format!(
+                r#"{{"model": "Qwen/Qwen3-8B", "hardware": "A100", "tp": {}, "max_num_seqs": {},
+                "max_num_batched_tokens": {}, "enable_chunked_prefill": {}, "enable_prefix_caching": {}{}}}"#,
+                as_json(&tp),
+                as_json(&seqs),
+                as_json(&tokens),
+                as_json(&chunked),
+                as_json(&cache),
+                if extra_key { r#", "max_num_seq": 8"# } else { "" }
+            );
+            std::fs::write(&path, text).unwrap();
+            match ServingConfig::from_file(&path) {
+                Ok(s) => {
+                    // What is accepted is usable: at least one request, one token, one GPU.
+                    prop_assert!(!extra_key, "an unknown key was accepted");
+                    prop_assert!(s.tp >= 1 && s.max_num_seqs >= 1 && s.max_num_batched_tokens >= 1);
+                    accepted.set(accepted.get() + 1);
+                }
+                Err(e) => prop_assert!(e.to_string().contains("serving.json"), "{e}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        accepted.get() > 0,
+        "no case was valid: the generator lost its valid values"
+    );
+}
+
+/// Pipeline files with edge values and unknown keys: read or refused, never a panic.
+#[test]
+fn pipeline_files_with_edge_values_read_or_fail_with_an_error() {
+    use powersynth::pipeline::PipelineConfig;
+    let strategy = (
+        edge_number(),
+        edge_number(),
+        edge_number(),
+        edge_number(),
+        prop_oneof![Just("robust"), Just("compatible"), Just("fast")],
+        any::<bool>(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    runner(300)
+        .run(&strategy, |(seed, cap, duration, dt, mode, typo)| {
+            let toml_number = |v: &str| match v {
+                "nan" | "inf" | "-inf" => v.to_string(),
+                _ => v.to_string(),
+            };
+            let text = format!(
+                "name = \"p\"\nseed = {}\n[source]\nkind = \"leaderboard\"\npath = \"x\"\n\
+                 [itl]\nmode = \"{mode}\"\nmax_samples = {}\n[templates]\nduration_s = {}\n\
+                 dt_s = {}\n{}steady_skip_s = 0.0\n",
+                toml_number(&seed),
+                toml_number(&cap),
+                toml_number(&duration),
+                toml_number(&dt),
+                if typo { "dt_ss = 1.0\n" } else { "" }
+            );
+            std::fs::write(&path, text).unwrap();
+            if let Ok(cfg) = PipelineConfig::from_file(&path) {
+                prop_assert!(!typo, "an unknown key was accepted");
+                if let Some(t) = &cfg.templates {
+                    prop_assert!(t.dt_s.is_finite() && t.dt_s > 0.0 && t.duration_s.is_finite());
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A learned model (learned once from a real run) with one to three numbers set to edge
+/// values: read or refused with an error naming the file; when read, a short synthesis runs
+/// to completion or fails with an error, never a panic or a non-finite power.
+#[test]
+fn learned_models_with_edge_values_read_or_fail_with_an_error() {
+    use powersynth::engine::ServingConfig;
+    use powersynth::learn::{learn, LearnOptions, LearnedModel};
+    use powersynth::workload::{Request, Workload};
+    let Some(run) = common::measured_run("r2p5") else {
+        return;
+    };
+    let model = learn(&[load_run(&run).unwrap()], &LearnOptions::default()).unwrap();
+    let value = serde_json::to_value(&model).unwrap();
+    // Every numeric leaf, by JSON pointer.
+    fn leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Number(_) => out.push(at),
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    leaves(x, format!("{at}/{i}"), out);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    leaves(
+                        x,
+                        format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        out,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut numbers = Vec::new();
+    leaves(&value, String::new(), &mut numbers);
+    assert!(numbers.len() > 100, "{} numeric fields", numbers.len());
+    let serving = ServingConfig::from_manifest(&load_run(&run).unwrap().manifest);
+    let workload = Workload {
+        requests: (0..20)
+            .map(|i| Request::new(i as f64 * 0.5, 200 + 37 * i, 50 + 11 * i))
+            .collect(),
+        session_names: vec![],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    // An edit sets a number to an edge value, or scales it (most numbers are power quantiles,
+    // which must stay ordered: a scaled one often does, an edge value rarely).
+    let edit = prop_oneof![
+        edge_number(),
+        (0.5f64..2.0).prop_map(|f| format!("x{f}")),
+        Just("x1.000001".to_string()),
+    ];
+    let edits = proptest::collection::vec((any::<prop::sample::Index>(), edit), 1..4);
+    let (read, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    runner(120)
+        .run(&edits, |edits| {
+            let mut v = value.clone();
+            for (index, edge) in &edits {
+                let pointer = index.get(&numbers);
+                let old = v.pointer(pointer).unwrap().as_f64().unwrap();
+                let new = match (edge.strip_prefix('x'), edge.parse::<f64>()) {
+                    (Some(factor), _) => serde_json::json!(old * factor.parse::<f64>().unwrap()),
+                    (None, Ok(f)) if f.is_finite() => serde_json::json!(f),
+                    _ => serde_json::json!(edge),
+                };
+                *v.pointer_mut(pointer).unwrap() = new;
+            }
+            std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+            match LearnedModel::read_json(&path) {
+                Err(e) => {
+                    refused.set(refused.get() + 1);
+                    prop_assert!(e.to_string().contains("model.json"), "{e}")
+                }
+                Ok(m) => {
+                    read.set(read.get() + 1);
+                    if let Ok((p, _)) =
+                        powersynth::synth::synthesize(&m, &serving, &workload, 0.0, 20.0, m.dt_s, 1)
+                    {
+                        prop_assert!(p.power_w.iter().all(|w| w.is_finite()), "{edits:?}");
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    eprintln!(
+        "learned models: {} read, {} refused",
+        read.get(),
+        refused.get()
+    );
+    assert!(read.get() > 0 && refused.get() > 0);
+}
