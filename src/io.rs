@@ -135,20 +135,32 @@ impl StagedDir {
     /// target must be absent, empty, or a previous result of the same command (it holds
     /// `marker`): a folder of anything else is never replaced.
     pub fn begin(target: &Path, marker: &str) -> Result<Self> {
+        Self::begin_with(target, &[marker], false)
+    }
+
+    /// [`StagedDir::begin`], the target recognised by any of `markers`; with
+    /// `keep_previous`, the staging folder starts as the previous result, its files hard-linked
+    /// (so a command that reuses earlier work, such as `build-dataset`'s spec cache, finds it;
+    /// files are only ever replaced by rename, never written in place, so the previous result
+    /// is not touched).
+    pub fn begin_with(target: &Path, markers: &[&str], keep_previous: bool) -> Result<Self> {
+        let mut previous = false;
         if target.exists() {
             let empty = std::fs::read_dir(target)
                 .map_err(|e| Error::io(target, e))?
                 .next()
                 .is_none();
-            if !empty && !target.join(marker).exists() {
+            if !empty && !markers.iter().any(|m| target.join(m).exists()) {
                 return Err(Error::content(
                     target,
                     format!(
-                        "exists and is not a previous result of this command (no {marker}): \
-                         the output folder is replaced whole, so give a new or empty folder"
+                        "exists and is not a previous result of this command (none of \
+                         {markers:?}): the output folder is replaced whole, so give a new or \
+                         empty folder"
                     ),
                 ));
             }
+            previous = !empty;
         }
         let name = target
             .file_name()
@@ -166,12 +178,16 @@ impl StagedDir {
             std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         }
         std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
-        Ok(StagedDir {
+        let staged = StagedDir {
             target: target.to_path_buf(),
             _registration: in_progress(&staging),
             staging,
             committed: false,
-        })
+        };
+        if previous && keep_previous {
+            link_tree(target, &staged.staging)?;
+        }
+        Ok(staged)
     }
 
     /// Where to write.
@@ -200,6 +216,23 @@ impl Drop for StagedDir {
             let _ = std::fs::remove_dir_all(&self.staging);
         }
     }
+}
+
+/// Recreates the folder tree under `from` in `to` (which exists), every file hard-linked
+/// (copied where the file system refuses a link).
+pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(|e| Error::io(&src, e))?;
+        if kind.is_dir() {
+            std::fs::create_dir(&dst).map_err(|e| Error::io(&dst, e))?;
+            link_tree(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes `.NAME.staging-PID*` folders in `parent` whose process is gone (Linux: no

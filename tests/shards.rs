@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use powersynth::coordinator::merge::merge_shards;
 use powersynth::coordinator::sink::{ParquetRunWriter, RUN_TABLES};
 use powersynth::scenario::{build, Overrides, Scenario};
@@ -298,4 +300,88 @@ fn sigterm_mid_run_leaves_the_output_folder_as_it_was() {
         steps
     );
     assert!(!fresh.exists());
+}
+
+/// `build-dataset` killed mid-run leaves --out as it was: a previous complete result
+/// (refitted with `--force` when killed) is byte-identical afterwards, a fresh folder is absent,
+/// and no staging folder is left. Then an uninterrupted rerun into the kept folder reuses its
+/// spec cache (the previous result is hard-linked into the staging folder, never modified).
+#[test]
+fn build_dataset_killed_mid_run_leaves_the_output_folder_as_it_was() {
+    let Some(leaderboard) = common::shared("mlenergy-leaderboard") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let pipeline = root.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"k\"\nseed = 0\n[source]\nkind = \"leaderboard\"\npath = {:?}\n\
+             tasks = [\"gpqa\", \"lm-arena-chat\"]\n[itl]\nmode = \"robust\"\nmax_samples = 2048\n",
+            leaderboard.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_build-dataset"))
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .arg("-q")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (kept, fresh) = (root.path().join("kept"), root.path().join("fresh"));
+    let o = run(&kept, &[]).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = tree(&kept);
+    let manifest = std::fs::read(kept.join("manifest.json")).unwrap();
+    for out in [&kept, &fresh] {
+        let mut child = run(out, &["--force"]);
+        // Wait until the run writes into its staging folder.
+        let writing = || {
+            tree(root.path())
+                .iter()
+                .any(|p| p.contains(".staging-") && p.contains("specs/"))
+        };
+        let t0 = std::time::Instant::now();
+        while !writing() {
+            assert!(t0.elapsed().as_secs() < 60, "the run never started writing");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pid = child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success(), "the run finished before the signal");
+        let left: Vec<String> = tree(root.path())
+            .into_iter()
+            .filter(|p| p.contains("staging") || p.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    assert_eq!(tree(&kept), before);
+    assert_eq!(std::fs::read(kept.join("manifest.json")).unwrap(), manifest);
+    assert!(!fresh.exists());
+    // A rerun reuses the kept spec cache whole.
+    let o = Command::new(env!("CARGO_BIN_EXE_build-dataset"))
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .arg("--out")
+        .arg(&kept)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["groups_built"], 0, "{summary}");
 }

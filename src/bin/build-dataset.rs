@@ -98,8 +98,22 @@ fn main() -> anyhow::Result<()> {
         bar: Mutex::new(None),
     };
     let started = std::time::Instant::now();
+    // A whole run builds its folder beside --out (the previous result hard-linked in, so its
+    // spec cache is reused) and renames it into place at the end: killed or failed, it leaves
+    // --out as it was. Shards and their merge share one --out across processes and write in
+    // place.
+    let staged = if args.shard.is_none() && !args.merge_shards {
+        Some(
+            powersynth::io::StagedDir::begin_with(&args.out, &["manifest.json", "specs"], true)
+                .with_context(|| format!("preparing {}", args.out.display()))?,
+        )
+    } else {
+        None
+    };
     let opts = RunOptions {
-        out_dir: args.out.clone(),
+        out_dir: staged
+            .as_ref()
+            .map_or_else(|| args.out.clone(), |s| s.path().to_path_buf()),
         force: args.force,
         source_path: args.source_path.clone(),
         measured_path: args.measured_path.clone(),
@@ -113,6 +127,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         pipeline::run(&cfg, &opts).with_context(|| format!("running pipeline {:?}", cfg.name))?
     };
+    if let Some(staged) = staged {
+        staged
+            .commit()
+            .with_context(|| format!("moving the result into {}", args.out.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(());
