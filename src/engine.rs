@@ -451,7 +451,16 @@ pub fn simulate(
 ) -> Result<Simulation> {
     serving.validate()?;
     timing.validate()?;
-    let reqs = &workload.requests;
+    check_workload(&workload.requests, serving)?;
+    let mut engine = Engine::new(&workload.requests, serving, timing, kv, grid);
+    engine.run();
+    Ok(engine.close_window())
+}
+
+/// Refuses a workload the engine cannot serve: a closed-loop follow-up listed before the turn
+/// it follows or with a non-finite think time, or (without chunked prefill) a prompt larger
+/// than the token budget of a batch.
+fn check_workload(reqs: &[crate::workload::Request], serving: &ServingConfig) -> Result<()> {
     if let Some((i, r)) = reqs
         .iter()
         .enumerate()
@@ -482,127 +491,267 @@ pub fn simulate(
             ));
         }
     }
-    let mut trace = EngineTrace::zeros(grid);
-    let nan = f64::NAN;
-    let mut outcomes = vec![
-        RequestOutcome {
-            arrival_s: nan,
-            admitted_s: nan,
-            counted_s: nan,
-            first_token_s: nan,
-            finished_s: nan,
-            cached_tokens: 0,
-        };
-        reqs.len()
-    ];
-    let mut cache = PrefixCache::new(serving.enable_prefix_caching, *kv);
-    let end_s = grid.end_s();
-    let budget = serving.max_num_batched_tokens;
-    let max_seqs = serving.max_num_seqs as usize;
+    Ok(())
+}
 
-    let mut arrivals = Arrivals::new(reqs);
-    let mut waiting: VecDeque<usize> = VecDeque::new();
-    let mut prefilling: Vec<Prefilling> = Vec::new();
-    // Decoding requests: (decode step at which the request finishes, request index).
-    let mut decoding: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
-    let mut decode_steps: u64 = 0;
-    let mut context_tokens: u64 = 0;
-    let mut t = arrivals.next_s().unwrap_or(end_s);
+/// What one engine step scheduled.
+struct StepPlan {
+    /// Running requests past their prefill: one decode token each.
+    decode_seqs: u32,
+    /// Prompt tokens prefilled in the step (sum of `chunks`).
+    prefill_tokens: u32,
+    /// Prefill chunks: (index into `Engine::prefilling`, tokens).
+    chunks: Vec<(usize, u32)>,
+    /// Requests admitted from the queue in this step.
+    admitted: Vec<usize>,
+    /// Token budget of the batch not yet used.
+    budget_left: u32,
+}
 
-    while t < end_s {
-        arrivals.arrive_until(t, &mut waiting);
-        if waiting.is_empty() && prefilling.is_empty() && decoding.is_empty() {
-            match arrivals.next_s() {
-                Some(next) => {
-                    t = next;
-                    continue;
+/// The state of the continuous-batching loop of [`simulate`]: the queue, the requests in
+/// prefill and in decode, the context their KV cache holds, and the binned trace so far.
+struct Engine<'a> {
+    reqs: &'a [crate::workload::Request],
+    serving: &'a ServingConfig,
+    timing: &'a StepTiming,
+    grid: BinGrid,
+    end_s: f64,
+    trace: EngineTrace,
+    outcomes: Vec<RequestOutcome>,
+    cache: PrefixCache,
+    arrivals: Arrivals,
+    /// Arrived requests not yet admitted, in arrival order.
+    waiting: VecDeque<usize>,
+    /// Admitted requests whose prompt is not fully prefilled, in admission order.
+    prefilling: Vec<Prefilling>,
+    /// Decoding requests: (decode step at which the request finishes, request index).
+    decoding: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Steps that decoded at least one request so far.
+    decode_steps: u64,
+    /// Context (prompt + generated tokens) held by the running requests.
+    context_tokens: u64,
+}
+
+impl<'a> Engine<'a> {
+    /// An idle engine before the first arrival: empty queue and batch, every outcome NaN.
+    fn new(
+        reqs: &'a [crate::workload::Request],
+        serving: &'a ServingConfig,
+        timing: &'a StepTiming,
+        kv: &KvCacheConfig,
+        grid: BinGrid,
+    ) -> Self {
+        let nan = f64::NAN;
+        let outcomes = vec![
+            RequestOutcome {
+                arrival_s: nan,
+                admitted_s: nan,
+                counted_s: nan,
+                first_token_s: nan,
+                finished_s: nan,
+                cached_tokens: 0,
+            };
+            reqs.len()
+        ];
+        Self {
+            reqs,
+            serving,
+            timing,
+            grid,
+            end_s: grid.end_s(),
+            trace: EngineTrace::zeros(grid),
+            outcomes,
+            cache: PrefixCache::new(serving.enable_prefix_caching, *kv),
+            arrivals: Arrivals::new(reqs),
+            waiting: VecDeque::new(),
+            prefilling: Vec::new(),
+            decoding: BinaryHeap::new(),
+            decode_steps: 0,
+            context_tokens: 0,
+        }
+    }
+
+    /// Runs engine steps back to back from the first arrival to the grid's end, skipping
+    /// idle time to the next arrival when nothing waits, prefills or decodes.
+    fn run(&mut self) {
+        let mut t = self.arrivals.next_s().unwrap_or(self.end_s);
+        while t < self.end_s {
+            self.arrivals.arrive_until(t, &mut self.waiting);
+            if self.waiting.is_empty() && self.prefilling.is_empty() && self.decoding.is_empty() {
+                match self.arrivals.next_s() {
+                    Some(next) => {
+                        t = next;
+                        continue;
+                    }
+                    None => break,
                 }
-                None => break,
             }
+            let plan = self.schedule_step(t);
+            let (t_end, mid) = self.time_and_bin_step(t, &plan);
+            self.apply_step(&plan, t_end, mid);
+            t = t_end;
         }
-        // Schedule one step.
-        let decode_seqs = decoding.len() as u32;
-        let mut left = budget.saturating_sub(decode_seqs);
-        let mut prefill_tokens = 0u32;
-        let mut chunks: Vec<(usize, u32)> = Vec::new(); // (index into prefilling, tokens)
-        let mut admitted: Vec<usize> = Vec::new();
-        for (k, p) in prefilling.iter().enumerate() {
-            if left == 0 {
+    }
+
+    /// Schedules one step at `t` within the batch's token budget: a decode token for every
+    /// decoding request, then the next prefill chunks, then admissions from the queue.
+    fn schedule_step(&mut self, t: f64) -> StepPlan {
+        let decode_seqs = self.decoding.len() as u32;
+        let mut plan = StepPlan {
+            decode_seqs,
+            prefill_tokens: 0,
+            chunks: Vec::new(),
+            admitted: Vec::new(),
+            budget_left: self
+                .serving
+                .max_num_batched_tokens
+                .saturating_sub(decode_seqs),
+        };
+        self.schedule_prefill_chunks(&mut plan);
+        self.admit_waiting(t, &mut plan);
+        plan
+    }
+
+    /// Gives the running requests whose prompt is only partly prefilled their next chunk,
+    /// in admission order, while budget is left.
+    fn schedule_prefill_chunks(&self, plan: &mut StepPlan) {
+        for (k, p) in self.prefilling.iter().enumerate() {
+            if plan.budget_left == 0 {
                 break;
             }
-            let rest = reqs[p.idx].input_tokens - p.done_tokens;
-            let chunk = rest.min(left);
-            chunks.push((k, chunk));
-            left -= chunk;
-            prefill_tokens += chunk;
+            let rest = self.reqs[p.idx].input_tokens - p.done_tokens;
+            let chunk = rest.min(plan.budget_left);
+            plan.chunks.push((k, chunk));
+            plan.budget_left -= chunk;
+            plan.prefill_tokens += chunk;
         }
-        while left > 0 && prefilling.len() + decoding.len() < max_seqs {
-            let Some(&idx) = waiting.front() else { break };
+    }
+
+    /// Admits waiting requests in arrival order at `t` while fewer than `max_num_seqs` run
+    /// and budget is left (without chunked prefill, only a prompt that fits whole): each one
+    /// takes its prefix-cache hit and a first prefill chunk of the rest of its prompt.
+    fn admit_waiting(&mut self, t: f64, plan: &mut StepPlan) {
+        let reqs = self.reqs;
+        let max_seqs = self.serving.max_num_seqs as usize;
+        while plan.budget_left > 0 && self.prefilling.len() + self.decoding.len() < max_seqs {
+            let Some(&idx) = self.waiting.front() else {
+                break;
+            };
             let need = reqs[idx].input_tokens;
-            if !serving.enable_chunked_prefill && need > left {
+            if !self.serving.enable_chunked_prefill && need > plan.budget_left {
                 break;
             }
-            waiting.pop_front();
-            outcomes[idx].admitted_s = t;
-            admitted.push(idx);
-            add_interval(&mut trace.waiting, &grid, arrivals.arrival_s[idx], t);
-            let hit = cache.admit(&reqs[idx], t);
-            outcomes[idx].cached_tokens = hit;
-            add_at(&mut trace.cached_tokens, &grid, t, hit as f64);
-            context_tokens += hit as u64;
+            self.waiting.pop_front();
+            self.outcomes[idx].admitted_s = t;
+            plan.admitted.push(idx);
+            let arrived = self.arrivals.arrival_s[idx];
+            add_interval(&mut self.trace.waiting, &self.grid, arrived, t);
+            let hit = self.cache.admit(&reqs[idx], t);
+            self.outcomes[idx].cached_tokens = hit;
+            add_at(&mut self.trace.cached_tokens, &self.grid, t, hit as f64);
+            self.context_tokens += hit as u64;
             let need = need - hit;
-            let chunk = need.min(left);
-            prefilling.push(Prefilling {
+            let chunk = need.min(plan.budget_left);
+            self.prefilling.push(Prefilling {
                 idx,
                 done_tokens: hit,
             });
-            chunks.push((prefilling.len() - 1, chunk));
-            left -= chunk;
-            prefill_tokens += chunk;
+            plan.chunks.push((self.prefilling.len() - 1, chunk));
+            plan.budget_left -= chunk;
+            plan.prefill_tokens += chunk;
         }
-        let step_context = context_tokens + prefill_tokens as u64;
-        let attention_ktokens: f64 = chunks
+    }
+
+    /// Times the step scheduled at `t` ([`StepTiming::step_s`] of its decodes, prefill
+    /// tokens, context and prefill attention) and bins what it does over its span: busy and
+    /// prefill-busy shares, context held, and its prompt tokens at its midpoint. Returns the
+    /// step's end and midpoint (s).
+    fn time_and_bin_step(&mut self, t: f64, plan: &StepPlan) -> (f64, f64) {
+        let grid = &self.grid;
+        let trace = &mut self.trace;
+        let step_context = self.context_tokens + plan.prefill_tokens as u64;
+        let attention_ktokens: f64 = plan
+            .chunks
             .iter()
-            .map(|&(k, c)| c as f64 * (prefilling[k].done_tokens as f64 + 0.5 * c as f64) * 1e-3)
+            .map(|&(k, c)| {
+                c as f64 * (self.prefilling[k].done_tokens as f64 + 0.5 * c as f64) * 1e-3
+            })
             .sum();
-        let dur = timing.step_s(decode_seqs, prefill_tokens, step_context, attention_ktokens);
+        let dur = self.timing.step_s(
+            plan.decode_seqs,
+            plan.prefill_tokens,
+            step_context,
+            attention_ktokens,
+        );
         let t_end = t + dur;
         let mid = t + 0.5 * dur;
-        add_at(&mut trace.prefill_tokens, &grid, mid, prefill_tokens as f64);
-        add_interval(&mut trace.busy, &grid, t, t_end);
-        let prefill_share = timing.prefill_s(prefill_tokens, attention_ktokens) / dur;
-        add_interval_weighted(&mut trace.prefill_busy, &grid, t, t_end, prefill_share);
+        add_at(
+            &mut trace.prefill_tokens,
+            grid,
+            mid,
+            plan.prefill_tokens as f64,
+        );
+        add_interval(&mut trace.busy, grid, t, t_end);
+        let prefill_share = self
+            .timing
+            .prefill_s(plan.prefill_tokens, attention_ktokens)
+            / dur;
+        add_interval_weighted(&mut trace.prefill_busy, grid, t, t_end, prefill_share);
         add_interval_weighted(
             &mut trace.context_tokens,
-            &grid,
+            grid,
             t,
             t_end,
             step_context as f64,
         );
+        (t_end, mid)
+    }
 
-        // Apply the step.
-        for &idx in &admitted {
-            outcomes[idx].counted_s = t_end;
+    /// Applies the step that ends at `t_end`: its admissions start counting in the running
+    /// gauge, the KV cache grows by the tokens it processed, finished decodes leave,
+    /// completed prefills yield their first token, and its output tokens are binned at its
+    /// midpoint `mid`; the prefix cache then evicts free blocks until the running requests'
+    /// context and the cached blocks fit the KV cache.
+    fn apply_step(&mut self, plan: &StepPlan, t_end: f64, mid: f64) {
+        for &idx in &plan.admitted {
+            self.outcomes[idx].counted_s = t_end;
         }
-        let mut produced = decode_seqs as u64;
-        context_tokens += decode_seqs as u64 + prefill_tokens as u64;
-        if decode_seqs > 0 {
-            decode_steps += 1;
-            while let Some(&Reverse((finish, idx))) = decoding.peek() {
-                if finish > decode_steps {
-                    break;
-                }
-                decoding.pop();
-                outcomes[idx].finished_s = t_end;
-                cache.finished(&reqs[idx], t_end);
-                arrivals.finished(idx, t_end, reqs);
-                add_interval(&mut trace.running, &grid, outcomes[idx].counted_s, t_end);
-                context_tokens -= (reqs[idx].input_tokens + reqs[idx].output_tokens) as u64;
+        let mut produced = plan.decode_seqs as u64;
+        self.context_tokens += plan.decode_seqs as u64 + plan.prefill_tokens as u64;
+        if plan.decode_seqs > 0 {
+            self.decode_steps += 1;
+            self.finish_decodes(t_end);
+        }
+        produced += self.advance_prefills(&plan.chunks, t_end);
+        add_at(
+            &mut self.trace.decode_tokens,
+            &self.grid,
+            mid,
+            produced as f64,
+        );
+        self.cache.evict_to_fit(self.context_tokens);
+    }
+
+    /// Removes the decoding requests whose last token came in the decode step just counted:
+    /// they finish at `t_end`.
+    fn finish_decodes(&mut self, t_end: f64) {
+        while let Some(&Reverse((finish, idx))) = self.decoding.peek() {
+            if finish > self.decode_steps {
+                break;
             }
+            self.decoding.pop();
+            self.finish(idx, t_end);
         }
+    }
+
+    /// Adds this step's prefill chunks to their requests; a request whose prompt is now
+    /// prefilled yields its first token at `t_end` and either finishes (one output token)
+    /// or moves to decode. Returns the first tokens produced.
+    fn advance_prefills(&mut self, chunks: &[(usize, u32)], t_end: f64) -> u64 {
+        let reqs = self.reqs;
         let mut completed: Vec<usize> = Vec::new();
-        for &(k, chunk) in &chunks {
-            let p = &mut prefilling[k];
+        for &(k, chunk) in chunks {
+            let p = &mut self.prefilling[k];
             p.done_tokens += chunk;
             if p.done_tokens == reqs[p.idx].input_tokens {
                 completed.push(k);
@@ -610,40 +759,64 @@ pub fn simulate(
         }
         // Remove completed prefills (highest index first keeps the others' positions valid).
         completed.sort_unstable_by(|a, b| b.cmp(a));
+        let mut produced = 0;
         for k in completed {
-            let idx = prefilling.remove(k).idx;
+            let idx = self.prefilling.remove(k).idx;
             produced += 1;
-            context_tokens += 1;
-            outcomes[idx].first_token_s = t_end;
-            cache.prefilled(&reqs[idx], t_end);
+            self.context_tokens += 1;
+            self.outcomes[idx].first_token_s = t_end;
+            self.cache.prefilled(&reqs[idx], t_end);
             let out = reqs[idx].output_tokens;
             if out <= 1 {
-                outcomes[idx].finished_s = t_end;
-                cache.finished(&reqs[idx], t_end);
-                arrivals.finished(idx, t_end, reqs);
-                add_interval(&mut trace.running, &grid, outcomes[idx].counted_s, t_end);
-                context_tokens -= (reqs[idx].input_tokens + out) as u64;
+                self.finish(idx, t_end);
             } else {
-                decoding.push(Reverse((decode_steps + (out - 1) as u64, idx)));
+                self.decoding
+                    .push(Reverse((self.decode_steps + (out - 1) as u64, idx)));
             }
         }
-        add_at(&mut trace.decode_tokens, &grid, mid, produced as f64);
-        cache.evict_to_fit(context_tokens);
-        t = t_end;
+        produced
     }
-    // Requests still in the system at the end of the window.
-    for o in &outcomes {
-        if o.admitted_s.is_finite() && o.finished_s.is_nan() {
-            add_interval(&mut trace.running, &grid, o.counted_s, end_s);
+
+    /// Request `idx` finishes at `t_end`: its session's KV cache blocks become free (but
+    /// stay cached), its follow-up turns are released, its running interval is binned and
+    /// its context leaves the batch.
+    fn finish(&mut self, idx: usize, t_end: f64) {
+        let reqs = self.reqs;
+        let r = &reqs[idx];
+        self.outcomes[idx].finished_s = t_end;
+        self.cache.finished(r, t_end);
+        self.arrivals.finished(idx, t_end, reqs);
+        let counted = self.outcomes[idx].counted_s;
+        add_interval(&mut self.trace.running, &self.grid, counted, t_end);
+        self.context_tokens -= (r.input_tokens + r.output_tokens) as u64;
+    }
+
+    /// Ends the window: requests still running count to the grid's end, requests still
+    /// waiting (or arrived and never admitted) wait to the end, and every outcome gets its
+    /// arrival time.
+    fn close_window(self) -> Simulation {
+        let Self {
+            grid,
+            end_s,
+            mut trace,
+            mut outcomes,
+            arrivals,
+            waiting,
+            ..
+        } = self;
+        for o in &outcomes {
+            if o.admitted_s.is_finite() && o.finished_s.is_nan() {
+                add_interval(&mut trace.running, &grid, o.counted_s, end_s);
+            }
         }
+        for idx in waiting.iter().copied().chain(arrivals.left()) {
+            add_interval(&mut trace.waiting, &grid, arrivals.arrival_s[idx], end_s);
+        }
+        for (o, &a) in outcomes.iter_mut().zip(&arrivals.arrival_s) {
+            o.arrival_s = a;
+        }
+        Simulation { trace, outcomes }
     }
-    for idx in waiting.iter().copied().chain(arrivals.left()) {
-        add_interval(&mut trace.waiting, &grid, arrivals.arrival_s[idx], end_s);
-    }
-    for (o, &a) in outcomes.iter_mut().zip(&arrivals.arrival_s) {
-        o.arrival_s = a;
-    }
-    Ok(Simulation { trace, outcomes })
 }
 
 /// vLLM's `num_requests_running` gauge at each of `times_s` (sorted ascending): the requests

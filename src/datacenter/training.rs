@@ -79,84 +79,124 @@ impl TrainingTrace {
         let mut rng = Pcg64::seed_from_u64(p.seed);
         let n = (p.duration_s / p.dt_s).ceil() as usize;
         let t: Vec<f64> = (0..n).map(|i| i as f64 * p.dt_s).collect();
-        let mut env = Vec::with_capacity(n);
-        let mut high = true;
-        while env.len() < n {
-            let (lo, hi, level) = if high {
-                (p.seg_hi_range_s.0, p.seg_hi_range_s.1, p.p_hi_w)
-            } else {
-                (p.seg_lo_range_s.0, p.seg_lo_range_s.1, p.p_lo_w)
-            };
-            let len = (rng.gen_range(lo..=hi) / p.dt_s).round_ties_even().max(1.0) as usize;
-            env.extend(std::iter::repeat_n(level, len.min(n - env.len())));
-            high = !high;
-        }
-        let mid = 0.5 * (p.p_hi_w + p.p_lo_w);
+        let env = segment_envelope(p, n, &mut rng);
         let mut power = env.clone();
-        let nh = Normal::new(0.0, p.sigma_hi_w.max(0.0))
-            .map_err(|e| Error::config("training.sigma_hi_w", e.to_string()))?;
-        let nl = Normal::new(0.0, p.sigma_lo_w.max(0.0))
-            .map_err(|e| Error::config("training.sigma_lo_w", e.to_string()))?;
-        for (i, e) in env.iter().enumerate() {
-            if *e > mid {
-                power[i] += nh.sample(&mut rng);
-            }
-        }
-        for (i, e) in env.iter().enumerate() {
-            if *e <= mid {
-                power[i] += nl.sample(&mut rng);
-            }
-        }
+        add_noise(p, &env, &mut power, &mut rng)?;
         let w = ((p.smooth_window_s / p.dt_s).round_ties_even() as usize).max(1);
         if w > 1 {
-            // numpy convolve(mode="same") with a box of w ones / w: zero padding at the ends.
-            let left = (w - 1) / 2;
-            let src = power.clone();
-            for (i, out) in power.iter_mut().enumerate() {
-                let mut s = 0.0;
-                for j in 0..w {
-                    let k = i as i64 + j as i64 - (w - 1 - left) as i64;
-                    if k >= 0 && (k as usize) < n {
-                        s += src[k as usize];
-                    }
-                }
-                *out = s / w as f64;
-            }
+            moving_average(&mut power, w);
         }
-        let lambda = p.dip_prob_per_s * p.duration_s;
-        let dips = if lambda > 0.0 {
-            Poisson::new(lambda)
-                .map_err(|e| Error::config("training.dip_prob_per_s", e.to_string()))?
-                .sample(&mut rng) as usize
-        } else {
-            0
-        };
-        for _ in 0..dips {
-            let t0 = rng.gen_range(0.0..p.duration_s);
-            let k0 = (t0 / p.dt_s).floor() as usize;
-            let d = rng.gen_range(p.dip_dur_range_s.0..=p.dip_dur_range_s.1);
-            let k1 = n.min(k0 + (d / p.dt_s).round_ties_even() as usize);
-            if k1 <= k0 {
-                continue;
-            }
-            let depth = rng.gen_range(p.dip_depth_range_w.0..=p.dip_depth_range_w.1);
-            for v in &mut power[k0..k1] {
-                *v = (*v - depth).max(0.0);
-            }
-        }
-        let k = n.min((p.ramp_s / p.dt_s).round_ties_even() as usize);
-        for (i, v) in power[..k].iter_mut().enumerate() {
-            let ramp = if k > 1 {
-                p.ramp_from_w + (p.p_hi_w - p.ramp_from_w) * i as f64 / (k - 1) as f64
-            } else {
-                p.ramp_from_w
-            };
-            *v = v.min(ramp);
-        }
+        add_dips(p, &mut power, &mut rng)?;
+        cap_by_ramp(p, &mut power);
         Ok(TrainingTrace {
             t_s: t,
             power_w: power,
         })
+    }
+}
+
+/// The trace's envelope over `n` samples: alternating high and low power segments of
+/// random lengths, starting high.
+fn segment_envelope(p: &TrainingTraceParams, n: usize, rng: &mut Pcg64) -> Vec<f64> {
+    let mut env = Vec::with_capacity(n);
+    let mut high = true;
+    while env.len() < n {
+        let (lo, hi, level) = if high {
+            (p.seg_hi_range_s.0, p.seg_hi_range_s.1, p.p_hi_w)
+        } else {
+            (p.seg_lo_range_s.0, p.seg_lo_range_s.1, p.p_lo_w)
+        };
+        let len = (rng.gen_range(lo..=hi) / p.dt_s).round_ties_even().max(1.0) as usize;
+        env.extend(std::iter::repeat_n(level, len.min(n - env.len())));
+        high = !high;
+    }
+    env
+}
+
+/// Adds Gaussian noise to `power`: σ_hi on the samples of high segments of `env` (drawn
+/// first, in order), then σ_lo on those of low segments.
+fn add_noise(
+    p: &TrainingTraceParams,
+    env: &[f64],
+    power: &mut [f64],
+    rng: &mut Pcg64,
+) -> Result<()> {
+    let mid = 0.5 * (p.p_hi_w + p.p_lo_w);
+    let nh = Normal::new(0.0, p.sigma_hi_w.max(0.0))
+        .map_err(|e| Error::config("training.sigma_hi_w", e.to_string()))?;
+    let nl = Normal::new(0.0, p.sigma_lo_w.max(0.0))
+        .map_err(|e| Error::config("training.sigma_lo_w", e.to_string()))?;
+    for (i, e) in env.iter().enumerate() {
+        if *e > mid {
+            power[i] += nh.sample(rng);
+        }
+    }
+    for (i, e) in env.iter().enumerate() {
+        if *e <= mid {
+            power[i] += nl.sample(rng);
+        }
+    }
+    Ok(())
+}
+
+/// Smooths `power` in place with a moving average over `w` samples: numpy
+/// `convolve(mode="same")` with a box of w ones / w, zero padding at the ends.
+fn moving_average(power: &mut [f64], w: usize) {
+    let n = power.len();
+    let left = (w - 1) / 2;
+    let src = power.to_vec();
+    for (i, out) in power.iter_mut().enumerate() {
+        let mut s = 0.0;
+        for j in 0..w {
+            let k = i as i64 + j as i64 - (w - 1 - left) as i64;
+            if k >= 0 && (k as usize) < n {
+                s += src[k as usize];
+            }
+        }
+        *out = s / w as f64;
+    }
+}
+
+/// Cuts Poisson-many dips (rate `dip_prob_per_s` over the trace) of random start, length
+/// and depth into `power`, floored at 0 W.
+fn add_dips(p: &TrainingTraceParams, power: &mut [f64], rng: &mut Pcg64) -> Result<()> {
+    let n = power.len();
+    let lambda = p.dip_prob_per_s * p.duration_s;
+    let dips = if lambda > 0.0 {
+        Poisson::new(lambda)
+            .map_err(|e| Error::config("training.dip_prob_per_s", e.to_string()))?
+            .sample(rng) as usize
+    } else {
+        0
+    };
+    for _ in 0..dips {
+        let t0 = rng.gen_range(0.0..p.duration_s);
+        let k0 = (t0 / p.dt_s).floor() as usize;
+        let d = rng.gen_range(p.dip_dur_range_s.0..=p.dip_dur_range_s.1);
+        let k1 = n.min(k0 + (d / p.dt_s).round_ties_even() as usize);
+        if k1 <= k0 {
+            continue;
+        }
+        let depth = rng.gen_range(p.dip_depth_range_w.0..=p.dip_depth_range_w.1);
+        for v in &mut power[k0..k1] {
+            *v = (*v - depth).max(0.0);
+        }
+    }
+    Ok(())
+}
+
+/// Caps the first `ramp_s` of `power` by the warm-up ramp, linear from `ramp_from_w` to
+/// `p_hi_w`.
+fn cap_by_ramp(p: &TrainingTraceParams, power: &mut [f64]) {
+    let n = power.len();
+    let k = n.min((p.ramp_s / p.dt_s).round_ties_even() as usize);
+    for (i, v) in power[..k].iter_mut().enumerate() {
+        let ramp = if k > 1 {
+            p.ramp_from_w + (p.p_hi_w - p.ramp_from_w) * i as f64 / (k - 1) as f64
+        } else {
+            p.ramp_from_w
+        };
+        *v = v.min(ramp);
     }
 }
 
