@@ -6,11 +6,29 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+
+/// Held shared while a file or folder is created in an output (or renamed into it); the
+/// signal handler takes it exclusively before it removes the run's staging folders and
+/// temporary files, and after that every creation fails: no worker thread can recreate a
+/// staging folder the handler has just removed.
+static WRITE_GATE: RwLock<()> = RwLock::new(());
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Permission to create files in an output, for as long as the guard lives; an error once
+/// the process is being interrupted.
+pub fn write_gate() -> Result<RwLockReadGuard<'static, ()>> {
+    let guard = WRITE_GATE.read().unwrap_or_else(|e| e.into_inner());
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(Error::data("interrupted: no more files are written"));
+    }
+    Ok(guard)
+}
 
 /// Writes a file atomically: `write` fills a temporary file beside `path`, which is then
 /// flushed and renamed over `path`. On error the temporary file is removed.
@@ -22,6 +40,7 @@ pub fn write_atomic(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let _gate = write_gate()?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -103,7 +122,10 @@ impl Drop for InProgress {
 }
 
 /// Removes every registered path (the signal handler's job); returns how many were removed.
+/// Waits for files being created to be done and refuses any later one ([`write_gate`]).
 pub fn remove_in_progress() -> usize {
+    let _gate = WRITE_GATE.write().unwrap_or_else(|e| e.into_inner());
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let paths = std::mem::take(&mut *registry());
     let mut n = 0;
     for p in paths.iter().rev() {

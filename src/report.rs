@@ -454,7 +454,9 @@ pub fn write_html(path: &Path, html: &str) -> Result<()> {
 /// Writes `metrics.parquet`, `report.html` and one `power/<run>.parquet` per run (one schema
 /// in the folder, the run in a `run_id` column) into `dir`; returns the printed table.
 pub fn write_validation(dir: &Path, results: &[RunValidation]) -> Result<String> {
+    let gate = crate::io::write_gate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    drop(gate);
     let table = metrics_table(results);
     write_parquet(&dir.join("metrics.parquet"), &table)?;
     for v in results {

@@ -1374,15 +1374,36 @@ fn template(trace: &InferenceTrace, topts: &TemplateOptions, periodic: bool) -> 
     build_template(trace, topts)
 }
 
+/// A model's templates per batch size, and its ITL fits when the power source carries them.
+type SourceTemplates = (Templates, Option<BTreeMap<u32, ItlMixture>>);
+
+/// What every power source's templates are built with.
+struct TemplateContext<'a> {
+    /// `models.<label>.power`: the field errors name.
+    field: String,
+    /// GPUs per replica.
+    gpus: u32,
+    base_dir: &'a Path,
+    topts: &'a TemplateOptions,
+    periodic: bool,
+    seed: u64,
+}
+
 fn templates_for(
     m: &ModelSection,
     base_dir: &Path,
     topts: &TemplateOptions,
     periodic: bool,
     seed: u64,
-) -> Result<(Templates, Option<BTreeMap<u32, ItlMixture>>)> {
-    let field = format!("models.{}.power", m.label);
-    let g = m.gpus_per_replica;
+) -> Result<SourceTemplates> {
+    let ctx = TemplateContext {
+        field: format!("models.{}.power", m.label),
+        gpus: m.gpus_per_replica,
+        base_dir,
+        topts,
+        periodic,
+        seed,
+    };
     match &m.power {
         PowerSource::Parametric {
             batch_sizes,
@@ -1394,192 +1415,349 @@ fn templates_for(
             trace_dt_s,
             seed: trace_seed,
         } => {
-            if batch_sizes.is_empty()
-                || !(*trace_dt_s > 0.0 && *trace_s > *trace_dt_s && trace_s.is_finite())
-            {
-                return Err(Error::config(
-                    &field,
-                    "need batch_sizes and trace_s > trace_dt_s > 0",
-                ));
-            }
-            if let Some((lo, hi)) = clip_w {
-                if !(*lo >= 0.0 && lo <= hi && hi.is_finite()) {
-                    return Err(Error::config(
-                        format!("{field}.clip_w"),
-                        format!("[{lo}, {hi}] (need 0 ≤ lo ≤ hi, finite)"),
-                    ));
-                }
-            }
-            let finite = [level_w.0, level_w.1, *noise_sd_w]
-                .into_iter()
-                .chain(ripples.iter().flat_map(|r| [r.0, r.1]))
-                .all(f64::is_finite);
-            if !finite || ripples.iter().any(|r| !(r.1 > 0.0)) {
-                return Err(Error::config(
-                    &field,
-                    "level_w, ripples (amplitude, period > 0) and noise_sd_w must be finite",
-                ));
-            }
-            let bmin = *batch_sizes.iter().min().unwrap_or(&1);
-            let bmax = *batch_sizes.iter().max().unwrap_or(&1);
-            let noise = Normal::new(0.0, noise_sd_w.max(0.0))
-                .map_err(|e| Error::config(&field, e.to_string()))?;
-            let mut rng =
-                Pcg64::seed_from_u64(seed ^ trace_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let samples = trace_s / trace_dt_s;
-            if samples > crate::traces::MAX_TEMPLATE_SAMPLES as f64 {
-                return Err(Error::config(
-                    &field,
-                    format!(
-                        "trace_s / trace_dt_s = {samples:.3e} samples, over {}: shorten trace_s",
-                        crate::traces::MAX_TEMPLATE_SAMPLES
-                    ),
-                ));
-            }
-            let n = (samples + 1e-9).floor() as usize + 1;
-            let t: Vec<f64> = (0..n).map(|i| i as f64 * trace_dt_s).collect();
-            let mut out = BTreeMap::new();
-            for &b in batch_sizes {
-                let level = log2_level(b, bmin, bmax, level_w.0, level_w.1);
-                let per_gpu: Vec<f64> = t
-                    .iter()
-                    .map(|&ti| {
-                        let mut p = level;
-                        for (amp, period) in ripples {
-                            p += amp * (2.0 * std::f64::consts::PI * ti / period).sin();
-                        }
-                        p += noise.sample(&mut rng);
-                        match clip_w {
-                            Some((lo, hi)) => p.clamp(*lo, *hi),
-                            None => p.max(0.0),
-                        }
-                    })
-                    .collect();
-                let total = per_gpu.iter().map(|p| p * g as f64).collect();
-                let trace = InferenceTrace::new(t.clone(), total, g)?;
-                out.insert(b, Arc::from(template(&trace, topts, periodic)?));
-            }
-            Ok((out, None))
+            let source = ParametricSource {
+                batch_sizes,
+                level_w: *level_w,
+                ripples,
+                noise_sd_w: *noise_sd_w,
+                clip_w: *clip_w,
+                trace_s: *trace_s,
+                trace_dt_s: *trace_dt_s,
+                trace_seed: *trace_seed,
+            };
+            Ok((source.templates(&ctx)?, None))
         }
-        PowerSource::SpecStore { dir, spec } => {
-            let store = crate::store::SpecStore::new(base_dir.join(dir));
-            let art = store.load(spec)?;
-            if art.traces.is_empty() {
-                return Err(Error::config(
-                    &field,
-                    format!(
-                        "spec store {} holds no traces for {:?}",
-                        dir.display(),
-                        spec.model_label
-                    ),
-                ));
-            }
-            // Only the batch sizes a controller may choose (`feasible_batch_sizes`, default
-            // every built one) get templates and ITL fits: a command to another is refused.
-            let mut spec = spec.clone();
-            spec.validate()
-                .map_err(|e| Error::config(&field, e.to_string()))?;
-            let feasible = |b: &u32| spec.feasible_batch_sizes.contains(b);
-            let mut out = BTreeMap::new();
-            for (b, tr) in art.traces.iter().filter(|(b, _)| feasible(b)) {
-                out.insert(*b, Arc::from(template(tr, topts, periodic)?));
-            }
-            let itl = art.itl.into_iter().filter(|(b, _)| feasible(b)).collect();
-            Ok((out, Some(itl)))
-        }
+        PowerSource::SpecStore { dir, spec } => spec_store_templates(&ctx, dir, spec),
         PowerSource::Synthesized {
             train,
             batch_sizes,
             rate_per_s,
             burstiness,
             series_s,
-            seed: s_seed,
+            seed: series_seed,
             model: served_model,
             hardware,
             leaderboard,
             leaderboard_task,
             stand_in,
         } => {
-            let runs = train
-                .iter()
-                .map(|p| crate::sources::measured::load_run(&base_dir.join(p)))
-                .collect::<Result<Vec<_>>>()?;
-            let first = runs
-                .first()
-                .ok_or_else(|| Error::config(&field, "train: need ≥ 1 measured run"))?;
-            let mut serving = crate::engine::ServingConfig::from_manifest(&first.manifest);
-            serving.model = served_model.clone().unwrap_or(serving.model);
-            serving.hardware = hardware.clone().unwrap_or(serving.hardware);
-            let lb = match leaderboard {
-                Some(d) => Some(crate::pipeline::leaderboard_configs(&base_dir.join(d))?.1),
-                None => None,
+            let source = SynthesizedSource {
+                train,
+                batch_sizes,
+                rate_per_s: *rate_per_s,
+                burstiness: *burstiness,
+                series_s: *series_s,
+                series_seed: *series_seed,
+                served_model,
+                hardware,
+                leaderboard,
+                leaderboard_task,
+                stand_in,
             };
-            if lb.is_some() {
-                serving.tp = g;
-            } else if serving.tp != g {
-                return Err(Error::config(
-                    &field,
-                    format!(
-                        "training runs have TP {}, the model has {g} GPUs per replica (give \
-                         `leaderboard` to transfer)",
-                        serving.tp
-                    ),
-                ));
-            }
-            let transfer_opts = crate::transfer::TransferOptions {
-                task: leaderboard_task.clone().unwrap_or_default(),
-                stand_ins: stand_in.clone(),
-            };
-            let (model, _) = crate::transfer::model_for(
-                &serving,
-                &runs,
-                lb.as_deref(),
-                &transfer_opts,
-                &crate::learn::LearnOptions::default(),
-            )
-            .map_err(|e| Error::config(&field, e.to_string()))?;
-            let mut all = crate::workload::Workload::default();
-            for r in &runs {
-                let w = crate::workload::Workload::from_log(&r.requests)?;
-                all.requests.extend(w.requests);
-            }
-            let tokens = crate::workload::EmpiricalTokens::from_workload(&all)?;
-            let mut out = BTreeMap::new();
-            for &b in batch_sizes {
-                serving.max_num_seqs = b;
-                let mut rng = Pcg64::seed_from_u64(
-                    seed ^ s_seed
-                        .wrapping_add(b as u64)
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
-                let w = crate::workload::Workload::gamma_renewal(
-                    *rate_per_s,
-                    *burstiness,
-                    0.0,
-                    *series_s,
-                    &tokens,
-                    &mut rng,
-                )?;
-                let (series, _) = crate::synth::synthesize(
-                    &model,
-                    &serving,
-                    &w,
-                    0.0,
-                    *series_s,
-                    model.dt_s,
-                    rng_seed(seed, b),
-                )?;
-                let ts: Vec<f64> = (0..series.power_w.len()).map(|i| series.t_s(i)).collect();
-                let per_gpu: Vec<f64> = series.power_w.iter().map(|p| p / g as f64).collect();
-                let period = ts[ts.len() - 1];
-                let tpl: Vec<f64> = (0..topts.len())
-                    .map(|i| interp(&ts, &per_gpu, (i as f64 * topts.dt_s) % period).max(0.0))
-                    .collect();
-                out.insert(b, Arc::from(tpl));
-            }
-            Ok((out, None))
+            Ok((source.templates(&ctx)?, None))
         }
     }
+}
+
+/// A `parametric` power source's fields.
+struct ParametricSource<'a> {
+    batch_sizes: &'a [u32],
+    level_w: (f64, f64),
+    ripples: &'a [(f64, f64)],
+    noise_sd_w: f64,
+    clip_w: Option<(f64, f64)>,
+    trace_s: f64,
+    trace_dt_s: f64,
+    trace_seed: u64,
+}
+
+impl ParametricSource<'_> {
+    /// One template per batch size, each from its parametric trace (the batch sizes in order,
+    /// drawing from one noise stream).
+    fn templates(&self, ctx: &TemplateContext) -> Result<Templates> {
+        let field = ctx.field.as_str();
+        self.validate(field)?;
+        let bmin = *self.batch_sizes.iter().min().unwrap_or(&1);
+        let bmax = *self.batch_sizes.iter().max().unwrap_or(&1);
+        let noise = Normal::new(0.0, self.noise_sd_w.max(0.0))
+            .map_err(|e| Error::config(field, e.to_string()))?;
+        let mut rng =
+            Pcg64::seed_from_u64(ctx.seed ^ self.trace_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let t = self.sample_times(field)?;
+        let mut out = BTreeMap::new();
+        for &b in self.batch_sizes {
+            let level = log2_level(b, bmin, bmax, self.level_w.0, self.level_w.1);
+            let trace = self.trace(&t, level, &noise, &mut rng, ctx.gpus)?;
+            out.insert(b, Arc::from(template(&trace, ctx.topts, ctx.periodic)?));
+        }
+        Ok(out)
+    }
+
+    fn validate(&self, field: &str) -> Result<()> {
+        let (trace_s, trace_dt_s) = (self.trace_s, self.trace_dt_s);
+        if self.batch_sizes.is_empty()
+            || !(trace_dt_s > 0.0 && trace_s > trace_dt_s && trace_s.is_finite())
+        {
+            return Err(Error::config(
+                field,
+                "need batch_sizes and trace_s > trace_dt_s > 0",
+            ));
+        }
+        if let Some((lo, hi)) = self.clip_w {
+            if !(lo >= 0.0 && lo <= hi && hi.is_finite()) {
+                return Err(Error::config(
+                    format!("{field}.clip_w"),
+                    format!("[{lo}, {hi}] (need 0 ≤ lo ≤ hi, finite)"),
+                ));
+            }
+        }
+        let finite = [self.level_w.0, self.level_w.1, self.noise_sd_w]
+            .into_iter()
+            .chain(self.ripples.iter().flat_map(|r| [r.0, r.1]))
+            .all(f64::is_finite);
+        if !finite || self.ripples.iter().any(|r| !(r.1 > 0.0)) {
+            return Err(Error::config(
+                field,
+                "level_w, ripples (amplitude, period > 0) and noise_sd_w must be finite",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The trace's sample times: 0, trace_dt_s, … up to trace_s.
+    fn sample_times(&self, field: &str) -> Result<Vec<f64>> {
+        let samples = self.trace_s / self.trace_dt_s;
+        if samples > crate::traces::MAX_TEMPLATE_SAMPLES as f64 {
+            return Err(Error::config(
+                field,
+                format!(
+                    "trace_s / trace_dt_s = {samples:.3e} samples, over {}: shorten trace_s",
+                    crate::traces::MAX_TEMPLATE_SAMPLES
+                ),
+            ));
+        }
+        let n = (samples + 1e-9).floor() as usize + 1;
+        Ok((0..n).map(|i| i as f64 * self.trace_dt_s).collect())
+    }
+
+    /// One batch size's trace for `gpus` GPUs: per GPU, `level` plus the ripples plus noise,
+    /// clipped.
+    fn trace(
+        &self,
+        t: &[f64],
+        level: f64,
+        noise: &Normal<f64>,
+        rng: &mut Pcg64,
+        gpus: u32,
+    ) -> Result<InferenceTrace> {
+        let per_gpu: Vec<f64> = t
+            .iter()
+            .map(|&ti| {
+                let mut p = level;
+                for (amp, period) in self.ripples {
+                    p += amp * (2.0 * std::f64::consts::PI * ti / period).sin();
+                }
+                p += noise.sample(rng);
+                match self.clip_w {
+                    Some((lo, hi)) => p.clamp(lo, hi),
+                    None => p.max(0.0),
+                }
+            })
+            .collect();
+        let total = per_gpu.iter().map(|p| p * gpus as f64).collect();
+        InferenceTrace::new(t.to_vec(), total, gpus)
+    }
+}
+
+/// A spec store's median traces and ITL fits, for the batch sizes a controller may choose.
+fn spec_store_templates(
+    ctx: &TemplateContext,
+    dir: &Path,
+    spec: &crate::spec::InferenceModelSpec,
+) -> Result<SourceTemplates> {
+    let field = ctx.field.as_str();
+    let store = crate::store::SpecStore::new(ctx.base_dir.join(dir));
+    let art = store.load(spec)?;
+    if art.traces.is_empty() {
+        return Err(Error::config(
+            field,
+            format!(
+                "spec store {} holds no traces for {:?}",
+                dir.display(),
+                spec.model_label
+            ),
+        ));
+    }
+    // Only the batch sizes a controller may choose (`feasible_batch_sizes`, default
+    // every built one) get templates and ITL fits: a command to another is refused.
+    let mut spec = spec.clone();
+    spec.validate()
+        .map_err(|e| Error::config(field, e.to_string()))?;
+    let feasible = |b: &u32| spec.feasible_batch_sizes.contains(b);
+    let mut out = BTreeMap::new();
+    for (b, tr) in art.traces.iter().filter(|(b, _)| feasible(b)) {
+        out.insert(*b, Arc::from(template(tr, ctx.topts, ctx.periodic)?));
+    }
+    let itl = art.itl.into_iter().filter(|(b, _)| feasible(b)).collect();
+    Ok((out, Some(itl)))
+}
+
+/// A `synthesized` power source's fields.
+struct SynthesizedSource<'a> {
+    train: &'a [PathBuf],
+    batch_sizes: &'a [u32],
+    rate_per_s: f64,
+    burstiness: f64,
+    series_s: f64,
+    series_seed: u64,
+    served_model: &'a Option<String>,
+    hardware: &'a Option<String>,
+    leaderboard: &'a Option<PathBuf>,
+    leaderboard_task: &'a Option<String>,
+    stand_in: &'a BTreeMap<String, String>,
+}
+
+/// The leaderboard configurations a synthesized source transfers with.
+type LeaderboardConfigs = Vec<crate::sources::leaderboard::LeaderboardConfig>;
+
+impl SynthesizedSource<'_> {
+    /// One template per batch size (`max_num_seqs`), from a series synthesized by the model
+    /// learned (or transferred) from the training runs.
+    fn templates(&self, ctx: &TemplateContext) -> Result<Templates> {
+        let (runs, mut serving, lb) = self.serving(ctx)?;
+        let model = self.learned_model(ctx, &serving, &runs, lb.as_deref())?;
+        let tokens = training_tokens(&runs)?;
+        let mut out = BTreeMap::new();
+        for &b in self.batch_sizes {
+            serving.max_num_seqs = b;
+            let tpl = self.batch_template(ctx, &model, &serving, &tokens, b)?;
+            out.insert(b, Arc::from(tpl));
+        }
+        Ok(out)
+    }
+
+    /// The training runs, the serving configuration to synthesize (the first run's, with
+    /// `model` and `hardware` overridden, TP = GPUs per replica) and the leaderboard
+    /// configurations. Without a leaderboard the runs' TP must be the model's.
+    fn serving(
+        &self,
+        ctx: &TemplateContext,
+    ) -> Result<(
+        Vec<crate::sources::measured::MeasuredRun>,
+        crate::engine::ServingConfig,
+        Option<LeaderboardConfigs>,
+    )> {
+        let field = ctx.field.as_str();
+        let g = ctx.gpus;
+        let runs = self
+            .train
+            .iter()
+            .map(|p| crate::sources::measured::load_run(&ctx.base_dir.join(p)))
+            .collect::<Result<Vec<_>>>()?;
+        let first = runs
+            .first()
+            .ok_or_else(|| Error::config(field, "train: need ≥ 1 measured run"))?;
+        let mut serving = crate::engine::ServingConfig::from_manifest(&first.manifest);
+        serving.model = self.served_model.clone().unwrap_or(serving.model);
+        serving.hardware = self.hardware.clone().unwrap_or(serving.hardware);
+        let lb = match self.leaderboard {
+            Some(d) => Some(crate::pipeline::leaderboard_configs(&ctx.base_dir.join(d))?.1),
+            None => None,
+        };
+        if lb.is_some() {
+            serving.tp = g;
+        } else if serving.tp != g {
+            return Err(Error::config(
+                field,
+                format!(
+                    "training runs have TP {}, the model has {g} GPUs per replica (give \
+                     `leaderboard` to transfer)",
+                    serving.tp
+                ),
+            ));
+        }
+        Ok((runs, serving, lb))
+    }
+
+    /// The state-transition model for `serving`: learned from the runs, or transferred
+    /// through the leaderboard.
+    fn learned_model(
+        &self,
+        ctx: &TemplateContext,
+        serving: &crate::engine::ServingConfig,
+        runs: &[crate::sources::measured::MeasuredRun],
+        lb: Option<&[crate::sources::leaderboard::LeaderboardConfig]>,
+    ) -> Result<crate::learn::LearnedModel> {
+        let transfer_opts = crate::transfer::TransferOptions {
+            task: self.leaderboard_task.clone().unwrap_or_default(),
+            stand_ins: self.stand_in.clone(),
+        };
+        let (model, _) = crate::transfer::model_for(
+            serving,
+            runs,
+            lb,
+            &transfer_opts,
+            &crate::learn::LearnOptions::default(),
+        )
+        .map_err(|e| Error::config(&ctx.field, e.to_string()))?;
+        Ok(model)
+    }
+
+    /// Batch size `b`'s template: a series synthesized under a Gamma-renewal workload with the
+    /// runs' token counts, per GPU, sampled every template step modulo the series' span.
+    fn batch_template(
+        &self,
+        ctx: &TemplateContext,
+        model: &crate::learn::LearnedModel,
+        serving: &crate::engine::ServingConfig,
+        tokens: &crate::workload::EmpiricalTokens,
+        b: u32,
+    ) -> Result<Vec<f64>> {
+        let g = ctx.gpus;
+        let mut rng = Pcg64::seed_from_u64(
+            ctx.seed
+                ^ self
+                    .series_seed
+                    .wrapping_add(b as u64)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let w = crate::workload::Workload::gamma_renewal(
+            self.rate_per_s,
+            self.burstiness,
+            0.0,
+            self.series_s,
+            tokens,
+            &mut rng,
+        )?;
+        let (series, _) = crate::synth::synthesize(
+            model,
+            serving,
+            &w,
+            0.0,
+            self.series_s,
+            model.dt_s,
+            rng_seed(ctx.seed, b),
+        )?;
+        let ts: Vec<f64> = (0..series.power_w.len()).map(|i| series.t_s(i)).collect();
+        let per_gpu: Vec<f64> = series.power_w.iter().map(|p| p / g as f64).collect();
+        let period = ts[ts.len() - 1];
+        let topts = ctx.topts;
+        Ok((0..topts.len())
+            .map(|i| interp(&ts, &per_gpu, (i as f64 * topts.dt_s) % period).max(0.0))
+            .collect())
+    }
+}
+
+/// The token counts (input, output) of every request of the runs.
+fn training_tokens(
+    runs: &[crate::sources::measured::MeasuredRun],
+) -> Result<crate::workload::EmpiricalTokens> {
+    let mut all = crate::workload::Workload::default();
+    for r in runs {
+        let w = crate::workload::Workload::from_log(&r.requests)?;
+        all.requests.extend(w.requests);
+    }
+    crate::workload::EmpiricalTokens::from_workload(&all)
 }
 
 fn rng_seed(seed: u64, b: u32) -> u64 {

@@ -149,6 +149,7 @@ impl ParquetStream {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
+        let _gate = crate::io::write_gate()?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-")
@@ -220,6 +221,7 @@ impl ParquetStream {
             std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o644))
                 .map_err(|e| Error::io(&path, e))?;
         }
+        let _gate = crate::io::write_gate()?;
         self.tmp
             .persist(&path)
             .map_err(|e| Error::io(&path, e.error))?;

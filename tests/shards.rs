@@ -342,7 +342,9 @@ fn build_dataset_killed_mid_run_leaves_the_output_folder_as_it_was() {
     let manifest = std::fs::read(kept.join("manifest.json")).unwrap();
     for out in [&kept, &fresh] {
         let mut child = run(out, &["--force"]);
-        // Wait until the run writes into its staging folder.
+        // Wait until the staging folder holds spec folders (linked from the previous result, or
+        // the first ones fitted), then a second more: the run is refitting and writing from
+        // several threads (a --force run takes several seconds here).
         let writing = || {
             tree(root.path())
                 .iter()
@@ -354,11 +356,10 @@ fn build_dataset_killed_mid_run_leaves_the_output_folder_as_it_was() {
             assert!(child.try_wait().unwrap().is_none(), "the run ended early");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
         let pid = child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
         let o = child.wait_with_output().unwrap();
         assert!(!o.status.success(), "the run finished before the signal");

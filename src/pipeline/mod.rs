@@ -412,7 +412,10 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     // The output folder appears only once every input has been read: a run that fails on its
     // inputs leaves no empty folder. A previous manifest goes first, so a run killed while
     // writing leaves a folder without one (incomplete), never an old manifest beside new files.
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    {
+        let _gate = crate::io::write_gate()?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
     if shard.is_whole() {
         let old = out.join("manifest.json");
         if old.exists() {
@@ -990,6 +993,13 @@ fn curves(
     out
 }
 
+/// A group's fits: logistic curves per metric, ITL mixtures and median traces per batch size.
+type GroupFits = (
+    BTreeMap<String, CurveResult>,
+    BTreeMap<u32, ItlResult>,
+    BTreeMap<u32, InferenceTrace>,
+);
+
 fn build_group(
     g: &Group,
     runs: Option<&BenchmarkRuns>,
@@ -997,111 +1007,168 @@ fn build_group(
     itl_opts: &ItlFitOptions,
 ) -> Result<SpecArtifacts> {
     let spec = &g.spec;
-    let mut traces_by_batch = BTreeMap::new();
-    let (logistic, itl) = match &g.inputs {
-        GroupInputs::Embedded(r) => (r.logistic.clone(), r.itl.clone()),
+    let (logistic, itl, traces_by_batch) = match &g.inputs {
+        GroupInputs::Embedded(r) => (r.logistic.clone(), r.itl.clone(), BTreeMap::new()),
         GroupInputs::Leaderboard(configs) => {
-            let samples: Vec<(u32, f64, f64, f64)> = configs
-                .iter()
-                .map(|c| {
-                    (
-                        c.max_num_seqs,
-                        c.avg_power_w,
-                        c.median_itl_s,
-                        c.output_throughput_tps,
-                    )
-                })
-                .collect();
-            let mut itl = BTreeMap::new();
-            let mut by_batch: BTreeMap<u32, Vec<&leaderboard::LeaderboardConfig>> = BTreeMap::new();
-            for c in configs {
-                by_batch.entry(c.max_num_seqs).or_default().push(c);
-            }
-            for (b, cs) in by_batch {
-                let med = |f: fn(&leaderboard::LeaderboardConfig) -> f64| {
-                    crate::fits::median(&cs.iter().map(|c| f(c)).collect::<Vec<_>>())
-                };
-                let pts = [
-                    (0.5, med(|c| c.median_itl_s)),
-                    (0.9, med(|c| c.p90_itl_s)),
-                    (0.95, med(|c| c.p95_itl_s)),
-                    (0.99, med(|c| c.p99_itl_s)),
-                ];
-                if let Some(f) = itl_percentiles::fit(&pts) {
-                    itl.insert(
-                        b,
-                        ItlResult {
-                            mixture: f.mixture,
-                            fitted_on: "percentiles".into(),
-                            n_samples: pts.len(),
-                            log_quantile_rmse: f.log_quantile_rmse,
-                        },
-                    );
-                }
-            }
-            (curves(spec, &samples), itl)
+            let (logistic, itl) = leaderboard_group_fits(spec, configs);
+            (logistic, itl, BTreeMap::new())
         }
         GroupInputs::Runs(records) => {
             let runs = runs.expect("benchmark groups come with their runs");
-            let samples: Vec<(u32, f64, f64, f64)> = records
-                .iter()
-                .map(|r| {
-                    let lat = if r.median_itl_s.is_finite() {
-                        r.median_itl_s
-                    } else {
-                        r.mean_itl_s
-                    };
-                    (r.max_num_seqs, r.avg_power_w, lat, r.output_throughput_tps)
-                })
-                .collect();
-            let mut itl_samples: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-            let mut timelines: BTreeMap<u32, Vec<(Vec<f64>, Vec<f64>)>> = BTreeMap::new();
-            for r in records {
-                let res = runs.results(r)?;
-                itl_samples
-                    .entry(r.max_num_seqs)
-                    .or_default()
-                    .extend(res.itl_samples()?);
-                let tl = res.power_timeline(PowerMetric::DeviceInstant)?;
-                timelines
-                    .entry(r.max_num_seqs)
-                    .or_default()
-                    .push((tl.relative_time_s, tl.power_w));
-            }
-            let mut itl = BTreeMap::new();
-            for (b, x) in &itl_samples {
-                let m = itl_mixture::fit(x, itl_opts);
-                let mut sorted = x.clone();
-                sorted.sort_by(f64::total_cmp);
-                let probs = [0.5, 0.9, 0.95, 0.99];
-                let rmse = (probs
-                    .iter()
-                    .map(|&p| {
-                        (m.quantile(p).ln() - crate::fits::quantile_sorted(&sorted, p).ln()).powi(2)
-                    })
-                    .sum::<f64>()
-                    / probs.len() as f64)
-                    .sqrt();
-                itl.insert(
-                    *b,
-                    ItlResult {
-                        mixture: m,
-                        fitted_on: "samples".into(),
-                        n_samples: x.len(),
-                        log_quantile_rmse: rmse,
-                    },
-                );
-            }
-            for (b, runs) in &timelines {
-                traces_by_batch.insert(
-                    *b,
-                    traces::median_trace(runs, cfg.trace_dt_s, spec.gpus_per_replica)?,
-                );
-            }
-            (curves(spec, &samples), itl)
+            runs_group_fits(spec, records, runs, cfg, itl_opts)?
         }
     };
-    let result = GroupResult {
+    let result = group_result(spec, &logistic, &itl);
+    Ok(SpecArtifacts {
+        logistic: logistic_fits(&logistic),
+        itl: itl.iter().map(|(b, r)| (*b, r.mixture)).collect(),
+        traces: traces_by_batch,
+        report: Some(serde_json::to_value(&result).map_err(|source| Error::Json {
+            path: PathBuf::from("fit_report.json"),
+            source,
+        })?),
+    })
+}
+
+/// A leaderboard group's curves and its ITL mixtures fitted on the median percentiles.
+fn leaderboard_group_fits(
+    spec: &InferenceModelSpec,
+    configs: &[LeaderboardConfig],
+) -> (BTreeMap<String, CurveResult>, BTreeMap<u32, ItlResult>) {
+    let samples: Vec<(u32, f64, f64, f64)> = configs
+        .iter()
+        .map(|c| {
+            (
+                c.max_num_seqs,
+                c.avg_power_w,
+                c.median_itl_s,
+                c.output_throughput_tps,
+            )
+        })
+        .collect();
+    let itl = percentile_itl_fits(configs);
+    (curves(spec, &samples), itl)
+}
+
+/// Per batch size, the ITL mixture fitted on the median (over configurations) p50/p90/p95/p99.
+fn percentile_itl_fits(configs: &[LeaderboardConfig]) -> BTreeMap<u32, ItlResult> {
+    let mut itl = BTreeMap::new();
+    let mut by_batch: BTreeMap<u32, Vec<&leaderboard::LeaderboardConfig>> = BTreeMap::new();
+    for c in configs {
+        by_batch.entry(c.max_num_seqs).or_default().push(c);
+    }
+    for (b, cs) in by_batch {
+        let med = |f: fn(&leaderboard::LeaderboardConfig) -> f64| {
+            crate::fits::median(&cs.iter().map(|c| f(c)).collect::<Vec<_>>())
+        };
+        let pts = [
+            (0.5, med(|c| c.median_itl_s)),
+            (0.9, med(|c| c.p90_itl_s)),
+            (0.95, med(|c| c.p95_itl_s)),
+            (0.99, med(|c| c.p99_itl_s)),
+        ];
+        if let Some(f) = itl_percentiles::fit(&pts) {
+            itl.insert(
+                b,
+                ItlResult {
+                    mixture: f.mixture,
+                    fitted_on: "percentiles".into(),
+                    n_samples: pts.len(),
+                    log_quantile_rmse: f.log_quantile_rmse,
+                },
+            );
+        }
+    }
+    itl
+}
+
+/// A benchmark-runs group's curves, ITL mixtures fitted on the samples, and median traces.
+fn runs_group_fits(
+    spec: &InferenceModelSpec,
+    records: &[RunRecord],
+    runs: &BenchmarkRuns,
+    cfg: &PipelineConfig,
+    itl_opts: &ItlFitOptions,
+) -> Result<GroupFits> {
+    let samples: Vec<(u32, f64, f64, f64)> = records
+        .iter()
+        .map(|r| {
+            let lat = if r.median_itl_s.is_finite() {
+                r.median_itl_s
+            } else {
+                r.mean_itl_s
+            };
+            (r.max_num_seqs, r.avg_power_w, lat, r.output_throughput_tps)
+        })
+        .collect();
+    let (itl_samples, timelines) = run_samples_by_batch(records, runs)?;
+    let mut itl = BTreeMap::new();
+    for (b, x) in &itl_samples {
+        itl.insert(*b, sample_itl_fit(x, itl_opts));
+    }
+    let mut traces_by_batch = BTreeMap::new();
+    for (b, runs) in &timelines {
+        traces_by_batch.insert(
+            *b,
+            traces::median_trace(runs, cfg.trace_dt_s, spec.gpus_per_replica)?,
+        );
+    }
+    Ok((curves(spec, &samples), itl, traces_by_batch))
+}
+
+/// Power timelines (relative time, power) of a group's runs.
+type Timelines = Vec<(Vec<f64>, Vec<f64>)>;
+
+/// The runs' ITL samples and device power timelines, per batch size (`max_num_seqs`).
+fn run_samples_by_batch(
+    records: &[RunRecord],
+    runs: &BenchmarkRuns,
+) -> Result<(BTreeMap<u32, Vec<f64>>, BTreeMap<u32, Timelines>)> {
+    let mut itl_samples: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    let mut timelines: BTreeMap<u32, Timelines> = BTreeMap::new();
+    for r in records {
+        let res = runs.results(r)?;
+        itl_samples
+            .entry(r.max_num_seqs)
+            .or_default()
+            .extend(res.itl_samples()?);
+        let tl = res.power_timeline(PowerMetric::DeviceInstant)?;
+        timelines
+            .entry(r.max_num_seqs)
+            .or_default()
+            .push((tl.relative_time_s, tl.power_w));
+    }
+    Ok((itl_samples, timelines))
+}
+
+/// The ITL mixture fitted (EM) on one batch size's samples, with its log-quantile RMSE at
+/// p50/p90/p95/p99 against the samples.
+fn sample_itl_fit(x: &[f64], itl_opts: &ItlFitOptions) -> ItlResult {
+    let m = itl_mixture::fit(x, itl_opts);
+    let mut sorted = x.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let probs = [0.5, 0.9, 0.95, 0.99];
+    let rmse = (probs
+        .iter()
+        .map(|&p| (m.quantile(p).ln() - crate::fits::quantile_sorted(&sorted, p).ln()).powi(2))
+        .sum::<f64>()
+        / probs.len() as f64)
+        .sqrt();
+    ItlResult {
+        mixture: m,
+        fitted_on: "samples".into(),
+        n_samples: x.len(),
+        log_quantile_rmse: rmse,
+    }
+}
+
+/// The group's report (`fit_report.json`).
+fn group_result(
+    spec: &InferenceModelSpec,
+    logistic: &BTreeMap<String, CurveResult>,
+    itl: &BTreeMap<u32, ItlResult>,
+) -> GroupResult {
+    GroupResult {
         task: spec.task.clone(),
         model_id: spec.model_id.clone(),
         gpu_model: spec.gpu_model.clone(),
@@ -1111,8 +1178,12 @@ fn build_group(
         batch_sizes: spec.batch_sizes.clone(),
         logistic: logistic.clone(),
         itl: itl.clone(),
-    };
-    let lf = match (
+    }
+}
+
+/// The three logistic fits, when all of power, latency and throughput were fitted.
+fn logistic_fits(logistic: &BTreeMap<String, CurveResult>) -> Option<LogisticFits> {
+    match (
         logistic.get("power"),
         logistic.get("latency"),
         logistic.get("throughput"),
@@ -1123,19 +1194,15 @@ fn build_group(
             throughput: t.fit,
         }),
         _ => None,
-    };
-    Ok(SpecArtifacts {
-        logistic: lf,
-        itl: itl.iter().map(|(b, r)| (*b, r.mixture)).collect(),
-        traces: traces_by_batch,
-        report: Some(serde_json::to_value(&result).map_err(|source| Error::Json {
-            path: PathBuf::from("fit_report.json"),
-            source,
-        })?),
-    })
+    }
 }
 
 fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
+    (logistic_table(groups), itl_table(groups))
+}
+
+/// One row per (group, fitted metric).
+fn logistic_table(groups: &[GroupResult]) -> Table {
     let (mut task, mut model, mut gpu, mut ng, mut metric) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut l, mut x0, mut k, mut b0, mut np, mut rmse, mut r2, mut gsse, mut sse, mut warn) = (
@@ -1170,7 +1237,7 @@ fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
             warn.push(c.warnings.join("; "));
         }
     }
-    let logistic = Table::new()
+    Table::new()
         .with("task", Column::Str(task))
         .with("model_id", Column::Str(model))
         .with("gpu_model", Column::Str(gpu))
@@ -1185,7 +1252,11 @@ fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
         .with("r2", Column::F64(r2))
         .with("sse", Column::F64(sse))
         .with("grid_sse", Column::F64(gsse))
-        .with("warnings", Column::Str(warn));
+        .with("warnings", Column::Str(warn))
+}
+
+/// One row per (group, batch size with an ITL mixture).
+fn itl_table(groups: &[GroupResult]) -> Table {
     let mut rows: Vec<(&GroupResult, u32, &ItlResult)> = Vec::new();
     for g in groups {
         for (b, r) in &g.itl {
@@ -1197,7 +1268,7 @@ fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
     };
     let fl =
         |f: fn(&ItlMixture) -> f64| Column::F64(rows.iter().map(|r| f(&r.2.mixture)).collect());
-    let itl = Table::new()
+    Table::new()
         .with("task", s(|r| r.0.task.clone()))
         .with("model_id", s(|r| r.0.model_id.clone()))
         .with("gpu_model", s(|r| r.0.gpu_model.clone()))
@@ -1224,8 +1295,7 @@ fn fit_tables(groups: &[GroupResult]) -> (Table, Table) {
         .with(
             "n_samples",
             Column::I64(rows.iter().map(|r| r.2.n_samples as i64).collect()),
-        );
-    (logistic, itl)
+        )
 }
 
 type MeasuredTrace = (String, u32, InferenceTrace);
@@ -1236,42 +1306,81 @@ fn measured_outputs(
 ) -> Result<(Table, Vec<ItlQualityRow>, Vec<MeasuredTrace>)> {
     let mut quality = Vec::new();
     let mut traces = Vec::new();
-    let (
-        mut id,
-        mut model,
-        mut hw,
-        mut tp,
-        mut mns,
-        mut n,
-        mut dur,
-        mut mean,
-        mut energy,
-        mut skew,
-        mut nreq,
-        mut has_itl,
-    ) = (
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-    );
+    let mut summary = MeasuredSummary::default();
     for r in runs {
-        let run_id = if r.manifest.run_id.is_empty() {
-            r.dir
-                .file_name()
-                .map(|f| f.to_string_lossy().to_string())
-                .unwrap_or_default()
-        } else {
-            r.manifest.run_id.clone()
-        };
+        let run_id = measured_run_id(r);
+        let samples = r.itl_samples();
+        summary.push(r, &run_id, samples.is_some());
+        if let Some(x) = samples {
+            quality.extend(itl_quality_rows(&run_id, &x, itl_opts));
+        }
+        traces.push(measured_trace(r, &run_id)?);
+    }
+    Ok((summary.table(), quality, traces))
+}
+
+/// The run's `run_id`, or its folder's name when the manifest leaves it empty.
+fn measured_run_id(r: &measured::MeasuredRun) -> String {
+    if r.manifest.run_id.is_empty() {
+        r.dir
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default()
+    } else {
+        r.manifest.run_id.clone()
+    }
+}
+
+/// The quality of a compatible and of a robust ITL fit on a run's samples.
+fn itl_quality_rows(run_id: &str, x: &[f64], itl_opts: &ItlFitOptions) -> Vec<ItlQualityRow> {
+    let mut rows = Vec::new();
+    for mode in [ItlFitMode::Compatible, ItlFitMode::Robust] {
+        let m = itl_mixture::fit(x, &ItlFitOptions { mode, ..*itl_opts });
+        rows.push(ItlQualityRow {
+            run_id: run_id.to_string(),
+            mode: format!("{mode:?}").to_lowercase(),
+            quality: itl_mixture::quality(&m, x),
+        });
+    }
+    rows
+}
+
+/// The run's power as a trace starting at t = 0, named `measured/<run_id>`.
+fn measured_trace(r: &measured::MeasuredRun, run_id: &str) -> Result<MeasuredTrace> {
+    let p = &r.power;
+    let t0 = p.t_s[0];
+    let trace = InferenceTrace::new(
+        p.t_s.iter().map(|t| t - t0).collect(),
+        p.power_w.clone(),
+        p.gpus,
+    )
+    .map_err(|e| Error::content(r.dir.join("power.csv"), e.to_string()))?;
+    Ok((
+        format!("measured/{run_id}"),
+        r.manifest.server.max_num_seqs,
+        trace,
+    ))
+}
+
+/// The columns of the measured-runs summary table, one row per run.
+#[derive(Default)]
+struct MeasuredSummary {
+    id: Vec<String>,
+    model: Vec<String>,
+    hw: Vec<String>,
+    tp: Vec<i64>,
+    mns: Vec<i64>,
+    n: Vec<i64>,
+    dur: Vec<f64>,
+    mean: Vec<f64>,
+    energy: Vec<f64>,
+    skew: Vec<f64>,
+    nreq: Vec<i64>,
+    has_itl: Vec<bool>,
+}
+
+impl MeasuredSummary {
+    fn push(&mut self, r: &measured::MeasuredRun, run_id: &str, has_itl: bool) {
         let p = &r.power;
         let span = p.t_s[p.t_s.len() - 1] - p.t_s[0];
         let e: f64 = p
@@ -1280,54 +1389,34 @@ fn measured_outputs(
             .zip(&p.power_w)
             .map(|(w, pw)| (w[1] - w[0]) * pw)
             .sum();
-        id.push(run_id.clone());
-        model.push(r.manifest.model.clone());
-        hw.push(r.manifest.hardware.clone());
-        tp.push(r.manifest.tp as i64);
-        mns.push(r.manifest.server.max_num_seqs as i64);
-        n.push(p.t_s.len() as i64);
-        dur.push(span);
-        mean.push(p.power_w.iter().sum::<f64>() / p.power_w.len() as f64);
-        energy.push(e);
-        skew.push(r.clock_skew_s.unwrap_or(f64::NAN));
-        nreq.push(r.requests.request_timestamps.len() as i64);
-        let samples = r.itl_samples();
-        has_itl.push(samples.is_some());
-        if let Some(x) = samples {
-            for mode in [ItlFitMode::Compatible, ItlFitMode::Robust] {
-                let m = itl_mixture::fit(&x, &ItlFitOptions { mode, ..*itl_opts });
-                quality.push(ItlQualityRow {
-                    run_id: run_id.clone(),
-                    mode: format!("{mode:?}").to_lowercase(),
-                    quality: itl_mixture::quality(&m, &x),
-                });
-            }
-        }
-        let t0 = p.t_s[0];
-        let trace = InferenceTrace::new(
-            p.t_s.iter().map(|t| t - t0).collect(),
-            p.power_w.clone(),
-            p.gpus,
-        )
-        .map_err(|e| Error::content(r.dir.join("power.csv"), e.to_string()))?;
-        traces.push((
-            format!("measured/{run_id}"),
-            r.manifest.server.max_num_seqs,
-            trace,
-        ));
+        self.id.push(run_id.to_string());
+        self.model.push(r.manifest.model.clone());
+        self.hw.push(r.manifest.hardware.clone());
+        self.tp.push(r.manifest.tp as i64);
+        self.mns.push(r.manifest.server.max_num_seqs as i64);
+        self.n.push(p.t_s.len() as i64);
+        self.dur.push(span);
+        self.mean
+            .push(p.power_w.iter().sum::<f64>() / p.power_w.len() as f64);
+        self.energy.push(e);
+        self.skew.push(r.clock_skew_s.unwrap_or(f64::NAN));
+        self.nreq.push(r.requests.request_timestamps.len() as i64);
+        self.has_itl.push(has_itl);
     }
-    let table = Table::new()
-        .with("run_id", Column::Str(id))
-        .with("model", Column::Str(model))
-        .with("hardware", Column::Str(hw))
-        .with("tp", Column::I64(tp))
-        .with("max_num_seqs", Column::I64(mns))
-        .with("power_samples", Column::I64(n))
-        .with("duration_s", Column::F64(dur))
-        .with("mean_power_w", Column::F64(mean))
-        .with("energy_j", Column::F64(energy))
-        .with("clock_skew_s", Column::F64(skew))
-        .with("requests", Column::I64(nreq))
-        .with("has_itl_samples", Column::Bool(has_itl));
-    Ok((table, quality, traces))
+
+    fn table(self) -> Table {
+        Table::new()
+            .with("run_id", Column::Str(self.id))
+            .with("model", Column::Str(self.model))
+            .with("hardware", Column::Str(self.hw))
+            .with("tp", Column::I64(self.tp))
+            .with("max_num_seqs", Column::I64(self.mns))
+            .with("power_samples", Column::I64(self.n))
+            .with("duration_s", Column::F64(self.dur))
+            .with("mean_power_w", Column::F64(self.mean))
+            .with("energy_j", Column::F64(self.energy))
+            .with("clock_skew_s", Column::F64(self.skew))
+            .with("requests", Column::I64(self.nreq))
+            .with("has_itl_samples", Column::Bool(self.has_itl))
+    }
 }
