@@ -680,10 +680,46 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
             )
         })
         .collect();
+    let sites = build_sites(sc, ov, &plans, &deployments, dc_dt, seed)?;
+    let names: Vec<&str> = plans.iter().map(|p| p.name).collect();
+    let controllers = build_controllers(sc, &model_batches, &names)?;
+    let (grid, grid_outputs) = match grid_of(sc, ov, &names, base_dir)? {
+        Some((grid, outputs)) => (Some(grid), Some(outputs)),
+        None => (None, None),
+    };
+    let coordinator = Coordinator::new(sites.datacenters, grid, controllers, duration)?;
+    Ok(Built {
+        coordinator,
+        grid: grid_outputs,
+        duration,
+        dc_dt,
+        gpus_used: sites.gpus_used,
+        servers: sites.servers,
+    })
+}
+
+/// The datacenters of a scenario's sites, and the GPUs and servers they hold at the start.
+struct Sites {
+    datacenters: Vec<Box<dyn Datacenter>>,
+    gpus_used: u64,
+    servers: usize,
+}
+
+/// One `OfflineDatacenter` per site plan: the models' deployments with the site's replica
+/// overrides, the training overlay at the first site, seed + site index.
+fn build_sites(
+    sc: &Scenario,
+    ov: &Overrides,
+    plans: &[SitePlan],
+    deployments: &[ModelDeployment],
+    dc_dt: Seconds,
+    seed: u64,
+) -> Result<Sites> {
+    let d = &sc.datacenter;
     let (mut gpus_used, mut servers) = (0, 0);
-    let mut dcs: Vec<Box<dyn Datacenter>> = Vec::with_capacity(plans.len());
+    let mut datacenters: Vec<Box<dyn Datacenter>> = Vec::with_capacity(plans.len());
     for (k, plan) in plans.iter().enumerate() {
-        let mut site = deployments.clone();
+        let mut site = deployments.to_vec();
         if let Some(overrides) = plan.replicas {
             for (dep, m) in site.iter_mut().zip(&sc.models) {
                 dep.schedule = match overrides.get(&m.label) {
@@ -705,30 +741,31 @@ pub fn build(sc: &Scenario, base_dir: &Path, ov: &Overrides) -> Result<Built> {
         let site_seed = seed.wrapping_add(k as u64);
         let dc = OfflineDatacenter::new(plan.name, dc_dt, cfg, site, training, site_seed)?;
         servers += dc.pool().servers();
-        dcs.push(Box::new(dc));
+        datacenters.push(Box::new(dc));
     }
-    let names: Vec<&str> = plans.iter().map(|p| p.name).collect();
-    let controllers = build_controllers(sc, &model_batches, &names)?;
-    let (grid, grid_outputs) = match &sc.grid {
-        Some(_) if !ov.shard.unwrap_or_default().is_whole() => return Err(Error::config(
-            "grid",
-            "a run with a [grid] cannot be sharded (the feeder needs the whole datacenter's power)",
-        )),
-        Some(g) => {
-            let (grid, outputs) = build_grid(g, &names, base_dir)?;
-            (Some(grid), Some(outputs))
-        }
-        None => (None, None),
-    };
-    let coordinator = Coordinator::new(dcs, grid, controllers, duration)?;
-    Ok(Built {
-        coordinator,
-        grid: grid_outputs,
-        duration,
-        dc_dt,
+    Ok(Sites {
+        datacenters,
         gpus_used,
         servers,
     })
+}
+
+/// The scenario's feeder, when it has a `[grid]` (refused for a sharded run: the feeder needs
+/// the whole datacenter's power).
+fn grid_of(
+    sc: &Scenario,
+    ov: &Overrides,
+    sites: &[&str],
+    base_dir: &Path,
+) -> Result<Option<(Box<dyn Grid>, GridOutputSpec)>> {
+    match &sc.grid {
+        Some(_) if !ov.shard.unwrap_or_default().is_whole() => Err(Error::config(
+            "grid",
+            "a run with a [grid] cannot be sharded (the feeder needs the whole datacenter's power)",
+        )),
+        Some(g) => build_grid(g, sites, base_dir).map(Some),
+        None => Ok(None),
+    }
 }
 
 fn datacenter_config(

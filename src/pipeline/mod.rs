@@ -390,38 +390,13 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     let mut inputs: Vec<PathBuf> = Vec::new();
     // 1. Source → groups (this shard's contiguous share of them).
     let (source, groups, benchmark) = source_groups(cfg, opts, &mut inputs)?;
-    let total_groups = groups.len();
-    let range = shard.range(total_groups);
-    let groups: Vec<Group> = groups
-        .into_iter()
-        .skip(range.start)
-        .take(range.len())
-        .collect();
-    tracing::debug!(%shard, groups = groups.len(), of = total_groups, "groups of this run");
+    let groups = groups_of_shard(groups, shard);
     // Measured runs are read and checked before anything is written (the last shard's);
     // their files join the inputs only at step 5, so the compact fits (derived from the
     // source alone) name the same inputs whole or sharded.
     let mut measured_inputs = Vec::new();
-    let measured_loaded = match (&cfg.measured, shard.index + 1 == shard.count) {
-        (Some(m), true) => {
-            let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
-            Some(load_measured(&root, opts, &mut measured_inputs)?)
-        }
-        _ => None,
-    };
-    // The output folder appears only once every input has been read: a run that fails on its
-    // inputs leaves no empty folder. A previous manifest goes first, so a run killed while
-    // writing leaves a folder without one (incomplete), never an old manifest beside new files.
-    {
-        let _gate = crate::io::write_gate()?;
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    }
-    if shard.is_whole() {
-        let old = out.join("manifest.json");
-        if old.exists() {
-            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
-        }
-    }
+    let measured_loaded = load_measured_of_shard(cfg, opts, &mut measured_inputs)?;
+    open_output(out, shard)?;
     // 2. Per group: ensure the spec folder.
     let itl_opts = ItlFitOptions {
         mode: cfg.itl.mode,
@@ -440,12 +415,14 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
     }
     let (strictly, warnings) = fit_quality(&group_results);
     // 4. Traces of benchmark groups.
-    let mut all_traces: Vec<(String, u32, InferenceTrace)> = Vec::new();
-    for (g, art, _) in &results {
-        for (b, t) in &art.traces {
-            all_traces.push((g.model_label.clone(), *b, t.clone()));
-        }
-    }
+    let mut all_traces: Vec<(String, u32, InferenceTrace)> = results
+        .iter()
+        .flat_map(|(g, art, _)| {
+            art.traces
+                .iter()
+                .map(|(b, t)| (g.model_label.clone(), *b, t.clone()))
+        })
+        .collect();
     // 5. Measured runs: the last shard's (so the templates keep the unsplit order).
     let mut itl_quality = Vec::new();
     let mut measured_runs = 0;
@@ -481,6 +458,53 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Summary> {
         shards::write_record(cfg, opts, &summary, &group_results, &derived_from, &inputs)?;
     }
     Ok(summary)
+}
+
+/// This shard's contiguous share of the groups.
+fn groups_of_shard(groups: Vec<Group>, shard: Shard) -> Vec<Group> {
+    let total_groups = groups.len();
+    let range = shard.range(total_groups);
+    let groups: Vec<Group> = groups
+        .into_iter()
+        .skip(range.start)
+        .take(range.len())
+        .collect();
+    tracing::debug!(%shard, groups = groups.len(), of = total_groups, "groups of this run");
+    groups
+}
+
+/// The measured runs the pipeline names, read and checked, on the last shard only (so the
+/// templates keep the unsplit order); their files go to `measured_inputs`.
+fn load_measured_of_shard(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    measured_inputs: &mut Vec<PathBuf>,
+) -> Result<Option<Vec<measured::MeasuredRun>>> {
+    match (&cfg.measured, opts.shard.index + 1 == opts.shard.count) {
+        (Some(m), true) => {
+            let root = opts.measured_path.clone().unwrap_or_else(|| m.path.clone());
+            Ok(Some(load_measured(&root, opts, measured_inputs)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Creates the output folder once every input has been read (a run that fails on its inputs
+/// leaves no empty folder) and, for a whole run, removes a previous manifest first: a run
+/// killed while writing leaves a folder without one (incomplete), never an old manifest
+/// beside new files.
+fn open_output(out: &Path, shard: Shard) -> Result<()> {
+    {
+        let _gate = crate::io::write_gate()?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    if shard.is_whole() {
+        let old = out.join("manifest.json");
+        if old.exists() {
+            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Step 1: reads the source into model groups (an error when it yields none).
