@@ -51,13 +51,49 @@ pub fn write_power_series(path: &Path, t0_s: f64, dt_s: f64, power_w: &[f64]) ->
 
 /// The metrics table: one row per (run, method), then the medians over runs per method.
 pub fn metrics_table(results: &[RunValidation]) -> Table {
-    let mut run = Vec::new();
-    let mut method = Vec::new();
-    let mut cols: [Vec<f64>; 9] = Default::default();
-    let mut push = |r: &str, m: &str, x: &Metrics, corr: f64, mae: f64| {
-        run.push(r.to_string());
-        method.push(m.to_string());
-        for (c, v) in cols.iter_mut().zip([
+    let mut rows = MetricRows::default();
+    for v in results {
+        rows.push_run(v);
+    }
+    rows.push_medians(results);
+    let MetricRows { run, method, cols } = rows;
+    let (hits_sim, hits_meas) = cache_hit_columns(results, &run, &method);
+    let mut t = Table::new()
+        .with("run_id", Column::Str(run))
+        .with("method", Column::Str(method));
+    for (name, c) in METRIC_COLUMNS.iter().zip(cols) {
+        t = t.with(name, Column::F64(c));
+    }
+    t.with("cache_hit_tokens_simulated", Column::F64(hits_sim))
+        .with("cache_hit_tokens_measured", Column::F64(hits_meas))
+}
+
+/// The metrics table's numeric columns, in the order [`MetricRows::push`] fills them.
+const METRIC_COLUMNS: [&str; 9] = [
+    "energy_error_pct",
+    "energy_error_signed_pct",
+    "ks",
+    "acf_r2",
+    "nrmse",
+    "p95_error_pct",
+    "p99_error_pct",
+    "running_corr",
+    "running_mae",
+];
+
+/// The metrics table's rows as columns, filled row by row.
+#[derive(Default)]
+struct MetricRows {
+    run: Vec<String>,
+    method: Vec<String>,
+    cols: [Vec<f64>; 9],
+}
+
+impl MetricRows {
+    fn push(&mut self, run: &str, method: &str, x: &Metrics, corr: f64, mae: f64) {
+        self.run.push(run.to_string());
+        self.method.push(method.to_string());
+        for (c, v) in self.cols.iter_mut().zip([
             x.energy_error_pct,
             x.energy_error_signed_pct,
             x.ks,
@@ -70,12 +106,15 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
         ]) {
             c.push(v);
         }
-    };
-    for v in results {
+    }
+
+    /// One run's rows: each method (powersynth followed by its spread over realizations when
+    /// there are several), then the measured series' own noise.
+    fn push_run(&mut self, v: &RunValidation) {
         for (m, x) in METHODS.iter().zip(&v.metrics) {
-            push(&v.run_id, m, x, v.running_corr, v.running_mae);
+            self.push(&v.run_id, m, x, v.running_corr, v.running_mae);
             if *m == METHODS[0] && v.realizations > 1 {
-                push(
+                self.push(
                     &v.run_id,
                     "powersynth_sd",
                     &v.powersynth_sd,
@@ -84,7 +123,7 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
                 );
             }
         }
-        push(
+        self.push(
             &v.run_id,
             "measured_noise",
             &v.measured_noise,
@@ -92,45 +131,29 @@ pub fn metrics_table(results: &[RunValidation]) -> Table {
             f64::NAN,
         );
     }
-    for (k, m) in METHODS.iter().enumerate() {
-        let per_run: Vec<Metrics> = results.iter().map(|v| v.metrics[k]).collect();
-        let x = Metrics::reduce(&per_run, |v| median_of(v.iter().copied()));
-        push(
+
+    /// The `median` rows: per method, then for the measured noise, medians over runs.
+    fn push_medians(&mut self, results: &[RunValidation]) {
+        for (k, m) in METHODS.iter().enumerate() {
+            let per_run: Vec<Metrics> = results.iter().map(|v| v.metrics[k]).collect();
+            let x = Metrics::reduce(&per_run, |v| median_of(v.iter().copied()));
+            self.push(
+                "median",
+                m,
+                &x,
+                median_of(results.iter().map(|v| v.running_corr)),
+                median_of(results.iter().map(|v| v.running_mae)),
+            );
+        }
+        let noise: Vec<Metrics> = results.iter().map(|v| v.measured_noise).collect();
+        self.push(
             "median",
-            m,
-            &x,
-            median_of(results.iter().map(|v| v.running_corr)),
-            median_of(results.iter().map(|v| v.running_mae)),
+            "measured_noise",
+            &Metrics::reduce(&noise, |v| median_of(v.iter().copied())),
+            f64::NAN,
+            f64::NAN,
         );
     }
-    let noise: Vec<Metrics> = results.iter().map(|v| v.measured_noise).collect();
-    push(
-        "median",
-        "measured_noise",
-        &Metrics::reduce(&noise, |v| median_of(v.iter().copied())),
-        f64::NAN,
-        f64::NAN,
-    );
-    let names = [
-        "energy_error_pct",
-        "energy_error_signed_pct",
-        "ks",
-        "acf_r2",
-        "nrmse",
-        "p95_error_pct",
-        "p99_error_pct",
-        "running_corr",
-        "running_mae",
-    ];
-    let (hits_sim, hits_meas) = cache_hit_columns(results, &run, &method);
-    let mut t = Table::new()
-        .with("run_id", Column::Str(run))
-        .with("method", Column::Str(method));
-    for (name, c) in names.iter().zip(cols) {
-        t = t.with(name, Column::F64(c));
-    }
-    t.with("cache_hit_tokens_simulated", Column::F64(hits_sim))
-        .with("cache_hit_tokens_measured", Column::F64(hits_meas))
 }
 
 /// Prefix-cache hit tokens, simulated and measured, on each run's powersynth row (NaN on the

@@ -1135,11 +1135,36 @@ fn build_ofo(
     default_dc: &str,
     models: &ModelBatches,
 ) -> Result<OfoController> {
+    let cfg = ofo_config(o);
+    for label in o.fits.keys().chain(o.itl_deadline_s.keys()) {
+        if !models.iter().any(|(l, _, _)| l == label) {
+            return Err(Error::config(
+                field.to_string(),
+                format!("model {label:?} is not in [[models]]"),
+            ));
+        }
+    }
+    let mut ofo_models = Vec::new();
+    for (label, batches, initial) in models {
+        ofo_models.push(ofo_model(o, field, label, batches, *initial)?);
+    }
+    OfoController::new(
+        o.dt_s.exact(&format!("{field}.dt_s"))?,
+        o.datacenter.as_deref().unwrap_or(default_dc),
+        ofo_models,
+        cfg,
+    )
+}
+
+/// The OFO settings, each from the section or the default.
+fn ofo_config(o: &OfoSection) -> OfoConfig {
+    // Destructured so a new field of the section is not forgotten; the first four are read by
+    // `build_ofo` and `ofo_model`.
     let OfoSection {
-        dt_s,
-        datacenter,
-        itl_deadline_s,
-        fits,
+        dt_s: _,
+        datacenter: _,
+        itl_deadline_s: _,
+        fits: _,
         primal_step_size,
         w_throughput,
         w_switch,
@@ -1152,7 +1177,7 @@ fn build_ofo(
         sensitivity_perturbation_kw,
     } = o;
     let d = OfoConfig::default();
-    let cfg = OfoConfig {
+    OfoConfig {
         primal_step_size: primal_step_size.unwrap_or(d.primal_step_size),
         w_throughput: w_throughput.unwrap_or(d.w_throughput),
         w_switch: w_switch.unwrap_or(d.w_switch),
@@ -1165,51 +1190,45 @@ fn build_ofo(
             .unwrap_or(d.sensitivity_update_interval),
         sensitivity_perturbation_kw: sensitivity_perturbation_kw
             .unwrap_or(d.sensitivity_perturbation_kw),
-    };
-    for label in fits.keys().chain(itl_deadline_s.keys()) {
-        if !models.iter().any(|(l, _, _)| l == label) {
-            return Err(Error::config(
-                field.to_string(),
-                format!("model {label:?} is not in [[models]]"),
-            ));
-        }
     }
-    let mut ofo_models = Vec::new();
-    for (label, batches, initial) in models {
-        let f = fits.get(label).ok_or_else(|| {
-            Error::config(
-                format!("{field}.fits"),
-                format!("no fits for model {label:?}"),
-            )
-        })?;
-        let deadline = *itl_deadline_s.get(label).ok_or_else(|| {
-            Error::config(
-                format!("{field}.itl_deadline_s"),
-                format!("no deadline for model {label:?}"),
-            )
-        })?;
-        if !(deadline > 0.0) {
-            return Err(Error::config(
-                format!("{field}.itl_deadline_s.{label}"),
-                format!("{deadline} (need > 0)"),
-            ));
-        }
-        ofo_models.push(OfoModel {
-            label: label.clone(),
-            power_w: f.power,
-            latency_s: f.latency,
-            throughput: f.throughput,
-            itl_deadline_s: deadline,
-            feasible_batch_sizes: batches.clone(),
-            initial_batch_size: *initial,
-        });
+}
+
+/// One model as the OFO controller sees it: its fits and ITL deadline (both required, the
+/// deadline > 0), its feasible and initial batch sizes.
+fn ofo_model(
+    o: &OfoSection,
+    field: &str,
+    label: &str,
+    batches: &[u32],
+    initial_batch_size: u32,
+) -> Result<OfoModel> {
+    let f = o.fits.get(label).ok_or_else(|| {
+        Error::config(
+            format!("{field}.fits"),
+            format!("no fits for model {label:?}"),
+        )
+    })?;
+    let deadline = *o.itl_deadline_s.get(label).ok_or_else(|| {
+        Error::config(
+            format!("{field}.itl_deadline_s"),
+            format!("no deadline for model {label:?}"),
+        )
+    })?;
+    if !(deadline > 0.0) {
+        return Err(Error::config(
+            format!("{field}.itl_deadline_s.{label}"),
+            format!("{deadline} (need > 0)"),
+        ));
     }
-    OfoController::new(
-        dt_s.exact(&format!("{field}.dt_s"))?,
-        datacenter.as_deref().unwrap_or(default_dc),
-        ofo_models,
-        cfg,
-    )
+    Ok(OfoModel {
+        label: label.to_string(),
+        power_w: f.power,
+        latency_s: f.latency,
+        throughput: f.throughput,
+        itl_deadline_s: deadline,
+        feasible_batch_sizes: batches.to_vec(),
+        initial_batch_size,
+    })
 }
 
 fn build_rule_based(
@@ -1298,6 +1317,36 @@ fn build_grid(
     sites: &[&str],
     base_dir: &Path,
 ) -> Result<(Box<dyn Grid>, GridOutputSpec)> {
+    let datacenters = datacenter_buses(g, sites)?;
+    if !(g.v_min < g.v_max) {
+        return Err(Error::config("grid.v_min", "must be below grid.v_max"));
+    }
+    let dt = g.dt_s.exact("grid.dt_s")?;
+    let profiles = bus_profiles(g, base_dir)?;
+    let grid = FeederGrid::new(FeederGridConfig {
+        feeder: base_dir.join(&g.feeder),
+        dt_s: dt,
+        source_pu: g.source_pu,
+        taps: g.taps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        datacenters,
+        pf: g.pf,
+        excluded_buses: g.exclude_buses.clone(),
+        tolerance_pu: g.tolerance_pu,
+        profiles,
+        storage: g.storage.iter().map(storage_spec).collect(),
+    })?;
+    let outputs = GridOutputSpec {
+        monitored: grid.monitored(),
+        v_min: g.v_min,
+        v_max: g.v_max,
+        dt_s: to_f64(dt),
+    };
+    Ok((Box::new(grid), outputs))
+}
+
+/// (datacenter, bus) in the coordinator's datacenter order: every site on a bus, every bus
+/// named for a site.
+fn datacenter_buses(g: &GridSection, sites: &[&str]) -> Result<Vec<(String, String)>> {
     if let Some(name) = g
         .datacenter_buses
         .keys()
@@ -1308,7 +1357,6 @@ fn build_grid(
             format!("no datacenter named {name:?} (the scenario has {sites:?})"),
         ));
     }
-    // In the coordinator's datacenter order: every site on a bus.
     let mut datacenters = Vec::with_capacity(sites.len());
     for name in sites {
         let bus = g.datacenter_buses.get(*name).ok_or_else(|| {
@@ -1319,10 +1367,11 @@ fn build_grid(
         })?;
         datacenters.push((name.to_string(), bus.clone()));
     }
-    if !(g.v_min < g.v_max) {
-        return Err(Error::config("grid.v_min", "must be below grid.v_max"));
-    }
-    let dt = g.dt_s.exact("grid.dt_s")?;
+    Ok(datacenters)
+}
+
+/// The grid's generator profiles (power factor 1 unless given), then its load profiles (0.96).
+fn bus_profiles(g: &GridSection, base_dir: &Path) -> Result<Vec<BusProfile>> {
     let mut profiles = Vec::new();
     for (kind, list, field, pf) in [
         (
@@ -1342,40 +1391,24 @@ fn build_grid(
             });
         }
     }
-    let grid = FeederGrid::new(FeederGridConfig {
-        feeder: base_dir.join(&g.feeder),
-        dt_s: dt,
-        source_pu: g.source_pu,
-        taps: g.taps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        datacenters,
-        pf: g.pf,
-        excluded_buses: g.exclude_buses.clone(),
-        tolerance_pu: g.tolerance_pu,
-        profiles,
-        storage: g
-            .storage
-            .iter()
-            .map(|b| StorageSpec {
-                name: b.name.clone(),
-                bus: b.bus.clone(),
-                kw_rated: b.rated_power_kw,
-                kva_rated: b.apparent_power_kva.unwrap_or(b.rated_power_kw),
-                kwh_rated: b.capacity_kwh,
-                initial_soc: b.initial_soc,
-                reserve_soc: b.reserve_soc,
-                charge_efficiency: b.charge_efficiency,
-                discharge_efficiency: b.discharge_efficiency,
-                idling_percent: b.idle_loss_percent,
-            })
-            .collect(),
-    })?;
-    let outputs = GridOutputSpec {
-        monitored: grid.monitored(),
-        v_min: g.v_min,
-        v_max: g.v_max,
-        dt_s: to_f64(dt),
-    };
-    Ok((Box::new(grid), outputs))
+    Ok(profiles)
+}
+
+/// A `[[grid.storage]]` battery as the grid's storage element (apparent power defaults to the
+/// rated power).
+fn storage_spec(b: &StorageSection) -> StorageSpec {
+    StorageSpec {
+        name: b.name.clone(),
+        bus: b.bus.clone(),
+        kw_rated: b.rated_power_kw,
+        kva_rated: b.apparent_power_kva.unwrap_or(b.rated_power_kw),
+        kwh_rated: b.capacity_kwh,
+        initial_soc: b.initial_soc,
+        reserve_soc: b.reserve_soc,
+        charge_efficiency: b.charge_efficiency,
+        discharge_efficiency: b.discharge_efficiency,
+        idling_percent: b.idle_loss_percent,
+    }
 }
 
 type Templates = BTreeMap<u32, Arc<[f64]>>;
@@ -1832,9 +1865,8 @@ mod tests {
         assert_eq!(template(&trace, &short, true).unwrap().len(), short.len());
     }
 
-    #[test]
-    fn parses_periods_and_rejects_unknown_fields() {
-        let text = r#"
+    /// One model on 16 GPUs for 60 s in 1/10 s steps: the scenario the parsing tests vary.
+    const SMALL: &str = r#"
             duration_s = 60
             [datacenter]
             dt_s = "1/10"
@@ -1846,18 +1878,37 @@ mod tests {
             replicas = 8
             power = { kind = "parametric", batch_sizes = [8], level_w = [300, 300], trace_s = 10, trace_dt_s = 0.1 }
         "#;
+
+    /// `build`'s error message on `text` ("" when it builds).
+    fn build_error(text: &str, overrides: &Overrides) -> String {
         let sc: Scenario = toml::from_str(text).unwrap();
+        build(&sc, Path::new("."), overrides)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn parses_fractional_periods() {
+        let sc: Scenario = toml::from_str(SMALL).unwrap();
         assert_eq!(
             sc.datacenter.dt_s.exact("dt").unwrap(),
             num_rational::Ratio::new(1, 10)
         );
         let b = build(&sc, Path::new("."), &Overrides::default()).unwrap();
         assert_eq!(b.coordinator.total_ticks(), 600);
-        let bad = text.replace("replicas = 8", "replicas = 8\nreplicaz = 1");
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let bad = SMALL.replace("replicas = 8", "replicas = 8\nreplicaz = 1");
         let err = toml::from_str::<Scenario>(&bad).unwrap_err().to_string();
         assert!(err.contains("replicaz"), "{err}");
-        // Values that used to panic (reversed or NaN clip limits, no GPUs per server) are
-        // errors naming the field.
+    }
+
+    #[test]
+    fn values_that_used_to_panic_are_errors_naming_the_field() {
+        // Reversed or NaN clip limits, ripples with a zero period, no GPUs per server.
         for (from, to, field) in [
             (
                 "trace_dt_s = 0.1 }",
@@ -1880,15 +1931,15 @@ mod tests {
                 "gpus_per_server",
             ),
         ] {
-            let sc: Scenario = toml::from_str(&text.replace(from, to)).unwrap();
-            let err = build(&sc, Path::new("."), &Overrides::default())
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = build_error(&SMALL.replace(from, to), &Overrides::default());
             assert!(err.contains(field), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn unbounded_sizes_are_refused_saying_what_to_change() {
         // Sizes that used to allocate without bound or run without end are refused before
-        // anything is allocated, saying what to change.
+        // anything is allocated.
         for (from, to, needle) in [
             ("trace_s = 10,", "trace_s = 1e12,", "shorten trace_s"),
             (
@@ -1920,20 +1971,20 @@ mod tests {
             ),
         ] {
             let noop = "\n[[controllers]]\nkind = \"noop\"\ndt_s = 1\n";
-            let changed = text.replace(from, to) + noop;
-            assert_ne!(changed, text, "{from}");
-            let sc: Scenario = toml::from_str(&changed).unwrap();
-            let err = build(&sc, Path::new("."), &Overrides::default())
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let changed = SMALL.replace(from, to) + noop;
+            assert!(SMALL.contains(from), "{from}");
+            let err = build_error(&changed, &Overrides::default());
             assert!(err.contains(needle), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn more_gpus_than_servers_can_hold_is_refused() {
         let huge = Overrides {
             gpus: Some(100_000_000_000),
             ..Overrides::default()
         };
-        let err = build(&sc, Path::new("."), &huge).err().unwrap().to_string();
+        let err = build_error(SMALL, &huge);
         assert!(err.contains("servers, over"), "{err}");
     }
 }

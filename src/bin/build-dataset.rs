@@ -1,8 +1,9 @@
 //! `build-dataset`: runs a pipeline file (default `pipelines/default.toml`) into an output
 //! folder. Only parses flags, draws progress and prints the summary; the work is in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
@@ -97,19 +98,8 @@ fn main() -> anyhow::Result<()> {
         quiet: args.log.quiet,
         bar: Mutex::new(None),
     };
-    let started = std::time::Instant::now();
-    // A whole run builds its folder beside --out (the previous result hard-linked in, so its
-    // spec cache is reused) and renames it into place at the end: killed or failed, it leaves
-    // --out as it was. Shards and their merge share one --out across processes and write in
-    // place.
-    let staged = if args.shard.is_none() && !args.merge_shards {
-        Some(
-            powersynth::io::StagedDir::begin_with(&args.out, &["manifest.json", "specs"], true)
-                .with_context(|| format!("preparing {}", args.out.display()))?,
-        )
-    } else {
-        None
-    };
+    let started = Instant::now();
+    let staged = stage_output(&args)?;
     let opts = RunOptions {
         out_dir: staged
             .as_ref()
@@ -136,6 +126,26 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(());
     }
+    print_summary(&summary, &args.out, started);
+    Ok(())
+}
+
+/// A whole run builds its folder beside --out (the previous result hard-linked in, so its
+/// spec cache is reused) and renames it into place at the end: killed or failed, it leaves
+/// --out as it was. Shards and their merge share one --out across processes and write in
+/// place (`None`).
+fn stage_output(args: &Args) -> anyhow::Result<Option<powersynth::io::StagedDir>> {
+    if args.shard.is_some() || args.merge_shards {
+        return Ok(None);
+    }
+    let staged =
+        powersynth::io::StagedDir::begin_with(&args.out, &["manifest.json", "specs"], true)
+            .with_context(|| format!("preparing {}", args.out.display()))?;
+    Ok(Some(staged))
+}
+
+/// The text summary: groups, ITL fit quality, fit warnings, outputs written.
+fn print_summary(summary: &pipeline::Summary, out: &Path, started: Instant) {
     println!("pipeline {} from {}", summary.pipeline, summary.source);
     println!(
         "groups: {} ({} built, {} reused from the spec cache); logistic refinement strictly better than the grid on {}/{} groups with ≥ 3 batch sizes",
@@ -145,36 +155,9 @@ fn main() -> anyhow::Result<()> {
         summary.refined_strictly_better.0,
         summary.refined_strictly_better.1
     );
-    if summary.measured_runs > 0 {
-        println!("measured runs: {}", summary.measured_runs);
-        for q in &summary.itl_quality {
-            println!(
-                "  ITL fit {:<11} {}: n={} mean {:.2} ms vs sample {:.2} ms (err {:.1} %), p50/p90/p99 err {:.1}/{:.1}/{:.1} %",
-                q.mode,
-                q.run_id,
-                q.quality.n_samples,
-                q.quality.fit_mean_s * 1e3,
-                q.quality.sample_mean_s * 1e3,
-                q.quality.mean_err_pct,
-                q.quality.p50_err_pct,
-                q.quality.p90_err_pct,
-                q.quality.p99_err_pct
-            );
-        }
-    }
-    if !summary.warnings.is_empty() {
-        println!(
-            "{} fit warnings (suspicious fits; see the `warnings` column):",
-            summary.warnings.len()
-        );
-        for w in summary.warnings.iter().take(5) {
-            println!("  {w}");
-        }
-        if summary.warnings.len() > 5 {
-            println!("  … {} more", summary.warnings.len() - 5);
-        }
-    }
-    println!("wrote to {}:", args.out.display());
+    print_itl_quality(summary);
+    print_warnings(&summary.warnings);
+    println!("wrote to {}:", out.display());
     for (f, rows) in &summary.outputs {
         println!("  {f} ({rows} rows)");
     }
@@ -182,5 +165,43 @@ fn main() -> anyhow::Result<()> {
         "  manifest.json; done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+}
+
+/// The measured runs' ITL fits against their samples (nothing without measured runs).
+fn print_itl_quality(summary: &pipeline::Summary) {
+    if summary.measured_runs == 0 {
+        return;
+    }
+    println!("measured runs: {}", summary.measured_runs);
+    for q in &summary.itl_quality {
+        println!(
+            "  ITL fit {:<11} {}: n={} mean {:.2} ms vs sample {:.2} ms (err {:.1} %), p50/p90/p99 err {:.1}/{:.1}/{:.1} %",
+            q.mode,
+            q.run_id,
+            q.quality.n_samples,
+            q.quality.fit_mean_s * 1e3,
+            q.quality.sample_mean_s * 1e3,
+            q.quality.mean_err_pct,
+            q.quality.p50_err_pct,
+            q.quality.p90_err_pct,
+            q.quality.p99_err_pct
+        );
+    }
+}
+
+/// The first five fit warnings and how many more there are.
+fn print_warnings(warnings: &[String]) {
+    if warnings.is_empty() {
+        return;
+    }
+    println!(
+        "{} fit warnings (suspicious fits; see the `warnings` column):",
+        warnings.len()
+    );
+    for w in warnings.iter().take(5) {
+        println!("  {w}");
+    }
+    if warnings.len() > 5 {
+        println!("  … {} more", warnings.len() - 5);
+    }
 }

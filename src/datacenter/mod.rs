@@ -135,6 +135,21 @@ struct ModelRuntime {
     template: Arc<[f64]>,
 }
 
+impl ModelRuntime {
+    /// A deployment before the first step: its initial batch's template, no replicas yet.
+    fn initial(d: ModelDeployment) -> Self {
+        let template = d.templates[&d.initial_batch_size].clone();
+        ModelRuntime {
+            base: 0,
+            batch: d.initial_batch_size,
+            offset: 0,
+            replicas: 0,
+            template,
+            d,
+        }
+    }
+}
+
 /// The offline datacenter.
 pub struct OfflineDatacenter {
     name: String,
@@ -265,6 +280,38 @@ fn splitmix(mut x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The models' labels and their order by label; fails on a duplicate label.
+fn unique_labels(models: &[ModelDeployment]) -> Result<(Vec<String>, Vec<usize>)> {
+    let labels: Vec<String> = models.iter().map(|m| m.label.clone()).collect();
+    let mut sorted: Vec<usize> = (0..models.len()).collect();
+    sorted.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
+    if let Some(w) = sorted.windows(2).find(|w| labels[w[0]] == labels[w[1]]) {
+        return Err(Error::config(
+            "models",
+            format!("duplicate model label {:?}", labels[w[0]]),
+        ));
+    }
+    Ok((labels, sorted))
+}
+
+/// The server pool, its stagger range the longest template of any model (peer: of models with
+/// replicas at 0).
+fn build_pool(cfg: &DatacenterConfig, models: &[ModelDeployment], seed: u64) -> Result<ServerPool> {
+    let l_max = models
+        .iter()
+        .map(|m| m.templates.values().next().map_or(1, |t| t.len()) as u64)
+        .max()
+        .unwrap_or(1);
+    ServerPool::build(
+        cfg.total_gpu_capacity,
+        cfg.gpus_per_server,
+        models.len(),
+        l_max,
+        cfg.amplitude_scale_range,
+        seed,
+    )
+}
+
 impl OfflineDatacenter {
     /// Builds the datacenter and its pool. Checks (peer §3.2, plus ours): capacity at t = 0 and
     /// at every ramp boundary (GPUs, and that the pool can place them), templates and ITL fits
@@ -278,48 +325,17 @@ impl OfflineDatacenter {
         seed: u64,
     ) -> Result<Self> {
         check_config(name, &cfg, &models)?;
-        let labels: Vec<String> = models.iter().map(|m| m.label.clone()).collect();
-        let mut sorted: Vec<usize> = (0..models.len()).collect();
-        sorted.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
-        if let Some(w) = sorted.windows(2).find(|w| labels[w[0]] == labels[w[1]]) {
-            return Err(Error::config(
-                "models",
-                format!("duplicate model label {:?}", labels[w[0]]),
-            ));
-        }
+        let (labels, sorted) = unique_labels(&models)?;
         for m in &models {
             check_deployment(m, cfg.gpus_per_server)?;
         }
-        // Stagger range: longest template of any model (peer: of models with replicas at 0).
-        let l_max = models
-            .iter()
-            .map(|m| m.templates.values().next().map_or(1, |t| t.len()) as u64)
-            .max()
-            .unwrap_or(1);
-        let pool = ServerPool::build(
-            cfg.total_gpu_capacity,
-            cfg.gpus_per_server,
-            models.len(),
-            l_max,
-            cfg.amplitude_scale_range,
-            seed,
-        )?;
+        let pool = build_pool(&cfg, &models, seed)?;
         check_capacity(&pool, &cfg, &models, &sorted, &labels)?;
         let racks_per_row = cfg.racks_per_row as usize;
         let (racks, rack_of_server, owned) = rack_layout(&cfg, pool.servers());
         let runtimes = models
             .into_iter()
-            .map(|d| {
-                let template = d.templates[&d.initial_batch_size].clone();
-                ModelRuntime {
-                    base: 0,
-                    batch: d.initial_batch_size,
-                    offset: 0,
-                    replicas: 0,
-                    template,
-                    d,
-                }
-            })
+            .map(ModelRuntime::initial)
             .collect::<Vec<_>>();
         let n = runtimes.len();
         let mut dc = OfflineDatacenter {

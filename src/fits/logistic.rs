@@ -176,84 +176,13 @@ fn linspace_at(a: f64, b: f64, n: usize, i: usize) -> f64 {
 pub fn fit(x: &[f64], y: &[f64]) -> LogisticFitReport {
     let grid = fit_grid(x, y);
     let grid_sse = grid.sse(x, y);
-    let mut best = grid;
-    let mut best_sse = grid_sse;
-    if degenerate(x, y).is_none() {
-        let (x_min, x_max) = x
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-                (a.min(v), b.max(v))
-            });
-        let (lo_x0, hi_x0) = (x_min - 1.0, x_max + 1.0);
-        let (lo_lnk, hi_lnk) = (1e-2f64.ln(), 1e2f64.ln());
-        let scratch = std::cell::RefCell::new(Vec::with_capacity(x.len()));
-        let cost = |p: &[f64]| {
-            if p[0] < lo_x0 || p[0] > hi_x0 || p[1] < lo_lnk || p[1] > hi_lnk {
-                return f64::INFINITY;
-            }
-            projected(x, y, p[0], p[1].exp(), &mut scratch.borrow_mut()).1
-        };
-        let start = [grid.x0, grid.k.ln()];
-        // Stop once the simplex's SSEs agree to 1e-15 of the grid's SSE (an absolute 1e-14 sits
-        // below the SSE's own rounding on curves of hundreds of watts: the simplex would wander
-        // to its 2000-iteration limit), then restart from the best point with a small simplex
-        // while that still improves (a simplex can collapse before the minimum).
-        let tol = (1e-15 * grid_sse).max(1e-300);
-        let (mut p, mut sse) = super::nelder_mead_tol(cost, &start, &[0.1, 0.1], 2000, tol);
-        for _ in 0..10 {
-            let (q, c) = super::nelder_mead_tol(cost, &p, &[1e-3, 1e-3], 2000, tol);
-            if c >= sse {
-                break;
-            }
-            (p, sse) = (q, c);
-        }
-        if sse < best_sse {
-            let mut s = Vec::new();
-            best = projected(x, y, p[0], p[1].exp(), &mut s).0;
-            best_sse = best.sse(x, y);
-            if best_sse > grid_sse {
-                best = grid;
-                best_sse = grid_sse;
-            }
-        }
-    }
+    let (best, best_sse) = if degenerate(x, y).is_none() {
+        refine(x, y, grid, grid_sse)
+    } else {
+        (grid, grid_sse)
+    };
     let n = x.len();
-    let y_mean = if n > 0 {
-        y.iter().sum::<f64>() / n as f64
-    } else {
-        f64::NAN
-    };
-    let sst: f64 = y.iter().map(|v| (v - y_mean).powi(2)).sum();
-    let r2 = if sst > 0.0 {
-        1.0 - best_sse / sst
-    } else {
-        f64::NAN
-    };
-    let rmse = if n > 0 {
-        (best_sse / n as f64).sqrt()
-    } else {
-        f64::NAN
-    };
-    let mut warnings = Vec::new();
-    if n >= 3 {
-        if r2 < 0.9 {
-            warnings.push(format!("R² = {r2:.3} < 0.9"));
-        }
-        let (x_min, x_max) = x
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-                (a.min(v), b.max(v))
-            });
-        if best.x0 < x_min - 0.5 || best.x0 > x_max + 0.5 {
-            warnings.push(format!(
-                "midpoint x0 = {:.2} outside the data [{x_min:.2}, {x_max:.2}]",
-                best.x0
-            ));
-        }
-        if best.k >= 99.0 {
-            warnings.push(format!("step-like curve (k = {:.1})", best.k));
-        }
-    }
+    let (r2, rmse) = goodness(y, n, best_sse);
     LogisticFitReport {
         fit: best,
         grid,
@@ -262,8 +191,96 @@ pub fn fit(x: &[f64], y: &[f64]) -> LogisticFitReport {
         sse: best_sse,
         grid_sse,
         r2,
-        warnings,
+        warnings: fit_warnings(x, &best, r2),
     }
+}
+
+/// (min, max) of `x`; (∞, −∞) when empty.
+fn x_range(x: &[f64]) -> (f64, f64) {
+    x.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        })
+}
+
+/// Nelder–Mead from the grid's best point over (x0, ln k) within the grid's box; the grid fit
+/// and its SSE back when refinement does not improve on it.
+fn refine(x: &[f64], y: &[f64], grid: LogisticFit, grid_sse: f64) -> (LogisticFit, f64) {
+    let (x_min, x_max) = x_range(x);
+    let (lo_x0, hi_x0) = (x_min - 1.0, x_max + 1.0);
+    let (lo_lnk, hi_lnk) = (1e-2f64.ln(), 1e2f64.ln());
+    let scratch = std::cell::RefCell::new(Vec::with_capacity(x.len()));
+    let cost = |p: &[f64]| {
+        if p[0] < lo_x0 || p[0] > hi_x0 || p[1] < lo_lnk || p[1] > hi_lnk {
+            return f64::INFINITY;
+        }
+        projected(x, y, p[0], p[1].exp(), &mut scratch.borrow_mut()).1
+    };
+    let start = [grid.x0, grid.k.ln()];
+    // Stop once the simplex's SSEs agree to 1e-15 of the grid's SSE (an absolute 1e-14 sits
+    // below the SSE's own rounding on curves of hundreds of watts: the simplex would wander
+    // to its 2000-iteration limit), then restart from the best point with a small simplex
+    // while that still improves (a simplex can collapse before the minimum).
+    let tol = (1e-15 * grid_sse).max(1e-300);
+    let (mut p, mut sse) = super::nelder_mead_tol(cost, &start, &[0.1, 0.1], 2000, tol);
+    for _ in 0..10 {
+        let (q, c) = super::nelder_mead_tol(cost, &p, &[1e-3, 1e-3], 2000, tol);
+        if c >= sse {
+            break;
+        }
+        (p, sse) = (q, c);
+    }
+    // Written so that a NaN SSE keeps the grid fit.
+    if !(sse < grid_sse) {
+        return (grid, grid_sse);
+    }
+    let mut s = Vec::new();
+    let best = projected(x, y, p[0], p[1].exp(), &mut s).0;
+    let best_sse = best.sse(x, y);
+    if best_sse > grid_sse {
+        (grid, grid_sse)
+    } else {
+        (best, best_sse)
+    }
+}
+
+/// (R², RMSE) of a fit with SSE `sse` on `n` points of `y` (NaN when undefined).
+fn goodness(y: &[f64], n: usize, sse: f64) -> (f64, f64) {
+    let y_mean = if n > 0 {
+        y.iter().sum::<f64>() / n as f64
+    } else {
+        f64::NAN
+    };
+    let sst: f64 = y.iter().map(|v| (v - y_mean).powi(2)).sum();
+    let r2 = if sst > 0.0 { 1.0 - sse / sst } else { f64::NAN };
+    let rmse = if n > 0 {
+        (sse / n as f64).sqrt()
+    } else {
+        f64::NAN
+    };
+    (r2, rmse)
+}
+
+/// Suspicious fits on three points or more: a poor R², a midpoint outside the data, a step.
+fn fit_warnings(x: &[f64], best: &LogisticFit, r2: f64) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if x.len() < 3 {
+        return warnings;
+    }
+    if r2 < 0.9 {
+        warnings.push(format!("R² = {r2:.3} < 0.9"));
+    }
+    let (x_min, x_max) = x_range(x);
+    if best.x0 < x_min - 0.5 || best.x0 > x_max + 0.5 {
+        warnings.push(format!(
+            "midpoint x0 = {:.2} outside the data [{x_min:.2}, {x_max:.2}]",
+            best.x0
+        ));
+    }
+    if best.k >= 99.0 {
+        warnings.push(format!("step-like curve (k = {:.1})", best.k));
+    }
+    warnings
 }
 
 /// Median y per batch size, then x = log2(batch): the points a curve is fitted on. Batch sizes

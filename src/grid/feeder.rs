@@ -871,6 +871,19 @@ impl ImpedanceState {
         }
         Ok(true)
     }
+    /// OpenDSS's switch impedance (`switch=yes`): r1 = x1 = r0 = x0 = 1, c1 = 1.1, c0 = 1,
+    /// replacing any matrices.
+    fn make_switch(&mut self) {
+        self.sym = Some(Sym {
+            r1: 1.0,
+            x1: 1.0,
+            r0: 1.0,
+            x0: 1.0,
+            c1: 1.1,
+            c0: 1.0,
+        });
+        (self.r, self.x, self.c, self.units) = (None, None, None, None);
+    }
     fn finish(&self, location: &Location) -> Result<LineImpedance, GridError> {
         let n = self.phases;
         let (r, x, c) = match self.sym {
@@ -978,29 +991,10 @@ fn line(
                     state.phases = n;
                 }
             }
-            "linecode" => {
-                let code = linecodes
-                    .get(&p.value.to_ascii_lowercase())
-                    .ok_or_else(|| {
-                        bad(
-                            &p.location,
-                            &p.value,
-                            "LineCode not defined before this line",
-                        )
-                    })?;
-                state = ImpedanceState::from(code);
-            }
+            "linecode" => state = ImpedanceState::from(linecode_named(p, linecodes)?),
             "switch" => {
                 if yes(p)? {
-                    state.sym = Some(Sym {
-                        r1: 1.0,
-                        x1: 1.0,
-                        r0: 1.0,
-                        x0: 1.0,
-                        c1: 1.1,
-                        c0: 1.0,
-                    });
-                    (state.r, state.x, state.c, state.units) = (None, None, None, None);
+                    state.make_switch();
                     length = 0.001;
                     length_units = None;
                 }
@@ -1017,16 +1011,7 @@ fn line(
     }
     let impedance = state.finish(location)?;
     if let Some((n, loc)) = phases_set {
-        if n != impedance.phases {
-            return Err(bad(
-                &loc,
-                &n.to_string(),
-                format!(
-                    "phases disagrees with the line's impedance ({} phases)",
-                    impedance.phases
-                ),
-            ));
-        }
+        check_line_phases(n, &loc, &impedance)?;
     }
     let bus1 = bus1.ok_or_else(|| bad(location, &name, "Line has no bus1"))?;
     let bus2 = bus2.ok_or_else(|| bad(location, &name, "Line has no bus2"))?;
@@ -1038,6 +1023,35 @@ fn line(
         length,
         length_units,
     })
+}
+
+/// The LineCode a Line's `linecode` names (defined earlier in the script).
+fn linecode_named<'a>(
+    p: &Param,
+    linecodes: &'a HashMap<String, LineImpedance>,
+) -> Result<&'a LineImpedance, GridError> {
+    linecodes.get(&p.value.to_ascii_lowercase()).ok_or_else(|| {
+        bad(
+            &p.location,
+            &p.value,
+            "LineCode not defined before this line",
+        )
+    })
+}
+
+/// A Line's `phases` (`n`, written at `loc`) must agree with its impedance's.
+fn check_line_phases(n: usize, loc: &Location, impedance: &LineImpedance) -> Result<(), GridError> {
+    if n != impedance.phases {
+        return Err(bad(
+            loc,
+            &n.to_string(),
+            format!(
+                "phases disagrees with the line's impedance ({} phases)",
+                impedance.phases
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn transformer(
