@@ -985,16 +985,28 @@ mod tests {
     use super::*;
     use crate::grid::setup::{GridSetup, PreparedGrid};
 
-    /// IEEE 13 with one datacenter at 500 kW per phase, solved to `tolerance`; `None` (the test
-    /// skipped) without `../shared` beside the checkout, which CI always has.
-    fn ieee13(tolerance: f64) -> Option<PreparedGrid> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/feeders/ieee13/IEEE13Bus.dss");
-        if !path.is_file() {
-            assert!(std::env::var("CI").is_err(), "{} missing", path.display());
-            eprintln!("skipped: {} not found", path.display());
-            return None;
+    /// `../shared/data/feeders` beside the checkout, as the integration tests find it
+    /// (`tests/common::shared`): CI always has it (`CI=true` makes its absence a failure);
+    /// elsewhere a test that needs it is skipped with a note.
+    fn shared_feeders() -> Option<PathBuf> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/feeders");
+        if p.is_dir() {
+            Some(p)
+        } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "{} is missing: CI must have ../shared beside the checkout",
+                p.display()
+            );
+        } else {
+            eprintln!("skipped: {} not found", p.display());
+            None
         }
+    }
+
+    /// IEEE 13 with one datacenter at 500 kW per phase, solved to `tolerance`; `None` (the test
+    /// skipped) without `../shared` (see [`shared_feeders`]).
+    fn ieee13(tolerance: f64) -> Option<PreparedGrid> {
+        let path = shared_feeders()?.join("ieee13/IEEE13Bus.dss");
         let setup = GridSetup {
             source_pu: Some(1.0),
             taps: vec![
