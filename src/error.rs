@@ -28,9 +28,14 @@ pub enum Error {
     /// A file is well-formed but its content is unusable (missing field, empty series, …).
     #[error("{}: {what}", path.display())]
     Content { path: PathBuf, what: String },
-    /// A parquet file could not be read or written.
-    #[error("{}: parquet: {what}", path.display())]
-    Parquet { path: PathBuf, what: String },
+    /// A parquet file could not be read or written: the parquet or arrow error (or, for a
+    /// table of the wrong shape, what is wrong with it) as the source. Boxed so this bottom
+    /// module names no arrow or parquet type (`table` is the only one that knows them).
+    #[error("{}: parquet: {source}", path.display())]
+    Parquet {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A configuration value (model spec, pipeline field, fit option) is invalid.
     #[error("invalid {field}: {what}")]
     Config { field: String, what: String },
@@ -104,6 +109,15 @@ impl Error {
         Error::Content {
             path: path.into(),
             what: what.into(),
+        }
+    }
+    pub(crate) fn parquet(
+        path: impl Into<PathBuf>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Parquet {
+            path: path.into(),
+            source: source.into(),
         }
     }
     pub(crate) fn config(field: impl Into<String>, what: impl Into<String>) -> Self {

@@ -17,6 +17,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
@@ -101,10 +102,10 @@ impl Table {
 pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
     let rows = table.num_rows();
     if let Some((name, c)) = table.columns.iter().find(|(_, c)| c.len() != rows) {
-        return Err(Error::Parquet {
-            path: path.to_path_buf(),
-            what: format!("column {name} has {} rows, expected {rows}", c.len()),
-        });
+        return Err(Error::parquet(
+            path,
+            format!("column {name} has {} rows, expected {rows}", c.len()),
+        ));
     }
     let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = table
         .columns
@@ -112,19 +113,16 @@ pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
         .map(|(name, c)| (c.field(name), c.to_array()))
         .unzip();
     let schema = Arc::new(Schema::new(fields));
-    let pq_err = |e: &dyn std::fmt::Display| Error::Parquet {
-        path: path.to_path_buf(),
-        what: e.to_string(),
-    };
-    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| pq_err(&e))?;
+    let pq_err = |e: ParquetError| Error::parquet(path, e);
+    let batch =
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| Error::parquet(path, e))?;
     crate::io::write_atomic(path, |file| {
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
-        let mut writer =
-            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| pq_err(&e))?;
-        writer.write(&batch).map_err(|e| pq_err(&e))?;
-        writer.close().map_err(|e| pq_err(&e))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq_err)?;
+        writer.write(&batch).map_err(pq_err)?;
+        writer.close().map_err(pq_err)?;
         Ok(())
     })
 }
@@ -170,12 +168,8 @@ impl ParquetStream {
         }
         let props = props.build();
         let file = tmp.reopen().map_err(|e| Error::io(path, e))?;
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| {
-            Error::Parquet {
-                path: path.to_path_buf(),
-                what: e.to_string(),
-            }
-        })?;
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| Error::parquet(path, e))?;
         Ok(ParquetStream {
             path: path.to_path_buf(),
             _in_progress: crate::io::in_progress(tmp.path()),
@@ -187,30 +181,28 @@ impl ParquetStream {
 
     /// Appends rows: `table` must have the stream's columns, in order.
     pub fn write(&mut self, table: &Table) -> Result<()> {
-        let pq_err = |what: String| Error::Parquet {
-            path: self.path.clone(),
-            what,
-        };
         if table.columns.len() != self.schema.fields().len() {
-            return Err(pq_err(format!(
-                "{} columns written to a stream of {}",
-                table.columns.len(),
-                self.schema.fields().len()
-            )));
+            return Err(Error::parquet(
+                &self.path,
+                format!(
+                    "{} columns written to a stream of {}",
+                    table.columns.len(),
+                    self.schema.fields().len()
+                ),
+            ));
         }
         let arrays: Vec<ArrayRef> = table.columns.iter().map(|(_, c)| c.to_array()).collect();
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| pq_err(e.to_string()))?;
-        self.writer.write(&batch).map_err(|e| pq_err(e.to_string()))
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|e| Error::parquet(&self.path, e))?;
+        self.writer
+            .write(&batch)
+            .map_err(|e| Error::parquet(&self.path, e))
     }
 
     /// Closes the file and renames it into place.
     pub fn finish(self) -> Result<()> {
         let path = self.path;
-        self.writer.close().map_err(|e| Error::Parquet {
-            path: path.clone(),
-            what: e.to_string(),
-        })?;
+        self.writer.close().map_err(|e| Error::parquet(&path, e))?;
         self.tmp
             .as_file()
             .sync_all()
@@ -239,16 +231,13 @@ pub struct ParquetTable {
 impl ParquetTable {
     pub fn read(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let pq_err = |e: &dyn std::fmt::Display| Error::Parquet {
-            path: path.to_path_buf(),
-            what: e.to_string(),
-        };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(&e))?;
+        let pq_err = |e: ParquetError| Error::parquet(path, e);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err)?;
         let schema = builder.schema().clone();
-        let reader = builder.build().map_err(|e| pq_err(&e))?;
+        let reader = builder.build().map_err(pq_err)?;
         let batches = reader
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| pq_err(&e))?;
+            .map_err(|e| Error::parquet(path, e))?;
         Ok(ParquetTable {
             path: path.to_path_buf(),
             batches,
@@ -464,5 +453,24 @@ mod tests {
         let p2 = dir.path().join("bad.parquet");
         assert!(write_parquet(&p2, &bad).is_err());
         assert!(!p2.exists());
+    }
+
+    #[test]
+    fn a_parquet_error_names_the_file_and_keeps_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-parquet.parquet");
+        std::fs::write(&path, "plain text, not parquet").unwrap();
+        let e = ParquetTable::read(&path).err().unwrap();
+        let message = e.to_string();
+        assert!(
+            message.contains("not-parquet.parquet: parquet: "),
+            "{message}"
+        );
+        let source = std::error::Error::source(&e).expect("the parquet error as the source");
+        assert!(
+            source.downcast_ref::<ParquetError>().is_some(),
+            "{source:?}"
+        );
+        assert!(message.ends_with(&source.to_string()), "{message}");
     }
 }
