@@ -42,6 +42,7 @@ pub mod shard;
 pub mod site;
 pub mod sources;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod synth;
 pub mod table;

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fits::quantile_sorted;
+use crate::stats::quantile;
+/// Summary statistics under the names the metrics have always used; defined in
+/// [`crate::stats`] (`median_of` is [`crate::stats::median_finite`]).
+pub use crate::stats::{mean as mean_of, median_finite as median_of, sd as sd_of};
 
 /// Every metric of SPEC §8 for one (measured, synthesized) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -65,20 +68,6 @@ impl Metrics {
     }
 }
 
-/// Mean of the values (NaN for none).
-pub fn mean_of(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-/// Sample standard deviation (0 for fewer than two values).
-pub fn sd_of(v: &[f64]) -> f64 {
-    if v.len() < 2 {
-        return 0.0;
-    }
-    let m = mean_of(v);
-    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-}
-
 /// Lags used by the ACF R² (SPEC §8: 50, i.e. 12.5 s at 0.25 s).
 pub const ACF_MAX_LAG: usize = 50;
 
@@ -125,12 +114,6 @@ pub fn ks_statistic(g: &[f64], y: &[f64]) -> f64 {
     d
 }
 
-fn percentile(v: &[f64], q: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    quantile_sorted(&s, q)
-}
-
 /// Compares synthesized `y` with measured `g` on their common length (≥ 2 bins).
 pub fn compare(g: &[f64], y: &[f64]) -> Metrics {
     let n = g.len().min(y.len());
@@ -152,8 +135,8 @@ pub fn compare(g: &[f64], y: &[f64]) -> Metrics {
     let range = g.iter().copied().fold(f64::NEG_INFINITY, f64::max)
         - g.iter().copied().fold(f64::INFINITY, f64::min);
     let perr = |q: f64| {
-        let pg = percentile(g, q);
-        100.0 * (percentile(y, q) - pg).abs() / pg
+        let pg = quantile(g, q);
+        100.0 * (quantile(y, q) - pg).abs() / pg
     };
     Metrics {
         n,
@@ -203,16 +186,6 @@ pub fn resampling_noise(g: &[f64], strata: &[u8], resamples: usize, seed: u64) -
     m.acf_r2 = f64::NAN;
     m.nrmse = f64::NAN;
     m
-}
-
-/// Median of finite values (NaN when there are none).
-pub fn median_of(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    quantile_sorted(&v, 0.5)
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use std::io::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::metrics::{acf, median_of, Metrics, ACF_MAX_LAG};
+use crate::metrics::{acf, Metrics, ACF_MAX_LAG};
 use crate::plot::{line_chart_svg, LineChart, Series};
+use crate::stats::median_finite;
 use crate::store::write_atomic;
 use crate::synth::downsample_mean;
 use crate::table::{write_parquet, Column, Table};
@@ -136,20 +137,20 @@ impl MetricRows {
     fn push_medians(&mut self, results: &[RunValidation]) {
         for (k, m) in METHODS.iter().enumerate() {
             let per_run: Vec<Metrics> = results.iter().map(|v| v.metrics[k]).collect();
-            let x = Metrics::reduce(&per_run, |v| median_of(v.iter().copied()));
+            let x = Metrics::reduce(&per_run, |v| median_finite(v.iter().copied()));
             self.push(
                 "median",
                 m,
                 &x,
-                median_of(results.iter().map(|v| v.running_corr)),
-                median_of(results.iter().map(|v| v.running_mae)),
+                median_finite(results.iter().map(|v| v.running_corr)),
+                median_finite(results.iter().map(|v| v.running_mae)),
             );
         }
         let noise: Vec<Metrics> = results.iter().map(|v| v.measured_noise).collect();
         self.push(
             "median",
             "measured_noise",
-            &Metrics::reduce(&noise, |v| median_of(v.iter().copied())),
+            &Metrics::reduce(&noise, |v| median_finite(v.iter().copied())),
             f64::NAN,
             f64::NAN,
         );

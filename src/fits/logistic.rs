@@ -294,7 +294,7 @@ pub fn points_per_batch(samples: &[(u32, f64)], exclude: &[u32]) -> (Vec<f64>, V
     }
     by_batch
         .into_iter()
-        .map(|(b, v)| ((b.max(1) as f64).log2(), super::median(&v)))
+        .map(|(b, v)| ((b.max(1) as f64).log2(), crate::stats::median(&v)))
         .unzip()
 }
 

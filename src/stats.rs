@@ -1,0 +1,92 @@
+//! Summary statistics of plain `f64` slices: mean, sample standard deviation, median and
+//! numpy-style quantiles. A bottom module (pure math, nothing of the crate): fits, metrics and
+//! every later stage use these one definitions.
+//!
+//! ```
+//! use powersynth::stats::{mean, median, quantile_sorted};
+//! assert_eq!(mean(&[1.0, 2.0, 6.0]), 3.0);
+//! assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+//! assert_eq!(quantile_sorted(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.5);
+//! ```
+
+/// Mean of the values (NaN for none).
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Sample standard deviation (n − 1 in the denominator; 0 for fewer than two values).
+pub fn sd(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
+/// Linear-interpolation quantile of sorted data (numpy's default), `q` in [0, 1]; NaN for no
+/// values.
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let frac = pos - lo as f64;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+}
+
+/// [`quantile_sorted`] of the values in any order (sorted by `f64::total_cmp` first).
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    quantile_sorted(&v, q)
+}
+
+/// Median (mean of the two middle values for an even count) of every value, NaN for no values.
+pub fn median(values: &[f64]) -> f64 {
+    quantile(values, 0.5)
+}
+
+/// Median of the finite values only (NaN and ±∞ left out; NaN when none is finite): for
+/// summaries over runs where a run may have no value.
+pub fn median_finite(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    quantile_sorted(&v, 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_like_numpy() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile_sorted(&v, 0.5), 2.5);
+        assert!((quantile_sorted(&v, 0.35) - 2.05).abs() < 1e-12);
+        assert_eq!(
+            quantile(&[4.0, 1.0, 3.0, 2.0], 0.35),
+            quantile_sorted(&v, 0.35)
+        );
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn median_finite_leaves_out_what_is_not_a_number() {
+        assert_eq!(median_finite([3.0, f64::NAN, 1.0, f64::INFINITY]), 2.0);
+        assert!(median_finite([f64::NAN]).is_nan());
+        // `median` keeps every value: a NaN sorts last under total_cmp.
+        assert_eq!(median(&[1.0, 2.0, f64::NAN]), 2.0);
+    }
+
+    #[test]
+    fn mean_and_sample_sd() {
+        assert!(mean(&[]).is_nan());
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), 3.0);
+        assert!((sd(&[1.0, 2.0, 3.0, 4.0]) - 1.290_994_448_735_805_6).abs() < 1e-12);
+        assert_eq!(sd(&[7.0]), 0.0);
+    }
+}
