@@ -8,9 +8,11 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use powersynth::coordinator::clock::to_f64;
+use powersynth::coordinator::grid_metrics::GridMetrics;
 use powersynth::coordinator::sink::{ParquetRunWriter, PerSecond, StatsSink};
-use powersynth::coordinator::RunSink;
-use powersynth::scenario::{build, Overrides, Scenario};
+use powersynth::coordinator::{RunCounts, RunSink};
+use powersynth::io::StagedDir;
+use powersynth::scenario::{build, Built, Overrides, Scenario};
 use powersynth::shard::Shard;
 
 /// Simulate a datacenter scenario (models, templates or synthesized power, server pool,
@@ -73,35 +75,76 @@ fn main() -> Result<()> {
     let mut built =
         build(&sc, &base, &ov).with_context(|| format!("building {}", args.scenario.display()))?;
     let build_s = t_build.elapsed().as_secs_f64();
-    let rack_window_s = sc.outputs.rack_window_s.unwrap_or(60.0);
     let run_key = ov.run_key(&args.scenario)?;
-    // An unsplit run is built in a staging folder beside --out and renamed onto it at the end
-    // (a failed or interrupted run leaves --out as it was); a shard writes its partitions in
-    // place, each file atomic.
-    let staged = match &out_dir {
-        Some(d) if shard.is_whole() => Some(powersynth::io::StagedDir::begin(
-            d,
-            "facility_metrics.json",
-        )?),
-        _ => None,
-    };
+    let staged = stage_output(out_dir.as_deref(), shard)?;
     let write_dir = staged
         .as_ref()
         .map(|s| s.path().to_path_buf())
         .or_else(|| out_dir.clone());
     let mut writer = write_dir.as_ref().map(|d| {
-        let w = ParquetRunWriter::new(d)
-            .with_rack_window_s(rack_window_s)
-            .with_shard(shard, &run_key);
-        match &built.grid {
-            Some(spec) => w.with_grid(spec.clone()),
-            None => w,
-        }
+        let rack_window_s = sc.outputs.rack_window_s.unwrap_or(60.0);
+        run_writer(d, rack_window_s, shard, &run_key, &built)
     });
+    let run = run_with_stats(&mut built, writer.as_mut(), args.log.quiet)?;
+    if let Some(dir) = write_dir.as_ref().filter(|_| shard.is_whole()) {
+        write_report(dir, &args.scenario, &run.per_second)?;
+    }
+    drop(writer);
+    if let Some(s) = staged {
+        s.commit()?;
+    }
+    println!("{}", summary_line(&args, &built, &run, build_s, out_dir));
+    Ok(())
+}
+
+/// An unsplit run is built in a staging folder beside --out and renamed onto it at the end
+/// (a failed or interrupted run leaves --out as it was); a shard writes its partitions in
+/// place, each file atomic.
+fn stage_output(out_dir: Option<&Path>, shard: Shard) -> Result<Option<StagedDir>> {
+    Ok(match out_dir {
+        Some(d) if shard.is_whole() => Some(StagedDir::begin(d, "facility_metrics.json")?),
+        _ => None,
+    })
+}
+
+/// The streaming writer of the run result into `dir`.
+fn run_writer(
+    dir: &Path,
+    rack_window_s: f64,
+    shard: Shard,
+    run_key: &str,
+    built: &Built,
+) -> ParquetRunWriter {
+    let w = ParquetRunWriter::new(dir)
+        .with_rack_window_s(rack_window_s)
+        .with_shard(shard, run_key);
+    match &built.grid {
+        Some(spec) => w.with_grid(spec.clone()),
+        None => w,
+    }
+}
+
+/// What a run leaves for the report and the final line.
+struct RunStats {
+    counts: RunCounts,
+    wall_s: f64,
+    mean_kw: f64,
+    min_kw: f64,
+    max_kw: f64,
+    per_second: PerSecond,
+    grid_metrics: Option<GridMetrics>,
+}
+
+/// Runs the coordinator into `writer` (if any) through a [`StatsSink`], with the progress bar.
+fn run_with_stats(
+    built: &mut Built,
+    writer: Option<&mut ParquetRunWriter>,
+    quiet: bool,
+) -> Result<RunStats> {
     let ticks = built.coordinator.total_ticks();
-    let bar = progress_bar(ticks, args.log.quiet);
+    let bar = progress_bar(ticks, quiet);
     let every = (ticks / 200).max(1);
-    let mut stats = StatsSink::new(writer.as_mut().map(|w| w as &mut dyn RunSink), every, |t| {
+    let mut stats = StatsSink::new(writer.map(|w| w as &mut dyn RunSink), every, |t| {
         bar.set_position(t)
     });
     if let Some(spec) = &built.grid {
@@ -111,26 +154,34 @@ fn main() -> Result<()> {
     let counts = built.coordinator.run(&mut stats)?;
     let wall_s = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let mean_kw = stats.mean_facility_power_w() / 1000.0;
-    let (min_kw, max_kw) = (stats.facility_min_w / 1000.0, stats.facility_max_w / 1000.0);
-    let per_second = std::mem::take(&mut stats.per_second);
-    let grid_metrics = stats.grid.as_ref().map(|g| g.metrics());
-    drop(stats);
-    if let Some(dir) = write_dir.as_ref().filter(|_| shard.is_whole()) {
-        write_report(dir, &args.scenario, &per_second)?;
-    }
-    drop(writer);
-    if let Some(s) = staged {
-        s.commit()?;
-    }
-    let line = serde_json::json!({
+    Ok(RunStats {
+        counts,
+        wall_s,
+        mean_kw: stats.mean_facility_power_w() / 1000.0,
+        min_kw: stats.facility_min_w / 1000.0,
+        max_kw: stats.facility_max_w / 1000.0,
+        per_second: std::mem::take(&mut stats.per_second),
+        grid_metrics: stats.grid.as_ref().map(|g| g.metrics()),
+    })
+}
+
+/// The final JSON line on stdout.
+fn summary_line(
+    args: &Args,
+    built: &Built,
+    run: &RunStats,
+    build_s: f64,
+    out_dir: Option<PathBuf>,
+) -> serde_json::Value {
+    let counts = &run.counts;
+    serde_json::json!({
         "dc_steps": counts.dc_steps,
         "ticks": counts.ticks,
-        "wall_s": wall_s,
-        "dc_steps_per_s": counts.dc_steps as f64 / wall_s,
-        "mean_facility_power_kw": mean_kw,
-        "min_facility_power_kw": min_kw,
-        "max_facility_power_kw": max_kw,
+        "wall_s": run.wall_s,
+        "dc_steps_per_s": counts.dc_steps as f64 / run.wall_s,
+        "mean_facility_power_kw": run.mean_kw,
+        "min_facility_power_kw": run.min_kw,
+        "max_facility_power_kw": run.max_kw,
         "gpus_used": built.gpus_used,
         "servers": built.servers,
         "duration_s": to_f64(built.duration),
@@ -140,10 +191,8 @@ fn main() -> Result<()> {
         "events": counts.events,
         "out": out_dir.map(|d| d.display().to_string()),
         "shard": args.shard.map(|s| s.to_string()),
-        "grid": grid_metrics,
-    });
-    println!("{line}");
-    Ok(())
+        "grid": run.grid_metrics,
+    })
 }
 
 /// The tick progress bar on stderr (hidden with -q).

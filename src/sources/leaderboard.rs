@@ -139,98 +139,139 @@ pub fn load_task_file(path: &Path) -> Result<Vec<LeaderboardConfig>> {
 }
 
 fn parse_config(path: &Path, row: usize, task: &str, c: &Value) -> Result<LeaderboardConfig> {
-    let err = |what: String| Error::row(path, row, format!("configurations[{row}]: {what}"));
-    let text = |k: &str| -> Result<String> {
-        c.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| err(format!("field {k:?} missing or not a string")))
-    };
-    let num = |k: &str| -> Result<f64> {
-        let v = c
-            .get(k)
-            .ok_or_else(|| err(format!("field {k:?} missing")))?;
-        let x = v
-            .as_f64()
-            .ok_or_else(|| err(format!("field {k:?} = {v} is not a number")))?;
-        if !x.is_finite() {
-            return Err(err(format!("field {k:?} = {x} is not finite")));
-        }
-        Ok(x)
-    };
-    let positive = |k: &str| -> Result<f64> {
-        let x = num(k)?;
-        if x <= 0.0 {
-            return Err(err(format!("field {k:?} = {x} must be > 0")));
-        }
-        Ok(x)
-    };
-    let count = |k: &str| -> Result<u32> {
-        let x = num(k)?;
-        if x < 1.0 || x.fract() != 0.0 || x > u32::MAX as f64 {
-            return Err(err(format!("field {k:?} = {x} must be a positive integer")));
-        }
-        Ok(x as u32)
-    };
-    let gpu_model = text("gpu_model")?;
-    let num_gpus = count("num_gpus")?;
-    let avg_power_w = positive("avg_power_watts")?;
-    let limit = 2.0 * super::board_limit_w(&gpu_model) * num_gpus as f64;
-    if avg_power_w > limit {
-        return Err(err(format!(
-            "field \"avg_power_watts\" = {avg_power_w} W is absurd for {num_gpus} × {gpu_model} (> 2 × board limit = {limit} W)"
-        )));
-    }
-    // Upper bounds far beyond any real configuration keep the fits finite (a value of 1e308
-    // was accepted and wrote nulls downstream).
-    let bounded = |k: &str, max: f64| -> Result<f64> {
-        let x = positive(k)?;
-        if x > max {
-            return Err(err(format!("field {k:?} = {x} is absurd (> {max})")));
-        }
-        Ok(x)
-    };
-    let ms = |k: &str| bounded(k, 60_000.0).map(|v| v / 1000.0);
+    let f = ConfigFields { path, row, c };
+    let gpu_model = f.text("gpu_model")?;
+    let num_gpus = f.count("num_gpus")?;
+    let avg_power_w = f.avg_power_w(&gpu_model, num_gpus)?;
     let cfg = LeaderboardConfig {
         task: task.to_string(),
-        model_id: text("model_id")?,
-        nickname: c
-            .get("nickname")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        model_id: f.text("model_id")?,
+        nickname: f.optional_text("nickname"),
         gpu_model,
         num_gpus,
-        max_num_seqs: count("max_num_seqs")?,
+        max_num_seqs: f.count("max_num_seqs")?,
         avg_power_w,
-        median_itl_s: ms("median_itl_ms")?,
-        p90_itl_s: ms("p90_itl_ms")?,
-        p95_itl_s: ms("p95_itl_ms")?,
-        p99_itl_s: ms("p99_itl_ms")?,
-        output_throughput_tps: bounded("output_throughput_tokens_per_sec", 1e7)?,
-        energy_per_token_j: bounded("energy_per_token_joules", 1e4)?,
-        avg_batch_size: num("avg_batch_size").unwrap_or(f64::NAN),
-        architecture: c
-            .get("architecture")
+        median_itl_s: f.ms("median_itl_ms")?,
+        p90_itl_s: f.ms("p90_itl_ms")?,
+        p95_itl_s: f.ms("p95_itl_ms")?,
+        p99_itl_s: f.ms("p99_itl_ms")?,
+        output_throughput_tps: f.bounded("output_throughput_tokens_per_sec", 1e7)?,
+        energy_per_token_j: f.bounded("energy_per_token_joules", 1e4)?,
+        avg_batch_size: f.num("avg_batch_size").unwrap_or(f64::NAN),
+        architecture: f.optional_text("architecture"),
+        active_params_b: f.positive("activated_params_billions").unwrap_or(f64::NAN),
+        avg_output_len: f.positive("avg_output_len").unwrap_or(f64::NAN),
+    };
+    f.check_itl_order(&cfg)?;
+    Ok(cfg)
+}
+
+/// One configuration object of a task file and where it is: typed field readers whose errors
+/// name the file, the row and the field.
+struct ConfigFields<'a> {
+    path: &'a Path,
+    row: usize,
+    c: &'a Value,
+}
+
+impl ConfigFields<'_> {
+    fn err(&self, what: String) -> Error {
+        Error::row(
+            self.path,
+            self.row,
+            format!("configurations[{}]: {what}", self.row),
+        )
+    }
+
+    fn text(&self, k: &str) -> Result<String> {
+        self.c
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| self.err(format!("field {k:?} missing or not a string")))
+    }
+
+    /// A string field, empty when absent.
+    fn optional_text(&self, k: &str) -> String {
+        self.c
+            .get(k)
             .and_then(Value::as_str)
             .unwrap_or_default()
-            .to_string(),
-        active_params_b: positive("activated_params_billions").unwrap_or(f64::NAN),
-        avg_output_len: positive("avg_output_len").unwrap_or(f64::NAN),
-    };
-    if !(cfg.median_itl_s <= cfg.p90_itl_s
-        && cfg.p90_itl_s <= cfg.p95_itl_s
-        && cfg.p95_itl_s <= cfg.p99_itl_s)
-    {
-        return Err(err(format!(
-            "ITL percentiles not increasing: p50 {} ≤ p90 {} ≤ p95 {} ≤ p99 {} ms fails",
-            cfg.median_itl_s * 1e3,
-            cfg.p90_itl_s * 1e3,
-            cfg.p95_itl_s * 1e3,
-            cfg.p99_itl_s * 1e3
-        )));
+            .to_string()
     }
-    Ok(cfg)
+
+    fn num(&self, k: &str) -> Result<f64> {
+        let v = self
+            .c
+            .get(k)
+            .ok_or_else(|| self.err(format!("field {k:?} missing")))?;
+        let x = v
+            .as_f64()
+            .ok_or_else(|| self.err(format!("field {k:?} = {v} is not a number")))?;
+        if !x.is_finite() {
+            return Err(self.err(format!("field {k:?} = {x} is not finite")));
+        }
+        Ok(x)
+    }
+
+    fn positive(&self, k: &str) -> Result<f64> {
+        let x = self.num(k)?;
+        if x <= 0.0 {
+            return Err(self.err(format!("field {k:?} = {x} must be > 0")));
+        }
+        Ok(x)
+    }
+
+    fn count(&self, k: &str) -> Result<u32> {
+        let x = self.num(k)?;
+        if x < 1.0 || x.fract() != 0.0 || x > u32::MAX as f64 {
+            return Err(self.err(format!("field {k:?} = {x} must be a positive integer")));
+        }
+        Ok(x as u32)
+    }
+
+    /// A positive field at most `max`: upper bounds far beyond any real configuration keep
+    /// the fits finite (a value of 1e308 was accepted and wrote nulls downstream).
+    fn bounded(&self, k: &str, max: f64) -> Result<f64> {
+        let x = self.positive(k)?;
+        if x > max {
+            return Err(self.err(format!("field {k:?} = {x} is absurd (> {max})")));
+        }
+        Ok(x)
+    }
+
+    /// A latency in ms (at most a minute), returned in s.
+    fn ms(&self, k: &str) -> Result<f64> {
+        self.bounded(k, 60_000.0).map(|v| v / 1000.0)
+    }
+
+    /// `avg_power_watts`, at most twice the board limit of the run's GPUs.
+    fn avg_power_w(&self, gpu_model: &str, num_gpus: u32) -> Result<f64> {
+        let avg_power_w = self.positive("avg_power_watts")?;
+        let limit = 2.0 * super::board_limit_w(gpu_model) * num_gpus as f64;
+        if avg_power_w > limit {
+            return Err(self.err(format!(
+                "field \"avg_power_watts\" = {avg_power_w} W is absurd for {num_gpus} × {gpu_model} (> 2 × board limit = {limit} W)"
+            )));
+        }
+        Ok(avg_power_w)
+    }
+
+    fn check_itl_order(&self, cfg: &LeaderboardConfig) -> Result<()> {
+        if !(cfg.median_itl_s <= cfg.p90_itl_s
+            && cfg.p90_itl_s <= cfg.p95_itl_s
+            && cfg.p95_itl_s <= cfg.p99_itl_s)
+        {
+            return Err(self.err(format!(
+                "ITL percentiles not increasing: p50 {} ≤ p90 {} ≤ p95 {} ≤ p99 {} ms fails",
+                cfg.median_itl_s * 1e3,
+                cfg.p90_itl_s * 1e3,
+                cfg.p95_itl_s * 1e3,
+                cfg.p99_itl_s * 1e3
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Groups configurations by (task, model_id, gpu_model, num_gpus), sorted by those keys; each

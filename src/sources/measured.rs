@@ -362,84 +362,137 @@ fn parse_count(path: &Path, line: usize, name: &str, text: &str) -> Result<f64> 
 /// Parses nvidia-smi power rows and sums the active GPUs per sample instant.
 fn load_power(path: &Path, m: &RunManifest) -> Result<PowerSeries> {
     let (mut rdr, headers) = csv_reader(path)?;
-    let c_ts = column(path, &headers, "timestamp")?;
-    let c_idx = column(path, &headers, "index")?;
-    let c_uuid = column(path, &headers, "uuid")?;
-    let c_pw = column(path, &headers, "power.draw")?;
-    let c_temp = headers.iter().position(|h| h == "temperature.gpu");
+    let cols = PowerColumns::find(path, &headers)?;
     let limit = 2.0 * super::board_limit_w(&m.hardware);
-    let offset = m.clock.local_utc_offset_s;
     // Rows of one sample share a timestamp text; group consecutive rows.
     let mut groups: Vec<PowerSample> = Vec::new();
     let mut last_text = String::new();
     for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| Error::row(path, line, format!("bad CSV row: {e}")))?;
-        let line = line_of(&rec, line);
-        if rec.len() != headers.len() {
-            return Err(Error::row(
-                path,
-                line,
-                format!("{} columns, expected {}", rec.len(), headers.len()),
-            ));
-        }
-        let ts_text = &rec[c_ts];
-        let watts = parse_f64(path, line, "power.draw", &rec[c_pw])?;
-        if !watts.is_finite() || watts < 0.0 || watts > limit {
-            return Err(Error::row(
-                path,
-                line,
-                format!(
-                    "power.draw = {watts} W is invalid for a {} (expected 0 … {limit} W, 2 × board limit)",
-                    m.hardware
-                ),
-            ));
-        }
-        let index: u32 = rec[c_idx].parse().map_err(|_| {
-            Error::row(
-                path,
-                line,
-                format!("index {:?} is not an integer", &rec[c_idx]),
-            )
-        })?;
+        let (rec, line) = checked_record(path, &headers, i, rec)?;
+        let ts_text = &rec[cols.ts];
+        let watts = parse_watts(path, line, &rec[cols.pw], limit, &m.hardware)?;
+        let index = parse_gpu_index(path, line, &rec[cols.idx])?;
         if ts_text != last_text {
-            let local =
-                NaiveDateTime::parse_from_str(ts_text, "%Y/%m/%d %H:%M:%S%.f").map_err(|e| {
-                    Error::row(
-                        path,
-                        line,
-                        format!("timestamp {ts_text:?} is not YYYY/MM/DD HH:MM:SS.mmm: {e}"),
-                    )
-                })?;
-            let t = local.and_utc().timestamp_micros() as f64 / 1e6 - offset;
-            if let Some((prev_line, prev_t, _)) = groups.last() {
-                if t <= *prev_t {
-                    return Err(Error::row(
-                        path,
-                        line,
-                        format!("timestamp {ts_text:?} does not increase (line {prev_line} is at or after it)"),
-                    ));
-                }
-            }
+            let t = sample_time(path, line, ts_text, m.clock.local_utc_offset_s)?;
+            check_sample_order(path, line, ts_text, t, groups.last())?;
             groups.push((line, t, Vec::new()));
             last_text = ts_text.to_string();
         }
         let group = &mut groups.last_mut().expect("pushed above").2;
-        if group.iter().any(|(u, _, _, _)| u == &rec[c_uuid]) {
+        let uuid = &rec[cols.uuid];
+        if group.iter().any(|(u, _, _, _)| u == uuid) {
             return Err(Error::row(
                 path,
                 line,
-                format!("GPU {} appears twice at {ts_text}", &rec[c_uuid]),
+                format!("GPU {uuid} appears twice at {ts_text}"),
             ));
         }
-        // Temperature is optional context (idle power rises with it): unparseable → NaN.
-        let temp_c = c_temp
-            .and_then(|c| rec[c].trim().parse::<f64>().ok())
-            .filter(|t| t.is_finite() && (-50.0..=150.0).contains(t))
-            .unwrap_or(f64::NAN);
-        group.push((rec[c_uuid].to_string(), index, watts, temp_c));
+        group.push((uuid.to_string(), index, watts, cols.temperature_c(&rec)));
     }
     sum_active_gpus(path, m, &groups)
+}
+
+/// Where the nvidia-smi columns are (temperature optional).
+struct PowerColumns {
+    ts: usize,
+    idx: usize,
+    uuid: usize,
+    pw: usize,
+    temp: Option<usize>,
+}
+
+impl PowerColumns {
+    fn find(path: &Path, headers: &[String]) -> Result<PowerColumns> {
+        Ok(PowerColumns {
+            ts: column(path, headers, "timestamp")?,
+            idx: column(path, headers, "index")?,
+            uuid: column(path, headers, "uuid")?,
+            pw: column(path, headers, "power.draw")?,
+            temp: headers.iter().position(|h| h == "temperature.gpu"),
+        })
+    }
+
+    /// Temperature is optional context (idle power rises with it): unparseable → NaN.
+    fn temperature_c(&self, rec: &csv::StringRecord) -> f64 {
+        self.temp
+            .and_then(|c| rec[c].trim().parse::<f64>().ok())
+            .filter(|t| t.is_finite() && (-50.0..=150.0).contains(t))
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// The `i`-th data record with its CSV line, refused when unreadable or of the wrong width.
+fn checked_record(
+    path: &Path,
+    headers: &[String],
+    i: usize,
+    rec: csv::Result<csv::StringRecord>,
+) -> Result<(csv::StringRecord, usize)> {
+    let line = i + 2;
+    let rec = rec.map_err(|e| Error::row(path, line, format!("bad CSV row: {e}")))?;
+    let line = line_of(&rec, line);
+    if rec.len() != headers.len() {
+        return Err(Error::row(
+            path,
+            line,
+            format!("{} columns, expected {}", rec.len(), headers.len()),
+        ));
+    }
+    Ok((rec, line))
+}
+
+/// A `power.draw` reading: 0 … `limit_w` (twice the board limit of `hardware`).
+fn parse_watts(path: &Path, line: usize, text: &str, limit_w: f64, hardware: &str) -> Result<f64> {
+    let watts = parse_f64(path, line, "power.draw", text)?;
+    if !watts.is_finite() || watts < 0.0 || watts > limit_w {
+        return Err(Error::row(
+            path,
+            line,
+            format!(
+                "power.draw = {watts} W is invalid for a {hardware} (expected 0 … {limit_w} W, 2 × board limit)"
+            ),
+        ));
+    }
+    Ok(watts)
+}
+
+fn parse_gpu_index(path: &Path, line: usize, text: &str) -> Result<u32> {
+    text.parse()
+        .map_err(|_| Error::row(path, line, format!("index {text:?} is not an integer")))
+}
+
+/// Unix time (s) of an nvidia-smi local timestamp, `offset_s` being the local UTC offset.
+fn sample_time(path: &Path, line: usize, ts_text: &str, offset_s: f64) -> Result<f64> {
+    let local = NaiveDateTime::parse_from_str(ts_text, "%Y/%m/%d %H:%M:%S%.f").map_err(|e| {
+        Error::row(
+            path,
+            line,
+            format!("timestamp {ts_text:?} is not YYYY/MM/DD HH:MM:SS.mmm: {e}"),
+        )
+    })?;
+    Ok(local.and_utc().timestamp_micros() as f64 / 1e6 - offset_s)
+}
+
+/// A new sample instant must come after the previous one.
+fn check_sample_order(
+    path: &Path,
+    line: usize,
+    ts_text: &str,
+    t: f64,
+    previous: Option<&PowerSample>,
+) -> Result<()> {
+    if let Some((prev_line, prev_t, _)) = previous {
+        if t <= *prev_t {
+            return Err(Error::row(
+                path,
+                line,
+                format!(
+                    "timestamp {ts_text:?} does not increase (line {prev_line} is at or after it)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One nvidia-smi sample instant: (CSV line, unix time, per GPU (uuid, index, W, °C)).
@@ -805,17 +858,7 @@ fn check_turn_order(log: &RequestLog, order: &[usize]) -> Result<()> {
 
 fn load_engine(path: &Path) -> Result<EngineCounters> {
     let (mut rdr, headers) = csv_reader(path)?;
-    let c_ts = column(path, &headers, "timestamp")?;
-    let c_run = column(path, &headers, "num_requests_running")?;
-    let c_wait = column(path, &headers, "num_requests_waiting")?;
-    let optional = |name: &str| headers.iter().position(|h| h == name);
-    let c_prompt = optional("prompt_tokens_total");
-    let c_gen = optional("generation_tokens_total");
-    let c_kv = optional("gpu_cache_usage_perc");
-    let c_iter_count = optional("iteration_tokens_total_count");
-    let c_iter_sum = optional("iteration_tokens_total_sum");
-    let c_pc_queries = optional("prefix_cache_queries_total");
-    let c_pc_hits = optional("prefix_cache_hits_total");
+    let cols = EngineColumns::find(path, &headers)?;
     let mut e = EngineCounters {
         t_s: Vec::new(),
         num_requests_running: Vec::new(),
@@ -829,17 +872,8 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
         prefix_cache_hits_total: Vec::new(),
     };
     for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|err| Error::row(path, line, format!("bad CSV row: {err}")))?;
-        let line = line_of(&rec, line);
-        if rec.len() != headers.len() {
-            return Err(Error::row(
-                path,
-                line,
-                format!("{} columns, expected {}", rec.len(), headers.len()),
-            ));
-        }
-        let t = parse_f64(path, line, "timestamp", &rec[c_ts])?;
+        let (rec, line) = checked_record(path, &headers, i, rec)?;
+        let t = parse_f64(path, line, "timestamp", &rec[cols.ts])?;
         if let Some(&prev) = e.t_s.last() {
             if t <= prev {
                 return Err(Error::row(
@@ -850,38 +884,80 @@ fn load_engine(path: &Path) -> Result<EngineCounters> {
             }
         }
         e.t_s.push(t);
-        e.num_requests_running.push(parse_count(
-            path,
-            line,
-            "num_requests_running",
-            &rec[c_run],
-        )?);
-        e.num_requests_waiting.push(parse_count(
-            path,
-            line,
-            "num_requests_waiting",
-            &rec[c_wait],
-        )?);
-        let opt = |c: Option<usize>, name: &str| -> Result<f64> {
-            c.map_or(Ok(f64::NAN), |c| parse_count(path, line, name, &rec[c]))
-        };
-        e.prompt_tokens_total
-            .push(opt(c_prompt, "prompt_tokens_total")?);
-        e.generation_tokens_total
-            .push(opt(c_gen, "generation_tokens_total")?);
-        e.gpu_cache_usage_perc
-            .push(opt(c_kv, "gpu_cache_usage_perc")?);
-        e.iteration_tokens_total_count
-            .push(opt(c_iter_count, "iteration_tokens_total_count")?);
-        e.iteration_tokens_total_sum
-            .push(opt(c_iter_sum, "iteration_tokens_total_sum")?);
-        e.prefix_cache_queries_total
-            .push(opt(c_pc_queries, "prefix_cache_queries_total")?);
-        e.prefix_cache_hits_total
-            .push(opt(c_pc_hits, "prefix_cache_hits_total")?);
+        cols.push_counts(path, line, &rec, &mut e)?;
     }
     if e.t_s.is_empty() {
         return Err(Error::content(path, "no rows"));
     }
     Ok(e)
+}
+
+/// The engine counters a file may lack (NaN where absent), in [`optional_counters`] order.
+const OPTIONAL_COUNTERS: [&str; 7] = [
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "gpu_cache_usage_perc",
+    "iteration_tokens_total_count",
+    "iteration_tokens_total_sum",
+    "prefix_cache_queries_total",
+    "prefix_cache_hits_total",
+];
+
+/// The series of [`OPTIONAL_COUNTERS`], in that order.
+fn optional_counters(e: &mut EngineCounters) -> [&mut Vec<f64>; 7] {
+    [
+        &mut e.prompt_tokens_total,
+        &mut e.generation_tokens_total,
+        &mut e.gpu_cache_usage_perc,
+        &mut e.iteration_tokens_total_count,
+        &mut e.iteration_tokens_total_sum,
+        &mut e.prefix_cache_queries_total,
+        &mut e.prefix_cache_hits_total,
+    ]
+}
+
+/// Where the engine counters are in `engine.csv`.
+struct EngineColumns {
+    ts: usize,
+    running: usize,
+    waiting: usize,
+    optional: [Option<usize>; 7],
+}
+
+impl EngineColumns {
+    fn find(path: &Path, headers: &[String]) -> Result<EngineColumns> {
+        Ok(EngineColumns {
+            ts: column(path, headers, "timestamp")?,
+            running: column(path, headers, "num_requests_running")?,
+            waiting: column(path, headers, "num_requests_waiting")?,
+            optional: OPTIONAL_COUNTERS.map(|name| headers.iter().position(|h| h == name)),
+        })
+    }
+
+    /// Appends one row's gauges and counters (all but the timestamp) to `e`.
+    fn push_counts(
+        &self,
+        path: &Path,
+        line: usize,
+        rec: &csv::StringRecord,
+        e: &mut EngineCounters,
+    ) -> Result<()> {
+        e.num_requests_running.push(parse_count(
+            path,
+            line,
+            "num_requests_running",
+            &rec[self.running],
+        )?);
+        e.num_requests_waiting.push(parse_count(
+            path,
+            line,
+            "num_requests_waiting",
+            &rec[self.waiting],
+        )?);
+        let columns = self.optional.iter().zip(OPTIONAL_COUNTERS);
+        for ((c, name), series) in columns.zip(optional_counters(e)) {
+            series.push(c.map_or(Ok(f64::NAN), |c| parse_count(path, line, name, &rec[c]))?);
+        }
+        Ok(())
+    }
 }

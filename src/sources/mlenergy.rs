@@ -303,96 +303,10 @@ impl BenchmarkRuns {
 
 fn read_runs_table(path: &Path) -> Result<Vec<RunRecord>> {
     let t = ParquetTable::read(path)?;
-    let n = t.num_rows();
-    let strings = |name: &str| -> Result<Vec<String>> {
-        t.strings(name)?
-            .into_iter()
-            .enumerate()
-            .map(|(row, v)| {
-                v.ok_or_else(|| Error::row(path, row, format!("column {name:?} is null")))
-            })
-            .collect()
-    };
-    let opt_strings = |name: &str| -> Result<Vec<Option<String>>> {
-        if t.has_column(name) {
-            t.strings(name)
-        } else {
-            Ok(vec![None; n])
-        }
-    };
-    let opt_floats = |name: &str| -> Result<Vec<f64>> {
-        if t.has_column(name) {
-            t.floats(name)
-        } else {
-            Ok(vec![f64::NAN; n])
-        }
-    };
-    let counts = |name: &str| -> Result<Vec<u32>> {
-        t.integers(name)?
-            .into_iter()
-            .enumerate()
-            .map(|(row, v)| {
-                u32::try_from(v).ok().filter(|&v| v >= 1).ok_or_else(|| {
-                    Error::row(path, row, format!("column {name:?} = {v} must be ≥ 1"))
-                })
-            })
-            .collect()
-    };
-    let task = strings("task")?;
-    let model_id = strings("model_id")?;
-    let nickname = opt_strings("nickname")?;
-    let gpu_model = strings("gpu_model")?;
-    let num_gpus = counts("num_gpus")?;
-    let max_num_seqs = counts("max_num_seqs")?;
-    let ept = opt_floats("energy_per_token_joules")?;
-    let thr = opt_floats("output_throughput_tokens_per_sec")?;
-    let power = t.floats("avg_power_watts")?;
-    let mean_itl = opt_floats("mean_itl_ms")?;
-    let p50 = opt_floats("median_itl_ms")?;
-    let p90 = opt_floats("p90_itl_ms")?;
-    let p95 = opt_floats("p95_itl_ms")?;
-    let p99 = opt_floats("p99_itl_ms")?;
-    let stable = if t.has_column("is_stable") {
-        t.bools("is_stable", true)?
-    } else {
-        vec![true; n]
-    };
-    let results = strings("results_path")?;
-    let prom = opt_strings("prometheus_path")?;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let p = power[i];
-        let limit = 2.0 * super::board_limit_w(&gpu_model[i]) * num_gpus[i] as f64;
-        if !(p.is_finite() && p > 0.0 && p <= limit) {
-            return Err(Error::row(
-                path,
-                i,
-                format!(
-                    "avg_power_watts = {p} is invalid for {} × {} (expected 0 < P ≤ {limit} W)",
-                    num_gpus[i], gpu_model[i]
-                ),
-            ));
-        }
-        out.push(RunRecord {
-            task: task[i].clone(),
-            model_id: model_id[i].clone(),
-            nickname: nickname[i].clone().unwrap_or_default(),
-            gpu_model: gpu_model[i].clone(),
-            num_gpus: num_gpus[i],
-            max_num_seqs: max_num_seqs[i],
-            energy_per_token_j: ept[i],
-            output_throughput_tps: thr[i],
-            avg_power_w: p,
-            mean_itl_s: mean_itl[i] / 1000.0,
-            median_itl_s: p50[i] / 1000.0,
-            p90_itl_s: p90[i] / 1000.0,
-            p95_itl_s: p95[i] / 1000.0,
-            p99_itl_s: p99[i] / 1000.0,
-            is_stable: stable[i],
-            results_path: results[i].clone(),
-            prometheus_path: prom[i].clone(),
-        });
-    }
+    let cols = RunColumns::read(&RunsTable { t: &t, path })?;
+    let mut out = (0..t.num_rows())
+        .map(|i| cols.record(path, i))
+        .collect::<Result<Vec<_>>>()?;
     // Sorted like mlenergy-data: (task, model_id, gpu_model, num_gpus, max_num_seqs), stable.
     out.sort_by(|a, b| {
         (
@@ -411,6 +325,143 @@ fn read_runs_table(path: &Path) -> Result<Vec<RunRecord>> {
             ))
     });
     Ok(out)
+}
+
+/// The runs table with typed column readers (errors name the file, the row and the column;
+/// optional columns absent → None / NaN / true).
+struct RunsTable<'a> {
+    t: &'a ParquetTable,
+    path: &'a Path,
+}
+
+impl RunsTable<'_> {
+    fn strings(&self, name: &str) -> Result<Vec<String>> {
+        self.t
+            .strings(name)?
+            .into_iter()
+            .enumerate()
+            .map(|(row, v)| {
+                v.ok_or_else(|| Error::row(self.path, row, format!("column {name:?} is null")))
+            })
+            .collect()
+    }
+
+    fn opt_strings(&self, name: &str) -> Result<Vec<Option<String>>> {
+        if self.t.has_column(name) {
+            self.t.strings(name)
+        } else {
+            Ok(vec![None; self.t.num_rows()])
+        }
+    }
+
+    fn opt_floats(&self, name: &str) -> Result<Vec<f64>> {
+        if self.t.has_column(name) {
+            self.t.floats(name)
+        } else {
+            Ok(vec![f64::NAN; self.t.num_rows()])
+        }
+    }
+
+    fn counts(&self, name: &str) -> Result<Vec<u32>> {
+        self.t
+            .integers(name)?
+            .into_iter()
+            .enumerate()
+            .map(|(row, v)| {
+                u32::try_from(v).ok().filter(|&v| v >= 1).ok_or_else(|| {
+                    Error::row(self.path, row, format!("column {name:?} = {v} must be ≥ 1"))
+                })
+            })
+            .collect()
+    }
+
+    fn opt_bools(&self, name: &str) -> Result<Vec<bool>> {
+        if self.t.has_column(name) {
+            self.t.bools(name, true)
+        } else {
+            Ok(vec![true; self.t.num_rows()])
+        }
+    }
+}
+
+/// The runs table's columns, read and checked column by column.
+struct RunColumns {
+    task: Vec<String>,
+    model_id: Vec<String>,
+    nickname: Vec<Option<String>>,
+    gpu_model: Vec<String>,
+    num_gpus: Vec<u32>,
+    max_num_seqs: Vec<u32>,
+    energy_per_token_j: Vec<f64>,
+    output_throughput_tps: Vec<f64>,
+    avg_power_w: Vec<f64>,
+    mean_itl_ms: Vec<f64>,
+    median_itl_ms: Vec<f64>,
+    p90_itl_ms: Vec<f64>,
+    p95_itl_ms: Vec<f64>,
+    p99_itl_ms: Vec<f64>,
+    is_stable: Vec<bool>,
+    results_path: Vec<String>,
+    prometheus_path: Vec<Option<String>>,
+}
+
+impl RunColumns {
+    fn read(t: &RunsTable) -> Result<RunColumns> {
+        Ok(RunColumns {
+            task: t.strings("task")?,
+            model_id: t.strings("model_id")?,
+            nickname: t.opt_strings("nickname")?,
+            gpu_model: t.strings("gpu_model")?,
+            num_gpus: t.counts("num_gpus")?,
+            max_num_seqs: t.counts("max_num_seqs")?,
+            energy_per_token_j: t.opt_floats("energy_per_token_joules")?,
+            output_throughput_tps: t.opt_floats("output_throughput_tokens_per_sec")?,
+            avg_power_w: t.t.floats("avg_power_watts")?,
+            mean_itl_ms: t.opt_floats("mean_itl_ms")?,
+            median_itl_ms: t.opt_floats("median_itl_ms")?,
+            p90_itl_ms: t.opt_floats("p90_itl_ms")?,
+            p95_itl_ms: t.opt_floats("p95_itl_ms")?,
+            p99_itl_ms: t.opt_floats("p99_itl_ms")?,
+            is_stable: t.opt_bools("is_stable")?,
+            results_path: t.strings("results_path")?,
+            prometheus_path: t.opt_strings("prometheus_path")?,
+        })
+    }
+
+    /// Row `i` as a record; its power must be positive and at most twice the board limit.
+    fn record(&self, path: &Path, i: usize) -> Result<RunRecord> {
+        let p = self.avg_power_w[i];
+        let (gpu_model, num_gpus) = (&self.gpu_model[i], self.num_gpus[i]);
+        let limit = 2.0 * super::board_limit_w(gpu_model) * num_gpus as f64;
+        if !(p.is_finite() && p > 0.0 && p <= limit) {
+            return Err(Error::row(
+                path,
+                i,
+                format!(
+                    "avg_power_watts = {p} is invalid for {num_gpus} × {gpu_model} (expected 0 < P ≤ {limit} W)"
+                ),
+            ));
+        }
+        Ok(RunRecord {
+            task: self.task[i].clone(),
+            model_id: self.model_id[i].clone(),
+            nickname: self.nickname[i].clone().unwrap_or_default(),
+            gpu_model: gpu_model.clone(),
+            num_gpus,
+            max_num_seqs: self.max_num_seqs[i],
+            energy_per_token_j: self.energy_per_token_j[i],
+            output_throughput_tps: self.output_throughput_tps[i],
+            avg_power_w: p,
+            mean_itl_s: self.mean_itl_ms[i] / 1000.0,
+            median_itl_s: self.median_itl_ms[i] / 1000.0,
+            p90_itl_s: self.p90_itl_ms[i] / 1000.0,
+            p95_itl_s: self.p95_itl_ms[i] / 1000.0,
+            p99_itl_s: self.p99_itl_ms[i] / 1000.0,
+            is_stable: self.is_stable[i],
+            results_path: self.results_path[i].clone(),
+            prometheus_path: self.prometheus_path[i].clone(),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,69 +556,8 @@ impl RunResults {
             .timeline
             .as_ref()
             .ok_or_else(|| Error::content(&self.path, "no \"timeline\" object"))?;
-        let (start, end) = match (tl.steady_state_start_time, tl.steady_state_end_time) {
-            (Some(s), Some(e)) if s.is_finite() && e.is_finite() && e > s => (s, e),
-            (Some(s), Some(e)) => {
-                return Err(Error::content(
-                    &self.path,
-                    format!("timeline steady state [{s}, {e}] is empty"),
-                ))
-            }
-            _ => {
-                return Err(Error::content(
-                    &self.path,
-                    "timeline lacks steady_state_start_time / steady_state_end_time",
-                ))
-            }
-        };
-        let devices = tl.power.get(metric.key()).ok_or_else(|| {
-            Error::content(
-                &self.path,
-                format!("no timeline.power.{} series", metric.key()),
-            )
-        })?;
-        let mut ids: Vec<(&String, &Vec<[f64; 2]>)> = devices.iter().collect();
-        if ids.is_empty() {
-            return Err(Error::content(
-                &self.path,
-                format!("timeline.power.{} has no devices", metric.key()),
-            ));
-        }
-        ids.sort_by_key(|(id, _)| (id.parse::<u64>().unwrap_or(u64::MAX), (*id).clone()));
-        for (id, series) in &ids {
-            if series.is_empty() {
-                return Err(Error::content(
-                    &self.path,
-                    format!("timeline.power.{}[{id}] is empty", metric.key()),
-                ));
-            }
-            for (row, w) in series.windows(2).enumerate() {
-                if w[1][0] <= w[0][0] {
-                    return Err(Error::row(
-                        &self.path,
-                        row + 1,
-                        format!(
-                            "timeline.power.{}[{id}]: timestamp {} does not increase",
-                            metric.key(),
-                            w[1][0]
-                        ),
-                    ));
-                }
-            }
-            for (row, s) in series.iter().enumerate() {
-                if !s[1].is_finite() || s[1] < 0.0 {
-                    return Err(Error::row(
-                        &self.path,
-                        row,
-                        format!(
-                            "timeline.power.{}[{id}]: power {} W is invalid",
-                            metric.key(),
-                            s[1]
-                        ),
-                    ));
-                }
-            }
-        }
+        let (start, end) = self.steady_state(tl)?;
+        let ids = self.device_series(tl, metric)?;
         let axis: Vec<f64> = ids[0]
             .1
             .iter()
@@ -583,21 +573,95 @@ impl RunResults {
                 ),
             ));
         }
-        let mut power_w = vec![0.0; axis.len()];
-        for (_, series) in &ids {
-            let mut j = 0;
-            for (i, &t) in axis.iter().enumerate() {
-                while j + 1 < series.len() && series[j + 1][0] <= t {
-                    j += 1;
-                }
-                power_w[i] += series[j][1];
-            }
-        }
         Ok(PowerTimeline {
             relative_time_s: axis.iter().map(|t| t - start).collect(),
-            power_w,
+            power_w: sum_on_axis(&axis, &ids),
             devices: ids.len() as u32,
         })
+    }
+
+    /// The timeline's steady-state window [start, end] (s), non-empty.
+    fn steady_state(&self, tl: &RawTimeline) -> Result<(f64, f64)> {
+        match (tl.steady_state_start_time, tl.steady_state_end_time) {
+            (Some(s), Some(e)) if s.is_finite() && e.is_finite() && e > s => Ok((s, e)),
+            (Some(s), Some(e)) => Err(Error::content(
+                &self.path,
+                format!("timeline steady state [{s}, {e}] is empty"),
+            )),
+            _ => Err(Error::content(
+                &self.path,
+                "timeline lacks steady_state_start_time / steady_state_end_time",
+            )),
+        }
+    }
+
+    /// The devices of one power metric, checked and sorted by number (non-numeric ids last, by
+    /// name): at least one, each with increasing timestamps and valid power.
+    fn device_series<'t>(
+        &self,
+        tl: &'t RawTimeline,
+        metric: PowerMetric,
+    ) -> Result<Vec<DeviceSeries<'t>>> {
+        let devices = tl.power.get(metric.key()).ok_or_else(|| {
+            Error::content(
+                &self.path,
+                format!("no timeline.power.{} series", metric.key()),
+            )
+        })?;
+        let mut ids: Vec<DeviceSeries> = devices.iter().collect();
+        if ids.is_empty() {
+            return Err(Error::content(
+                &self.path,
+                format!("timeline.power.{} has no devices", metric.key()),
+            ));
+        }
+        ids.sort_by_key(|(id, _)| (id.parse::<u64>().unwrap_or(u64::MAX), (*id).clone()));
+        for (id, series) in &ids {
+            self.check_device_series(metric, id, series)?;
+        }
+        Ok(ids)
+    }
+
+    /// One device's `[t, W]` readings: non-empty, increasing timestamps, finite power ≥ 0.
+    fn check_device_series(
+        &self,
+        metric: PowerMetric,
+        id: &str,
+        series: &[[f64; 2]],
+    ) -> Result<()> {
+        if series.is_empty() {
+            return Err(Error::content(
+                &self.path,
+                format!("timeline.power.{}[{id}] is empty", metric.key()),
+            ));
+        }
+        for (row, w) in series.windows(2).enumerate() {
+            if w[1][0] <= w[0][0] {
+                return Err(Error::row(
+                    &self.path,
+                    row + 1,
+                    format!(
+                        "timeline.power.{}[{id}]: timestamp {} does not increase",
+                        metric.key(),
+                        w[1][0]
+                    ),
+                ));
+            }
+        }
+        for (row, s) in series.iter().enumerate() {
+            if !s[1].is_finite() || s[1] < 0.0 {
+                return Err(Error::row(
+                    &self.path,
+                    row,
+                    format!(
+                        "timeline.power.{}[{id}]: power {} W is invalid",
+                        metric.key(),
+                        s[1]
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// ITL samples (s) of the successful requests after the chunked-prefill rule
@@ -628,6 +692,25 @@ impl RunResults {
             .map(|v| v as u32)
             .collect()
     }
+}
+
+/// A device of a power timeline: its id and `[t, W]` readings.
+type DeviceSeries<'t> = (&'t String, &'t Vec<[f64; 2]>);
+
+/// Total power at each axis time: every device's last reading at or before it (its first
+/// reading before it has one).
+fn sum_on_axis(axis: &[f64], ids: &[DeviceSeries]) -> Vec<f64> {
+    let mut power_w = vec![0.0; axis.len()];
+    for (_, series) in ids {
+        let mut j = 0;
+        for (i, &t) in axis.iter().enumerate() {
+            while j + 1 < series.len() && series[j + 1][0] <= t {
+                j += 1;
+            }
+            power_w[i] += series[j][1];
+        }
+    }
+    power_w
 }
 
 /// The chunked-prefill rule: drop entries before the first positive one; then a positive `ℓ`
