@@ -45,6 +45,7 @@ use crate::fits::{least_squares, nelder_mead};
 use crate::prefix_cache::KvCacheConfig;
 use crate::sources::board_limit_w;
 use crate::sources::measured::MeasuredRun;
+use crate::stats::{mean, population_variance as variance};
 use crate::thermal::Thermal;
 use crate::traces::interp;
 use crate::workload::Workload;
@@ -96,9 +97,8 @@ pub struct AlignedRun {
     /// Measured share of the KV cache in use per bin (`gpu_cache_usage_perc`, a fraction; NaN
     /// where the counter is absent).
     pub kv_usage: Vec<f64>,
-    /// Per counter interval with engine iterations: (seconds per iteration, decodes per
-    /// iteration, prompt tokens per iteration).
-    pub step_samples: Vec<(f64, f64, f64)>,
+    /// Per counter interval with engine iterations: the mean iteration.
+    pub step_samples: Vec<StepSample>,
 }
 
 impl AlignedRun {
@@ -220,10 +220,20 @@ fn counters_on_grid(
     (engine, kv_usage)
 }
 
-/// Per counter interval with engine iterations while busy: (seconds per iteration, decodes
-/// per iteration, prompt tokens computed per iteration — the prompt counter counts cached
-/// ones too, so cache hits are taken off).
-fn step_samples(e: &crate::sources::measured::EngineCounters) -> Vec<(f64, f64, f64)> {
+/// The mean engine iteration of one counter interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSample {
+    /// Seconds per iteration.
+    pub step_s: f64,
+    /// Requests decoded per iteration.
+    pub decode_seqs: f64,
+    /// Prompt tokens computed per iteration (cache hits taken off).
+    pub prefill_tokens: f64,
+}
+
+/// Per counter interval with engine iterations while busy, its mean iteration (the prompt
+/// counter counts cached tokens too, so cache hits are taken off).
+fn step_samples(e: &crate::sources::measured::EngineCounters) -> Vec<StepSample> {
     let mut out = Vec::new();
     for k in 1..e.t_s.len() {
         let d_iter = e.iteration_tokens_total_count[k] - e.iteration_tokens_total_count[k - 1];
@@ -234,11 +244,11 @@ fn step_samples(e: &crate::sources::measured::EngineCounters) -> Vec<(f64, f64, 
             - if d_hits.is_finite() { d_hits } else { 0.0 };
         let busy = e.num_requests_running[k] > 0.0 && e.num_requests_running[k - 1] > 0.0;
         if busy && d_iter >= 1.0 && d_gen.is_finite() && d_prompt.is_finite() {
-            out.push((
-                (e.t_s[k] - e.t_s[k - 1]) / d_iter,
-                d_gen / d_iter,
-                d_prompt / d_iter,
-            ));
+            out.push(StepSample {
+                step_s: (e.t_s[k] - e.t_s[k - 1]) / d_iter,
+                decode_seqs: d_gen / d_iter,
+                prefill_tokens: d_prompt / d_iter,
+            });
         }
     }
     out
@@ -331,9 +341,24 @@ pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * PREFILL_LEVELS;
 pub struct EngineState {
     pub running_bucket: u8,
     pub context_bucket: u8,
-    /// Share of the active time spent on prompt tokens, bucketed (0: decode, 1: mixed,
-    /// 2: prefill; see [`PREFILL_LEVELS`]).
-    pub prefill_level: u8,
+    /// Share of the active time spent on prompt tokens, bucketed (see [`PREFILL_LEVELS`]).
+    pub prefill_level: PrefillLevel,
+}
+
+/// How much of a bin's active time goes to prompt tokens ([`PREFILL_LEVELS`] levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PrefillLevel {
+    /// Under 2 %: a decode reading.
+    Decode = 0,
+    /// In between (serves no reading: training and synthesis split mixed bins).
+    Mixed = 1,
+    /// From 80 %: a prefill reading.
+    Prefill = 2,
+}
+
+impl PrefillLevel {
+    /// Every level, in order.
+    pub const ALL: [Self; PREFILL_LEVELS] = [Self::Decode, Self::Mixed, Self::Prefill];
 }
 
 impl EngineState {
@@ -351,14 +376,14 @@ impl EngineState {
     pub const IDLE: Self = Self {
         running_bucket: 0,
         context_bucket: 0,
-        prefill_level: 0,
+        prefill_level: PrefillLevel::Decode,
     };
 
     /// The idle state within [`WARM_IDLE_S`] of the engine's last step (warm idle).
     pub const WARM_IDLE: Self = Self {
         running_bucket: 0,
         context_bucket: 1,
-        prefill_level: 0,
+        prefill_level: PrefillLevel::Decode,
     };
 
     /// The idle state of a bin: warm if the engine stepped within [`WARM_IDLE_S`].
@@ -400,9 +425,9 @@ impl EngineState {
             _ => 4,
         };
         let prefill_level = match prefill {
-            p if p < PREFILL_LO => 0,
-            p if p < PREFILL_HI => 1,
-            _ => 2,
+            p if p < PREFILL_LO => PrefillLevel::Decode,
+            p if p < PREFILL_HI => PrefillLevel::Mixed,
+            _ => PrefillLevel::Prefill,
         };
         Self {
             running_bucket,
@@ -715,26 +740,13 @@ pub fn mean_abs_error(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / n as f64
 }
 
-fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        0.0
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
-}
-
-fn variance(v: &[f64]) -> f64 {
-    let m = mean(v);
-    mean(&v.iter().map(|x| (x - m).powi(2)).collect::<Vec<_>>())
-}
-
 /// Step timing by least squares on the counters' per-interval iteration means.
 pub fn regress_timing(runs: &[AlignedRun]) -> StepTiming {
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for r in runs {
-        for &(s, dec, pre) in &r.step_samples {
-            x.push(vec![1.0, dec, pre]);
-            y.push(s);
+        for s in &r.step_samples {
+            x.push(vec![1.0, s.decode_seqs, s.prefill_tokens]);
+            y.push(s.step_s);
         }
     }
     let b = least_squares(&x, &y).unwrap_or_else(|| vec![0.02, 0.0, 0.0]);
@@ -902,7 +914,7 @@ pub fn calibrate_timing(runs: &[AlignedRun], iters: u64) -> StepTiming {
 /// (prefill work sets power the most, then the context held).
 fn state_distance(a: &EngineState, b: &EngineState) -> u32 {
     let d = |x: u8, y: u8| x.abs_diff(y) as u32;
-    16 * d(a.prefill_level, b.prefill_level)
+    16 * d(a.prefill_level as u8, b.prefill_level as u8)
         + 2 * d(a.context_bucket, b.context_bucket)
         + d(a.running_bucket, b.running_bucket)
 }
@@ -915,7 +927,7 @@ fn state_label(s: &EngineState) -> String {
     } else {
         format!(
             "running {} · context {} · prefill {}",
-            s.running_bucket, s.context_bucket, s.prefill_level
+            s.running_bucket, s.context_bucket, s.prefill_level as u8
         )
     }
 }
@@ -1010,7 +1022,7 @@ fn all_states() -> Vec<EngineState> {
     let mut v = Vec::with_capacity(N_CELLS);
     for r in 0..RUNNING_BUCKETS as u8 {
         for c in 0..CONTEXT_BUCKETS as u8 {
-            for p in 0..PREFILL_LEVELS as u8 {
+            for p in PrefillLevel::ALL {
                 v.push(EngineState {
                     running_bucket: r,
                     context_bucket: c,
@@ -1430,19 +1442,30 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
     })
 }
 
-/// Whether a bin counts as idle, prefill or decode for the two-level baseline.
-pub fn two_level_class(running: f64, prefill_tokens: f64) -> u8 {
+/// What a bin counts as for the two-level baseline (SPEC §8) and the measured-noise strata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TwoLevelClass {
+    /// Nothing running and no prompt token.
+    Idle = 0,
+    /// Prompt tokens computed in the bin.
+    Prefill = 1,
+    /// Requests running, no prompt token.
+    Decode = 2,
+}
+
+/// The class of a bin from its running requests and prompt tokens.
+pub fn two_level_class(running: f64, prefill_tokens: f64) -> TwoLevelClass {
     if running < 0.05 && prefill_tokens <= 0.0 {
-        0
+        TwoLevelClass::Idle
     } else if prefill_tokens > 0.0 {
-        1
+        TwoLevelClass::Prefill
     } else {
-        2
+        TwoLevelClass::Decode
     }
 }
 
 /// [`two_level_class`] of every bin of an engine trace.
-pub fn two_level_classes(trace: &EngineTrace) -> impl Iterator<Item = u8> + '_ {
+pub fn two_level_classes(trace: &EngineTrace) -> impl Iterator<Item = TwoLevelClass> + '_ {
     trace
         .running
         .iter()
@@ -1471,9 +1494,9 @@ fn baseline_levels(runs: &[AlignedRun]) -> BaselineLevels {
     BaselineLevels {
         tdp_w: board_limit_w(&runs[0].serving.hardware) * runs[0].serving.tp as f64,
         mean_w,
-        idle_w: level(0),
-        prefill_w: level(1),
-        decode_w: level(2),
+        idle_w: level(TwoLevelClass::Idle as usize),
+        prefill_w: level(TwoLevelClass::Prefill as usize),
+        decode_w: level(TwoLevelClass::Decode as usize),
     }
 }
 
@@ -1529,21 +1552,27 @@ mod tests {
         let s = f(0.2, 1.0, 0.1, 0.1, 0.6);
         assert_eq!(
             (s.running_bucket, s.context_bucket, s.prefill_level),
-            (3, 1, 1)
+            (3, 1, PrefillLevel::Mixed)
         );
         // Its readings: a prefill one, or a decode one.
         let x = [1.0, 0.2, 1.0, 0.1, 0.1, 0.6, 0.2];
-        assert_eq!(EngineState::reading(&x, true).prefill_level, 2);
-        assert_eq!(EngineState::reading(&x, false).prefill_level, 0);
+        assert_eq!(
+            EngineState::reading(&x, true).prefill_level,
+            PrefillLevel::Prefill
+        );
+        assert_eq!(
+            EngineState::reading(&x, false).prefill_level,
+            PrefillLevel::Decode
+        );
         let s = f(1.0, 5.0, 0.9, 0.5, 3.0);
         assert_eq!(
             (s.running_bucket, s.context_bucket, s.prefill_level),
-            (3, 1, 2)
+            (3, 1, PrefillLevel::Prefill)
         );
         let s = f(1.0, 40.0, 0.0, 0.5, 100.0);
         assert_eq!(
             (s.running_bucket, s.context_bucket, s.prefill_level),
-            (6, 4, 0)
+            (6, 4, PrefillLevel::Decode)
         );
         assert!(s.index() < N_CELLS);
     }
@@ -1553,6 +1582,7 @@ mod tests {
     }
 
     fn busy(running_bucket: u8, context_bucket: u8, prefill_level: u8) -> EngineState {
+        let prefill_level = PrefillLevel::ALL[prefill_level as usize];
         EngineState {
             running_bucket,
             context_bucket,

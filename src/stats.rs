@@ -23,6 +23,12 @@ pub fn sd(v: &[f64]) -> f64 {
     (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
 }
 
+/// Population variance (n in the denominator: the mean squared deviation; NaN for none).
+pub fn population_variance(v: &[f64]) -> f64 {
+    let m = mean(v);
+    v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64
+}
+
 /// Linear-interpolation quantile of sorted data (numpy's default), `q` in [0, 1]; NaN for no
 /// values.
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
@@ -80,6 +86,14 @@ mod tests {
         assert!(median_finite([f64::NAN]).is_nan());
         // `median` keeps every value: a NaN sorts last under total_cmp.
         assert_eq!(median(&[1.0, 2.0, f64::NAN]), 2.0);
+    }
+
+    #[test]
+    fn population_variance_divides_by_n() {
+        // Deviations −2, −1, 3 from the mean 3: (4 + 1 + 9) / 3.
+        assert!((population_variance(&[1.0, 2.0, 6.0]) - 14.0 / 3.0).abs() < 1e-12);
+        assert_eq!(population_variance(&[5.0]), 0.0);
+        assert!(population_variance(&[]).is_nan());
     }
 
     #[test]

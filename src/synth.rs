@@ -19,7 +19,8 @@ use rand_pcg::Pcg64;
 use crate::engine::{simulate, BinGrid, EngineTrace, ServingConfig};
 use crate::error::{Error, Result};
 use crate::learn::{
-    raw_features, smooth_features, two_level_classes, EngineState, LearnedModel, N_FEATURES,
+    raw_features, smooth_features, two_level_classes, EngineState, LearnedModel, TwoLevelClass,
+    N_FEATURES,
 };
 use crate::level_map::ActiveBin;
 use crate::workload::Workload;
@@ -268,9 +269,9 @@ pub fn baselines(model: &LearnedModel, trace: &EngineTrace) -> Baselines {
         mean_w: vec![b.mean_w; n],
         two_level_w: two_level_classes(trace)
             .map(|c| match c {
-                0 => b.idle_w,
-                1 => b.prefill_w,
-                _ => b.decode_w,
+                TwoLevelClass::Idle => b.idle_w,
+                TwoLevelClass::Prefill => b.prefill_w,
+                TwoLevelClass::Decode => b.decode_w,
             })
             .collect(),
     }

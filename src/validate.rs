@@ -145,7 +145,9 @@ pub fn validate_with_model(
         powersynth_sd: Metrics::reduce(&draws_metrics, sd_of),
         measured_noise: resampling_noise(
             &aligned.power_w,
-            &two_level_classes(&aligned.engine).collect::<Vec<u8>>(),
+            &two_level_classes(&aligned.engine)
+                .map(|c| c as u8)
+                .collect::<Vec<u8>>(),
             NOISE_RESAMPLES,
             draws.seed,
         ),
