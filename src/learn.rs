@@ -1341,7 +1341,7 @@ fn empirical_cdf(q: &[f64], v: f64) -> f64 {
 }
 
 /// Every training run must be of the first one's model × GPU × TP.
-fn check_one_configuration(runs: &[MeasuredRun], aligned: &[AlignedRun]) -> Result<()> {
+fn check_one_configuration(runs: &[&MeasuredRun], aligned: &[AlignedRun]) -> Result<()> {
     let first = &aligned[0].serving;
     for (r, a) in runs.iter().zip(aligned) {
         let s = &a.serving;
@@ -1384,11 +1384,16 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
     if runs.is_empty() {
         return Err(Error::config("train", "no training runs"));
     }
+    // In run-id order: the model does not depend on the order the runs were given in (the
+    // timing calibration's simplex takes another path when its cost terms add up in another
+    // order, and the power cells' ties break by position).
+    let mut runs: Vec<&MeasuredRun> = runs.iter().collect();
+    runs.sort_by(|a, b| a.manifest.run_id.cmp(&b.manifest.run_id));
     let aligned: Vec<AlignedRun> = runs
         .iter()
         .map(|r| align(r, opts.dt_s))
         .collect::<Result<_>>()?;
-    check_one_configuration(runs, &aligned)?;
+    check_one_configuration(&runs, &aligned)?;
     let first = &aligned[0].serving;
     let timing = calibrate_timing(&aligned, opts.timing_iters);
     // The KV capacity from the usage counters (a first simulation, nothing evicted), then one

@@ -37,6 +37,18 @@ fn load(root: &Path, groups: &[&str]) -> Vec<MeasuredRun> {
         .collect()
 }
 
+/// Prints a leave-one-out's per-run figures (shown with `--nocapture`, and on a failure).
+fn print_runs(res: &[powersynth::validate::RunValidation]) {
+    for v in res {
+        let m = &v.metrics[0];
+        eprintln!(
+            "{}: |ΔE| {:.2} % (signed {:+.2}), KS {:.3}, ACF R² {:.3}, P95 {:.1} %, P99 {:.1} %, running ρ {:.3}",
+            v.run_id, m.energy_error_pct, m.energy_error_signed_pct, m.ks, m.acf_r2,
+            m.p95_error_pct, m.p99_error_pct, v.running_corr
+        );
+    }
+}
+
 #[test]
 fn leave_one_out_on_the_a100_sharegpt_runs_beats_the_baselines() {
     let Some(root) = common::shared("measured") else {
@@ -44,15 +56,17 @@ fn leave_one_out_on_the_a100_sharegpt_runs_beats_the_baselines() {
     };
     let runs = load(&root, &A100_SHAREGPT);
     let res = leave_one_out(&runs, &LearnOptions::default(), FIVE_DRAWS, |_| {}).unwrap();
+    print_runs(&res);
     let med = |f: fn(&powersynth::metrics::Metrics) -> f64| {
         median_of(res.iter().map(|v| f(&v.metrics[0])))
     };
     // Trained on two ShareGPT runs only (no long prompt, no burst: few pure prefill
     // readings). Measured when this was written (medians over runs of the medians of 5
-    // draws, seed 1): |ΔE| 1.50 % (0.83 / 1.50 / 2.33), KS 0.108, ACF R² 0.982, P95 13 %,
-    // P99 5.6 %. The power model is meant to be learned on varied traffic (see
-    // `leave_one_out_over_the_six_qwen3_8b_a100_runs`); with it these runs land within
-    // 0.5 %. Bounds: the first issue's targets, P99 loosened to 10 %.
+    // draws, seed 1, training runs in run-id order): |ΔE| 1.66 % (2.68 / 0.76 / 1.66), KS
+    // 0.108, ACF R² 0.965, P95 13.5 %, P99 5.6 % (15.4 / 2.1 / 5.6). The power model is
+    // meant to be learned on varied traffic (see `leave_one_out_over_the_six_qwen3_8b_a100_runs`);
+    // with it these runs land within 0.7 %. Bounds: the first issue's targets, P99 loosened
+    // to 10 %.
     assert!(med(|m| m.energy_error_pct) < 3.0);
     assert!(med(|m| m.ks) < 0.15);
     assert!(med(|m| m.acf_r2) > 0.9);
@@ -96,6 +110,7 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
     groups.extend([A100_TRACE_REPLAY, A100_BURSTGPT, A100_AGENTIC]);
     let runs = load(&root, &groups);
     let res = leave_one_out(&runs, &LearnOptions::default(), FIVE_DRAWS, |_| {}).unwrap();
+    print_runs(&res);
     let by_group = |g: &str| {
         let id = &runs[groups.iter().position(|x| *x == g).unwrap()]
             .manifest
@@ -538,4 +553,20 @@ fn agent_sessions_replay_from_closed_loop_clients() {
     let hits: f64 = sim.trace.cached_tokens.iter().sum();
     let prompt: f64 = hits + sim.trace.prefill_tokens.iter().sum::<f64>();
     assert!(hits > 0.5 * prompt, "{hits} of {prompt}");
+}
+
+#[test]
+fn the_model_does_not_depend_on_the_order_of_the_training_runs() {
+    let Some(root) = common::shared("measured") else {
+        return;
+    };
+    let mut runs = load(&root, &[A100_SHAREGPT[0], A100_BURSTGPT]);
+    let opts = LearnOptions {
+        timing_iters: 40,
+        ..LearnOptions::default()
+    };
+    let a = learn(&runs, &opts).unwrap();
+    runs.reverse();
+    let b = learn(&runs, &opts).unwrap();
+    assert_eq!(a, b);
 }
