@@ -386,6 +386,50 @@ fn pipeline_files_with_edge_values_read_or_fail_with_an_error() {
         .unwrap();
 }
 
+/// Every numeric leaf of `v` below `at`, by JSON pointer.
+fn numeric_leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Number(_) => out.push(at),
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                numeric_leaves(x, format!("{at}/{i}"), out);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                numeric_leaves(
+                    x,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `value` with each edit applied to the numeric leaf its index picks in `numbers`: `x<f>`
+/// scales the number by f, a finite number replaces it, anything else (NaN, inf) becomes
+/// that string.
+fn with_edits(
+    value: &serde_json::Value,
+    numbers: &[String],
+    edits: &[(prop::sample::Index, String)],
+) -> serde_json::Value {
+    let mut v = value.clone();
+    for (index, edge) in edits {
+        let pointer = index.get(numbers);
+        let old = v.pointer(pointer).unwrap().as_f64().unwrap();
+        let new = match (edge.strip_prefix('x'), edge.parse::<f64>()) {
+            (Some(factor), _) => serde_json::json!(old * factor.parse::<f64>().unwrap()),
+            (None, Ok(f)) if f.is_finite() => serde_json::json!(f),
+            _ => serde_json::json!(edge),
+        };
+        *v.pointer_mut(pointer).unwrap() = new;
+    }
+    v
+}
+
 /// A learned model (learned once from a real run) with one to three numbers set to edge
 /// values: read or refused with an error naming the file; when read, a short synthesis runs
 /// to completion or fails with an error, never a panic or a non-finite power.
@@ -399,29 +443,8 @@ fn learned_models_with_edge_values_read_or_fail_with_an_error() {
     };
     let model = learn(&[load_run(&run).unwrap()], &LearnOptions::default()).unwrap();
     let value = serde_json::to_value(&model).unwrap();
-    // Every numeric leaf, by JSON pointer.
-    fn leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Number(_) => out.push(at),
-            serde_json::Value::Array(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    leaves(x, format!("{at}/{i}"), out);
-                }
-            }
-            serde_json::Value::Object(o) => {
-                for (k, x) in o {
-                    leaves(
-                        x,
-                        format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
-                        out,
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
     let mut numbers = Vec::new();
-    leaves(&value, String::new(), &mut numbers);
+    numeric_leaves(&value, String::new(), &mut numbers);
     assert!(numbers.len() > 100, "{} numeric fields", numbers.len());
     let serving = ServingConfig::from_manifest(&load_run(&run).unwrap().manifest);
     let workload = Workload {
@@ -443,17 +466,7 @@ fn learned_models_with_edge_values_read_or_fail_with_an_error() {
     let (read, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
     runner(120)
         .run(&edits, |edits| {
-            let mut v = value.clone();
-            for (index, edge) in &edits {
-                let pointer = index.get(&numbers);
-                let old = v.pointer(pointer).unwrap().as_f64().unwrap();
-                let new = match (edge.strip_prefix('x'), edge.parse::<f64>()) {
-                    (Some(factor), _) => serde_json::json!(old * factor.parse::<f64>().unwrap()),
-                    (None, Ok(f)) if f.is_finite() => serde_json::json!(f),
-                    _ => serde_json::json!(edge),
-                };
-                *v.pointer_mut(pointer).unwrap() = new;
-            }
+            let v = with_edits(&value, &numbers, &edits);
             std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
             match LearnedModel::read_json(&path) {
                 Err(e) => {
