@@ -43,11 +43,35 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * frac
 }
 
-/// [`quantile_sorted`] of the values in any order (sorted by `f64::total_cmp` first).
+/// [`quantile_sorted`] of the values in any order (ordered by `f64::total_cmp`).
 pub fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    quantile_sorted(&v, q)
+    quantile_select(&mut values.to_vec(), q)
+}
+
+/// [`quantile_sorted`] of the values in any order, found by selection in O(n) rather than by
+/// a sort (the same two order statistics, so the same value to the bit); reorders `values`.
+pub fn quantile_select(values: &mut [f64], q: f64) -> f64 {
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let frac = pos - lo as f64;
+    let (_, at_lo, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
+    let at_lo = *at_lo;
+    let at_hi = if hi == lo {
+        at_lo
+    } else {
+        // The smallest value above the `lo`-th is the `hi`-th (hi = lo + 1).
+        above
+            .iter()
+            .copied()
+            .min_by(f64::total_cmp)
+            .expect("hi < n, so values lie above lo")
+    };
+    at_lo + (at_hi - at_lo) * frac
 }
 
 /// Median (mean of the two middle values for an even count) of every value, NaN for no values.
@@ -78,6 +102,36 @@ mod tests {
         );
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn selection_gives_the_sorted_quantile_to_the_bit() {
+        // A deterministic jumble with repeats, signed zeros, infinities and a NaN.
+        let mut values: Vec<f64> = (0..1001u64)
+            .map(|i| ((i * 7919) % 997) as f64 * 0.37 - 120.0)
+            .collect();
+        values.extend([
+            0.0,
+            -0.0,
+            5.5,
+            5.5,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ]);
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.01, 0.35, 0.5, 0.85, 0.999, 1.0] {
+            for len in [1, 2, 3, 10, 500, values.len()] {
+                let mut part = values[..len].to_vec();
+                let mut part_sorted = part.clone();
+                part_sorted.sort_by(f64::total_cmp);
+                let want = quantile_sorted(&part_sorted, q);
+                let got = quantile_select(&mut part, q);
+                assert_eq!(got.to_bits(), want.to_bits(), "q {q}, first {len} values");
+            }
+        }
+        assert!(quantile_select(&mut [], 0.5).is_nan());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!   loc ∈ {0} ∪ {min − f·(median − min)}, none of which makes the minimum an outlier, and the
 //!   shift whose fit best reproduces the samples' log-quantiles (p1…p99) and mean is kept.
 
+use crate::stats;
 use rand::Rng;
 use rand_distr::{Distribution, Normal, StandardNormal};
 use serde::{Deserialize, Serialize};
@@ -284,13 +285,6 @@ impl EmRule {
     };
 }
 
-fn mean_std(z: &[f64]) -> (f64, f64) {
-    let n = z.len() as f64;
-    let m = z.iter().sum::<f64>() / n;
-    let v = z.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n;
-    (m, v.sqrt())
-}
-
 /// Samples per block of the E-step: blocks are summed in order, so a fit is the same on any
 /// number of threads.
 const EM_BLOCK: usize = 4096;
@@ -340,49 +334,60 @@ impl Components {
 /// exponentials' polynomials independent chains to overlap.
 const LANES: usize = 4;
 
+/// Samples per pass of [`e_step_block`]: a multiple of [`LANES`] (so the lane sums see the
+/// samples in the same lanes and order as one pass over the whole block would) small enough
+/// that its scratch arrays stay in L1.
+const PASS: usize = 64;
+
 /// The peer's E-step on one block (p_k = π_k·exp(−½((z−μ_k)/s_k)²)/(s_k + 1e-12),
-/// r_k = p_k/(p1 + p2 + 1e-12)), fused with the M-step's sums: [`LANES`] samples at a time
-/// with [`exp_nonpositive`], the rest one by one. The log-likelihood Σ ln(p1 + p2 + 1e-12)
-/// is summed as the ln of products of [`LN_EVERY`] denominators per lane: each lies in
-/// [1e-12, 100] (σ ≥ 0.01), so no such product leaves the f64 range.
+/// r_k = p_k/(p1 + p2 + 1e-12)), fused with the M-step's sums. [`PASS`] samples at a time in
+/// three loops that the compiler turns into vector code (the exponentials with
+/// [`exp_nonpositive`], the divisions, then per-lane sums over [`LANES`] lanes); the last
+/// `len % LANES` samples one by one. The log-likelihood Σ ln(p1 + p2 + 1e-12) is summed as
+/// the ln of products of [`LN_EVERY`] denominators per lane: each lies in [1e-12, 100]
+/// (σ ≥ 0.01), so no such product leaves the f64 range. Compiled twice (baseline and AVX2,
+/// chosen at run time); neither uses FMA, so both give the same bits.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 fn e_step_block(z: &[f64], comp: &Components, with_ll: bool) -> Moments {
     let mut acc = LaneSums::new();
-    let mut groups = z.chunks_exact(LANES);
-    for g in &mut groups {
-        let zi: &[f64; LANES] = g.try_into().expect("chunks_exact");
-        let mut p = [[0.0; LANES]; 2];
+    let whole = z.len() - z.len() % LANES;
+    for pass in z[..whole].chunks(PASS) {
+        let n = pass.len();
+        let mut p = [[0.0; PASS]; 2];
         for (k, pk) in p.iter_mut().enumerate() {
-            let mut a = [0.0; LANES];
-            for l in 0..LANES {
-                let d = zi[l] - comp.mu[k];
-                a[l] = comp.h[k] * d * d;
-            }
-            let e = exp_nonpositive(a);
-            for l in 0..LANES {
-                pk[l] = comp.c[k] * e[l];
+            for (pi, &zi) in pk[..n].iter_mut().zip(pass) {
+                let d = zi - comp.mu[k];
+                *pi = comp.c[k] * exp_nonpositive(comp.h[k] * d * d);
             }
         }
-        let mut denom = [0.0; LANES];
-        let mut inv = [0.0; LANES];
-        for l in 0..LANES {
-            denom[l] = p[0][l] + p[1][l] + 1e-12;
-            inv[l] = 1.0 / denom[l];
+        let mut denom = [0.0; PASS];
+        let mut inv = [0.0; PASS];
+        for i in 0..n {
+            denom[i] = p[0][i] + p[1][i] + 1e-12;
+            inv[i] = 1.0 / denom[i];
         }
-        for (k, pk) in p.iter().enumerate() {
-            for l in 0..LANES {
-                let r = pk[l] * inv[l];
-                let rz = r * zi[l];
-                acc.w[k][l] += r;
-                acc.wz[k][l] += rz;
-                acc.wzz[k][l] += rz * zi[l];
+        // Local copies of the sums, so that they stay in vector registers through the pass.
+        let (mut w, mut wz, mut wzz) = (acc.w, acc.wz, acc.wzz);
+        for g in (0..n).step_by(LANES) {
+            for (k, pk) in p.iter().enumerate() {
+                for l in 0..LANES {
+                    let (zi, r) = (pass[g + l], pk[g + l] * inv[g + l]);
+                    let rz = r * zi;
+                    w[k][l] += r;
+                    wz[k][l] += rz;
+                    wzz[k][l] += rz * zi;
+                }
             }
         }
+        (acc.w, acc.wz, acc.wzz) = (w, wz, wzz);
         if with_ll {
-            acc.add_ln(&denom);
+            for g in (0..n).step_by(LANES) {
+                acc.add_ln(denom[g..g + LANES].try_into().expect("LANES values"));
+            }
         }
     }
     let mut m = acc.finish();
-    for &zi in groups.remainder() {
+    for &zi in &z[whole..] {
         let (d1, d2) = (zi - comp.mu[0], zi - comp.mu[1]);
         let p1 = comp.c[0] * (comp.h[0] * d1 * d1).exp();
         let p2 = comp.c[1] * (comp.h[1] * d2 * d2).exp();
@@ -493,38 +498,34 @@ const EXP2_32THS: [u64; 32] = [
     0x3fff50765b6e4540,
 ];
 
-/// e^x per lane for x ≤ 0 (the E-step's exponents), within 2 ulp of `f64::exp` (tested): x
+/// e^x for x ≤ 0 (the E-step's exponents), within 2 ulp of `f64::exp` (tested): x
 /// clamped at −700 (e^−700 ≈ 1e-304 stands for anything smaller: next to the denominator's
 /// 1e-12 it is 0); x = (32n + j)·ln2/32 + r with |r| ≤ ln2/64 (32n + j rounded by adding
 /// 1.5·2⁵², ln2/32 in two parts as fdlibm splits ln2); e^r by its Taylor polynomial of degree
 /// 6 (error < 4e-18) evaluated in Estrin's order (a short dependency chain), times 2^(j/32)
 /// from the table; 2ⁿ added to the exponent bits. No branch: it vectorises.
 #[inline(always)]
-fn exp_nonpositive(x: [f64; LANES]) -> [f64; LANES] {
+fn exp_nonpositive(x: f64) -> f64 {
     const ROUND: f64 = 6_755_399_441_055_744.0;
     const TO_32THS: f64 = 32.0 * std::f64::consts::LOG2_E;
     const LN2_32_HI: f64 = 0.693_145_751_953_125 / 32.0;
     const LN2_32_LO: f64 = 1.428_606_820_309_417_3e-6 / 32.0;
-    let mut out = [0.0; LANES];
-    for l in 0..LANES {
-        let x = if x[l] < -700.0 { -700.0 } else { x[l] };
-        let t = x * TO_32THS + ROUND;
-        let k = t - ROUND;
-        let r = (x - k * LN2_32_HI) - k * LN2_32_LO;
-        let r2 = r * r;
-        let p = (1.0 + r)
-            + r2 * ((0.5 + r * (1.0 / 6.0))
-                + r2 * ((1.0 / 24.0 + r * (1.0 / 120.0)) + r2 * (1.0 / 720.0)));
-        let bits = t.to_bits();
-        let j = (bits & 31) as usize;
-        let scaled = f64::from_bits(EXP2_32THS[j]) * p;
-        out[l] = f64::from_bits(
-            scaled
-                .to_bits()
-                .wrapping_add(bits.wrapping_sub(j as u64) << 47),
-        );
-    }
-    out
+    let x = if x < -700.0 { -700.0 } else { x };
+    let t = x * TO_32THS + ROUND;
+    let k = t - ROUND;
+    let r = (x - k * LN2_32_HI) - k * LN2_32_LO;
+    let r2 = r * r;
+    let p = (1.0 + r)
+        + r2 * ((0.5 + r * (1.0 / 6.0))
+            + r2 * ((1.0 / 24.0 + r * (1.0 / 120.0)) + r2 * (1.0 / 720.0)));
+    let bits = t.to_bits();
+    let j = (bits & 31) as usize;
+    let scaled = f64::from_bits(EXP2_32THS[j]) * p;
+    f64::from_bits(
+        scaled
+            .to_bits()
+            .wrapping_add(bits.wrapping_sub(j as u64) << 47),
+    )
 }
 
 /// One E-step over all samples: blocks in parallel, summed in block order.
@@ -542,13 +543,35 @@ fn e_step(z: &[f64], comp: &Components, with_ll: bool) -> Moments {
     blocks.into_iter().fold(Moments::default(), Moments::add)
 }
 
+/// ln(x − loc) per sample (floored at ln 1e-12), in parallel for large inputs (same values in
+/// the same order).
+fn log_shifted(x: &[f64], loc: f64) -> Vec<f64> {
+    use rayon::prelude::*;
+    let ln = |&v: &f64| (v - loc).max(1e-12).ln();
+    if x.len() >= 4 * EM_BLOCK {
+        x.par_iter().map(ln).collect()
+    } else {
+        x.iter().map(ln).collect()
+    }
+}
+
+/// z − m per sample, in parallel for large inputs.
+fn centred(z: &[f64], m: f64) -> Vec<f64> {
+    use rayon::prelude::*;
+    if z.len() >= 4 * EM_BLOCK {
+        z.par_iter().map(|v| v - m).collect()
+    } else {
+        z.iter().map(|v| v - m).collect()
+    }
+}
+
 /// EM for two Gaussians on z = ln(x − loc), the peer's initialisation and guards. The M-step
 /// is computed from the E-step's sums (Σr(z − μ)² = Σrz² − μ·Σrz on samples centred on their
 /// mean, so nothing cancels), one pass over the samples per iteration.
 fn fit_shifted(x: &[f64], loc: f64, rule: &EmRule) -> ItlMixture {
-    let z: Vec<f64> = x.iter().map(|&v| (v - loc).max(1e-12).ln()).collect();
+    let z = log_shifted(x, loc);
     let n = z.len();
-    let (m, sd) = mean_std(&z);
+    let (m, sd) = (stats::mean(&z), stats::population_variance(&z).sqrt());
     if n < 5 || sd < 1e-6 {
         let s = sd.max(0.1);
         return ItlMixture {
@@ -561,14 +584,14 @@ fn fit_shifted(x: &[f64], loc: f64, rule: &EmRule) -> ItlMixture {
             scale_stall: (m + s).exp(),
         };
     }
-    let mut sorted = z.clone();
-    sorted.sort_by(f64::total_cmp);
     // Centred samples and means (the variances do not move).
-    let zc: Vec<f64> = z.iter().map(|v| v - m).collect();
+    let zc = centred(&z, m);
+    let mut scratch = z;
     let mut mu = [
-        super::quantile_sorted(&sorted, 0.35) - m,
-        super::quantile_sorted(&sorted, 0.85) - m,
+        stats::quantile_select(&mut scratch, 0.35) - m,
+        stats::quantile_select(&mut scratch, 0.85) - m,
     ];
+    drop(scratch);
     let mut s = [(sd / 2.0).max(0.1), sd.max(0.1)];
     let mut pi = [0.8, 0.2];
     let mut last_ll = f64::NEG_INFINITY;
@@ -877,23 +900,21 @@ mod tests {
     }
 
     #[test]
-    fn vector_exp_is_within_two_ulp() {
+    fn branch_free_exp_is_within_two_ulp() {
         let mut worst: f64 = 0.0;
         for i in 0..200_000 {
             let x0 = -(i as f64) * 0.0035 - 1e-3 * (i % 7) as f64;
-            let scales = [1.0, 0.5, 1e-3, 1e-5];
-            let x: [f64; LANES] = std::array::from_fn(|l| x0 * scales[l % 4]);
-            let e = exp_nonpositive(x);
-            for l in 0..LANES {
-                let want = x[l].exp();
-                worst = worst.max((e[l] - want).abs() / want);
+            for scale in [1.0, 0.5, 1e-3, 1e-5] {
+                let x = x0 * scale;
+                let want = x.exp();
+                worst = worst.max((exp_nonpositive(x) - want).abs() / want);
             }
         }
         assert!(worst <= 4.5e-16, "{worst:e}");
-        let edges: [f64; LANES] = std::array::from_fn(|l| [0.0, -1e-300, -0.0, -745.5][l % 4]);
-        let e = exp_nonpositive(edges);
-        assert_eq!(e[..3], [1.0, 1.0, 1.0]);
-        assert!(e[3] < 1e-300);
+        for x in [0.0, -1e-300, -0.0] {
+            assert_eq!(exp_nonpositive(x), 1.0);
+        }
+        assert!(exp_nonpositive(-745.5) < 1e-300);
     }
 
     #[test]
