@@ -17,7 +17,7 @@ pub struct LogArgs {
     /// More log detail on stderr: -v for the steps of each stage, -vv for everything
     /// (RUST_LOG, e.g. `powersynth::transfer=debug`, overrides both flags).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    verbose: u8,
     /// Only warnings and errors on stderr, and no progress bars.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -25,7 +25,7 @@ pub struct LogArgs {
 
 impl LogArgs {
     /// The level the flags ask for.
-    pub fn level(&self) -> LevelFilter {
+    pub(crate) fn level(&self) -> LevelFilter {
         match (self.quiet, self.verbose) {
             (true, _) => LevelFilter::WARN,
             (false, 0) => LevelFilter::INFO,

@@ -3,22 +3,22 @@
 
 /// One GPU model (SXM form factor, the datacenter part).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GpuSpec {
-    pub name: &'static str,
+pub(crate) struct GpuSpec {
+    pub(crate) name: &'static str,
     /// Board power limit (W) at the default setting.
-    pub board_limit_w: f64,
+    pub(crate) board_limit_w: f64,
     /// Dense BF16 tensor throughput (TFLOP/s), the datasheet figure without sparsity.
-    pub bf16_dense_tflops: f64,
+    pub(crate) bf16_dense_tflops: f64,
     /// HBM capacity (GB).
-    pub hbm_gb: f64,
+    pub(crate) hbm_gb: f64,
     /// What nvidia-smi's `power.draw` averages (s): 0 for a point reading (GA100: the A100
     /// samples its sensor for a fraction of each period), 1 for the one-second average NVML
     /// reports from Ampere onward except GA100 (H100, B200).
-    pub meter_window_s: f64,
+    pub(crate) meter_window_s: f64,
 }
 
 /// The GPUs of the measured runs and of the ML.ENERGY leaderboard.
-pub const GPUS: [GpuSpec; 3] = [
+pub(crate) const GPUS: [GpuSpec; 3] = [
     GpuSpec {
         name: "A100",
         board_limit_w: 400.0,
@@ -43,13 +43,13 @@ pub const GPUS: [GpuSpec; 3] = [
 ];
 
 /// The spec of a GPU model by name (case-insensitive; `NVIDIA H100 80GB HBM3` finds `H100`).
-pub fn gpu_spec(hardware: &str) -> Option<&'static GpuSpec> {
+pub(crate) fn gpu_spec(hardware: &str) -> Option<&'static GpuSpec> {
     let h = hardware.to_ascii_uppercase();
     GPUS.iter().find(|g| h.contains(g.name))
 }
 
 /// The names of the known GPU models, for error messages.
-pub fn known_gpus() -> String {
+pub(crate) fn known_gpus() -> String {
     GPUS.iter().map(|g| g.name).collect::<Vec<_>>().join(", ")
 }
 

@@ -22,7 +22,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Permission to create files in an output, for as long as the guard lives; an error once
 /// the process is being interrupted.
-pub fn write_gate() -> Result<RwLockReadGuard<'static, ()>> {
+pub(crate) fn write_gate() -> Result<RwLockReadGuard<'static, ()>> {
     let guard = WRITE_GATE.read().unwrap_or_else(|e| e.into_inner());
     if INTERRUPTED.load(Ordering::SeqCst) {
         return Err(Error::data("interrupted: no more files are written"));
@@ -32,7 +32,7 @@ pub fn write_gate() -> Result<RwLockReadGuard<'static, ()>> {
 
 /// Writes a file atomically: `write` fills a temporary file beside `path`, which is then
 /// flushed and renamed over `path`. On error the temporary file is removed.
-pub fn write_atomic(
+pub(crate) fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
@@ -78,7 +78,7 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// Reads a JSON file into `T`; an empty file or bad JSON is an error naming the file.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     if text.trim().is_empty() {
         return Err(Error::content(path, "file is empty"));
@@ -99,7 +99,7 @@ fn registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 
 /// Registers `path` (a temporary file or a staging folder) for removal on interruption; the
 /// registration ends when the guard drops.
-pub fn in_progress(path: &Path) -> InProgress {
+pub(crate) fn in_progress(path: &Path) -> InProgress {
     registry().push(path.to_path_buf());
     InProgress {
         path: path.to_path_buf(),
@@ -108,7 +108,7 @@ pub fn in_progress(path: &Path) -> InProgress {
 
 /// A registration made by [`in_progress`].
 #[derive(Debug)]
-pub struct InProgress {
+pub(crate) struct InProgress {
     path: PathBuf,
 }
 
@@ -123,7 +123,7 @@ impl Drop for InProgress {
 
 /// Removes every registered path (the signal handler's job); returns how many were removed.
 /// Waits for files being created to be done and refuses any later one ([`write_gate`]).
-pub fn remove_in_progress() -> usize {
+pub(crate) fn remove_in_progress() -> usize {
     let _gate = WRITE_GATE.write().unwrap_or_else(|e| e.into_inner());
     INTERRUPTED.store(true, Ordering::SeqCst);
     let paths = std::mem::take(&mut *registry());
@@ -242,7 +242,7 @@ impl Drop for StagedDir {
 
 /// Recreates the folder tree under `from` in `to` (which exists), every file hard-linked
 /// (copied where the file system refuses a link).
-pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
     for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
         let entry = entry.map_err(|e| Error::io(from, e))?;
         let (src, dst) = (entry.path(), to.join(entry.file_name()));

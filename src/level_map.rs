@@ -12,19 +12,19 @@ use crate::fits::batch_curve::BatchCurve;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LevelMap {
     /// The reference's idle reading and the target's (replica totals, W).
-    pub reference_idle_w: f64,
-    pub target_idle_w: f64,
+    pub(crate) reference_idle_w: f64,
+    pub(crate) target_idle_w: f64,
     /// The target replica's board limit (W): averaged readings are capped at it.
-    pub board_limit_w: f64,
+    pub(crate) board_limit_w: f64,
     /// The target meter's averaging window over the mapped readings (bins; 1 = none).
-    pub meter_window_bins: usize,
-    pub levels: Levels,
+    pub(crate) meter_window_bins: usize,
+    pub(crate) levels: Levels,
 }
 
 /// The target's active level versus running batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Levels {
+pub(crate) enum Levels {
     /// The target's steady replica power (W): a reference decode reading at its steady level
     /// maps onto it.
     Absolute { power_w: BatchCurve },
@@ -34,16 +34,16 @@ pub enum Levels {
 
 /// What synthesis knows of one bin of an active reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ActiveBin {
+pub(crate) struct ActiveBin {
     /// Running requests per unit of busy time (≥ 1).
-    pub batch: f64,
+    pub(crate) batch: f64,
     /// The reference's steady decode reading in the bin's state (W).
-    pub reference_decode_w: f64,
+    pub(crate) reference_decode_w: f64,
 }
 
 impl LevelMap {
     /// The multiplier of an active reading's dynamic part (above idle).
-    pub fn active_scale(&self, bin: &ActiveBin) -> f64 {
+    fn active_scale(&self, bin: &ActiveBin) -> f64 {
         let s = match &self.levels {
             Levels::Absolute { power_w } => {
                 (power_w.eval(bin.batch) - self.target_idle_w)
@@ -57,7 +57,7 @@ impl LevelMap {
     /// Maps one synthesized series in place: idle readings (`None`) by the idle ratio, active
     /// ones as idle_T + (p − idle_R)·[`Self::active_scale`]; then the target meter's trailing
     /// average, capped at the board limit.
-    pub fn apply(&self, bins: &[Option<ActiveBin>], power_w: &mut [f64]) {
+    pub(crate) fn apply(&self, bins: &[Option<ActiveBin>], power_w: &mut [f64]) {
         let idle_scale = self.target_idle_w / self.reference_idle_w.max(1e-9);
         for (p, bin) in power_w.iter_mut().zip(bins) {
             *p = match bin {

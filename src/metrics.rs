@@ -12,7 +12,7 @@ pub use crate::stats::{mean as mean_of, median_finite as median_of, sd as sd_of}
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Bins compared.
-    pub n: usize,
+    pub(crate) n: usize,
     /// 100 · (Σy − Σg) / Σg.
     pub energy_error_signed_pct: f64,
     /// |energy_error_signed_pct|.
@@ -22,7 +22,7 @@ pub struct Metrics {
     /// 1 − Σ(ρ_g − ρ_y)² / Σ(ρ_g − mean ρ_g)² over lags 1…min(50, n − 1).
     pub acf_r2: f64,
     /// RMSE / (max g − min g).
-    pub nrmse: f64,
+    pub(crate) nrmse: f64,
     /// 100 · |P95(y) − P95(g)| / P95(g).
     pub p95_error_pct: f64,
     /// 100 · |P99(y) − P99(g)| / P99(g).
@@ -31,7 +31,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The seven figures in a fixed order: |ΔE|, signed ΔE, KS, ACF R², NRMSE, P95, P99.
-    pub fn fields(&self) -> [f64; 7] {
+    pub(crate) fn fields(&self) -> [f64; 7] {
         [
             self.energy_error_pct,
             self.energy_error_signed_pct,
@@ -44,7 +44,7 @@ impl Metrics {
     }
 
     /// The inverse of [`Metrics::fields`].
-    pub fn from_fields(n: usize, f: [f64; 7]) -> Self {
+    fn from_fields(n: usize, f: [f64; 7]) -> Self {
         Metrics {
             n,
             energy_error_pct: f[0],
@@ -58,7 +58,7 @@ impl Metrics {
     }
 
     /// Figure by figure, `reduce` over the values of `items` (mean, median, sd …).
-    pub fn reduce(items: &[Metrics], reduce: impl Fn(&[f64]) -> f64) -> Self {
+    pub(crate) fn reduce(items: &[Metrics], reduce: impl Fn(&[f64]) -> f64) -> Self {
         let n = items.first().map_or(0, |m| m.n);
         let f = std::array::from_fn(|k| {
             let v: Vec<f64> = items.iter().map(|m| m.fields()[k]).collect();
@@ -69,10 +69,10 @@ impl Metrics {
 }
 
 /// Lags used by the ACF R² (SPEC §8: 50, i.e. 12.5 s at 0.25 s).
-pub const ACF_MAX_LAG: usize = 50;
+pub(crate) const ACF_MAX_LAG: usize = 50;
 
 /// Sample autocorrelation at lags 1…`max_lag` (biased estimator, as numpy/statsmodels).
-pub fn acf(x: &[f64], max_lag: usize) -> Vec<f64> {
+pub(crate) fn acf(x: &[f64], max_lag: usize) -> Vec<f64> {
     let n = x.len();
     let m = x.iter().sum::<f64>() / n.max(1) as f64;
     let d: Vec<f64> = x.iter().map(|v| v - m).collect();
@@ -94,7 +94,7 @@ pub fn acf(x: &[f64], max_lag: usize) -> Vec<f64> {
 }
 
 /// Two-sample Kolmogorov–Smirnov statistic.
-pub fn ks_statistic(g: &[f64], y: &[f64]) -> f64 {
+fn ks_statistic(g: &[f64], y: &[f64]) -> f64 {
     let mut a = g.to_vec();
     let mut b = y.to_vec();
     a.sort_by(f64::total_cmp);
@@ -115,7 +115,7 @@ pub fn ks_statistic(g: &[f64], y: &[f64]) -> f64 {
 }
 
 /// Compares synthesized `y` with measured `g` on their common length (≥ 2 bins).
-pub fn compare(g: &[f64], y: &[f64]) -> Metrics {
+pub(crate) fn compare(g: &[f64], y: &[f64]) -> Metrics {
     let n = g.len().min(y.len());
     let (g, y) = (&g[..n], &y[..n]);
     let sg: f64 = g.iter().sum();
@@ -151,7 +151,7 @@ pub fn compare(g: &[f64], y: &[f64]) -> Metrics {
 }
 
 /// Resamples drawn by [`resampling_noise`] in validation.
-pub const NOISE_RESAMPLES: usize = 200;
+pub(crate) const NOISE_RESAMPLES: usize = 200;
 
 /// The sampling noise of a measured series' own figures, given what the engine did in each
 /// bin: the median, over `resamples` stratified bootstrap copies of `g` (each bin's value
@@ -162,7 +162,7 @@ pub const NOISE_RESAMPLES: usize = 200;
 /// on ΔE, KS, P95 and P99: the resolution below which a synthesized series cannot be told
 /// better or worse on this run. ACF R² and NRMSE are NaN (a copy has no time order to score).
 /// Seeded: the same inputs give the same figures.
-pub fn resampling_noise(g: &[f64], strata: &[u8], resamples: usize, seed: u64) -> Metrics {
+pub(crate) fn resampling_noise(g: &[f64], strata: &[u8], resamples: usize, seed: u64) -> Metrics {
     use rand::{Rng, SeedableRng};
     let n = g.len().min(strata.len());
     let mut members: Vec<Vec<f64>> = vec![Vec::new(); 256];

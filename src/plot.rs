@@ -8,16 +8,16 @@ use crate::error::{Error, Result};
 
 /// One line of a chart.
 #[derive(Debug, Clone, Copy)]
-pub struct Series<'a> {
-    pub name: &'a str,
-    pub x: &'a [f64],
-    pub y: &'a [f64],
+pub(crate) struct Series<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) x: &'a [f64],
+    pub(crate) y: &'a [f64],
     /// Drawn faint (a fine-grained series under coarser means).
-    pub light: bool,
+    pub(crate) light: bool,
 }
 
 impl<'a> Series<'a> {
-    pub fn new(name: &'a str, x: &'a [f64], y: &'a [f64]) -> Self {
+    pub(crate) fn new(name: &'a str, x: &'a [f64], y: &'a [f64]) -> Self {
         Self {
             name,
             x,
@@ -29,11 +29,11 @@ impl<'a> Series<'a> {
 
 /// A chart: title, axis labels with units, its lines.
 #[derive(Debug, Clone)]
-pub struct LineChart<'a> {
-    pub title: &'a str,
-    pub x_label: &'a str,
-    pub y_label: &'a str,
-    pub series: Vec<Series<'a>>,
+pub(crate) struct LineChart<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) x_label: &'a str,
+    pub(crate) y_label: &'a str,
+    pub(crate) series: Vec<Series<'a>>,
 }
 
 /// Line colours, in series order.
@@ -68,7 +68,7 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// The chart as an `<svg>` element.
-pub fn line_chart_svg(chart: &LineChart) -> Result<String> {
+pub(crate) fn line_chart_svg(chart: &LineChart) -> Result<String> {
     let err = |e: &dyn std::fmt::Display| Error::data(format!("chart {:?}: {e}", chart.title));
     let (x0, x1) = range(chart.series.iter().flat_map(|s| s.x.iter().copied()));
     let (y0, y1) = range(chart.series.iter().flat_map(|s| s.y.iter().copied()));

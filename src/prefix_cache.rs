@@ -27,9 +27,9 @@ use crate::workload::Request;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KvCacheConfig {
     /// Tokens per KV block (vLLM's default 16).
-    pub block_tokens: u32,
+    pub(crate) block_tokens: u32,
     /// Tokens the KV cache holds on this replica; `None` = unbounded (nothing is evicted).
-    pub capacity_tokens: Option<u64>,
+    pub(crate) capacity_tokens: Option<u64>,
 }
 
 impl Default for KvCacheConfig {
@@ -69,7 +69,7 @@ pub struct PrefixCache {
 
 impl PrefixCache {
     /// A cache that serves hits only when `enabled` (vLLM's `enable_prefix_caching`).
-    pub fn new(enabled: bool, cfg: KvCacheConfig) -> Self {
+    pub(crate) fn new(enabled: bool, cfg: KvCacheConfig) -> Self {
         Self {
             enabled,
             cfg: KvCacheConfig {
@@ -88,7 +88,7 @@ impl PrefixCache {
 
     /// A request is admitted at `t_s`: the prompt tokens served from cache (a multiple of the
     /// block size, at most `input_tokens − 1`). Pins the request's session entry.
-    pub fn admit(&mut self, r: &Request, t_s: f64) -> u32 {
+    pub(crate) fn admit(&mut self, r: &Request, t_s: f64) -> u32 {
         if !self.enabled {
             return 0;
         }
@@ -130,7 +130,7 @@ impl PrefixCache {
 
     /// A request's prompt is fully computed: its full blocks become the session's cached
     /// context, and a declared shared prefix becomes cached for later requests.
-    pub fn prefilled(&mut self, r: &Request, t_s: f64) {
+    pub(crate) fn prefilled(&mut self, r: &Request, t_s: f64) {
         if !self.enabled {
             return;
         }
@@ -157,7 +157,7 @@ impl PrefixCache {
     }
 
     /// A request finished at `t_s`: its session's blocks become free but stay cached.
-    pub fn finished(&mut self, r: &Request, t_s: f64) {
+    pub(crate) fn finished(&mut self, r: &Request, t_s: f64) {
         if !self.enabled {
             return;
         }
@@ -174,7 +174,7 @@ impl PrefixCache {
 
     /// Evicts free cached blocks, least recently used entry first and its tail first, until
     /// the running requests' `used_tokens` plus the cached blocks fit the capacity.
-    pub fn evict_to_fit(&mut self, used_tokens: u64) {
+    pub(crate) fn evict_to_fit(&mut self, used_tokens: u64) {
         let Some(cap) = self.cfg.capacity_tokens else {
             return;
         };

@@ -11,12 +11,3 @@ pub trait Progress: Sync {
     /// The current stage ended; `summary` is a one-line result.
     fn end(&self, summary: &str);
 }
-
-/// Reports nothing.
-pub struct Silent;
-
-impl Progress for Silent {
-    fn begin(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn end(&self, _: &str) {}
-}

@@ -51,7 +51,7 @@ pub fn write_power_series(path: &Path, t0_s: f64, dt_s: f64, power_w: &[f64]) ->
 }
 
 /// The metrics table: one row per (run, method), then the medians over runs per method.
-pub fn metrics_table(results: &[RunValidation]) -> Table {
+fn metrics_table(results: &[RunValidation]) -> Table {
     let mut rows = MetricRows::default();
     for v in results {
         rows.push_run(v);
@@ -205,7 +205,7 @@ pub fn format_cache_hits(results: &[RunValidation]) -> String {
 }
 
 /// The table as aligned text, one line per row.
-pub fn format_table(t: &Table) -> String {
+fn format_table(t: &Table) -> String {
     let mut out = String::new();
     let n = t.num_rows();
     let _ = writeln!(
@@ -344,7 +344,7 @@ fn run_charts(v: &RunValidation) -> String {
 }
 
 /// The HTML report of a validation (one or more target runs).
-pub fn html_report(results: &[RunValidation], table: &Table) -> String {
+fn html_report(results: &[RunValidation], table: &Table) -> String {
     let mut h = String::from(
         "<!doctype html><html><head><meta charset='utf-8'><title>powersynth validation</title>\
          <style>body{font-family:sans-serif;margin:2em} pre{font-size:12px} \
@@ -377,7 +377,7 @@ pub fn html_report(results: &[RunValidation], table: &Table) -> String {
 }
 
 /// Points beyond which a per-second series is not drawn (the SVG would pass ~1 MB).
-pub const MAX_CHART_POINTS: usize = 20_000;
+const MAX_CHART_POINTS: usize = 20_000;
 
 /// Means over consecutive blocks of `k` seconds, with each block's start time.
 /// Means over windows of `k` seconds of a per-second series, as a step line (each mean held

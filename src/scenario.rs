@@ -43,13 +43,13 @@ use crate::traces::{build_template, interp, InferenceTrace, TemplateOptions};
 /// A period: a number of seconds or exact text ("1/10").
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
-pub enum Period {
+pub(crate) enum Period {
     Number(f64),
     Text(String),
 }
 
 impl Period {
-    pub fn exact(&self, field: &str) -> Result<Seconds> {
+    pub(crate) fn exact(&self, field: &str) -> Result<Seconds> {
         match self {
             Period::Number(x) => seconds_from_f64(field, *x),
             Period::Text(t) => parse_seconds(field, t),
@@ -62,23 +62,23 @@ impl Period {
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Simulated time (s): a whole number of ticks.
-    pub duration_s: Period,
+    pub(crate) duration_s: Period,
     #[serde(default)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     pub datacenter: DatacenterSection,
     /// Several datacenters ("sites") sharing `[datacenter]`'s settings and the models, each
     /// on its own feeder bus; none: the one `[datacenter]`.
     #[serde(default)]
-    pub sites: Vec<SiteSection>,
+    pub(crate) sites: Vec<SiteSection>,
     pub models: Vec<ModelSection>,
     #[serde(default)]
-    pub training: Vec<TrainingSection>,
+    pub(crate) training: Vec<TrainingSection>,
     #[serde(default)]
-    pub controllers: Vec<ControllerSection>,
+    pub(crate) controllers: Vec<ControllerSection>,
     #[serde(default)]
-    pub templates: TemplateSection,
+    pub(crate) templates: TemplateSection,
     /// A distribution feeder the datacenters sit on (GRID.md); none by default.
-    pub grid: Option<GridSection>,
+    pub(crate) grid: Option<GridSection>,
     #[serde(default)]
     pub outputs: OutputSection,
 }
@@ -86,81 +86,81 @@ pub struct Scenario {
 /// `[grid]`: the feeder, its start and where each datacenter connects.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GridSection {
+pub(crate) struct GridSection {
     /// The feeder's OpenDSS script, relative to the scenario file.
-    pub feeder: PathBuf,
-    pub dt_s: Period,
+    pub(crate) feeder: PathBuf,
+    pub(crate) dt_s: Period,
     /// The source's per-unit voltage (default: the script's).
-    pub source_pu: Option<f64>,
+    pub(crate) source_pu: Option<f64>,
     /// Datacenter power factor (lagging).
     #[serde(default = "default_pf")]
-    pub pf: f64,
+    pub(crate) pf: f64,
     /// Regulator (RegControl name) → initial tap steps of 0.00625.
     #[serde(default)]
-    pub taps: BTreeMap<String, i32>,
+    pub(crate) taps: BTreeMap<String, i32>,
     /// Datacenter name → bus (three single-phase loads, one per phase).
-    pub datacenter_buses: BTreeMap<String, String>,
+    pub(crate) datacenter_buses: BTreeMap<String, String>,
     /// Buses left out of the monitored set and the metrics.
     #[serde(default)]
-    pub exclude_buses: Vec<String>,
+    pub(crate) exclude_buses: Vec<String>,
     /// Voltage band of the grid metrics (pu).
     #[serde(default = "default_v_min")]
-    pub v_min: f64,
+    pub(crate) v_min: f64,
     #[serde(default = "default_v_max")]
-    pub v_max: f64,
+    pub(crate) v_max: f64,
     /// Power-flow tolerance: largest node-voltage change between iterations (pu).
     #[serde(default = "default_grid_tolerance")]
-    pub tolerance_pu: f64,
+    pub(crate) tolerance_pu: f64,
     /// Generators (PV, wind, …) on feeder buses: each phase injects the profile's kW.
     #[serde(default)]
-    pub generators: Vec<ProfileSection>,
+    generators: Vec<ProfileSection>,
     /// External loads on feeder buses: each phase draws the profile's kW.
     #[serde(default)]
-    pub loads: Vec<ProfileSection>,
+    pub(crate) loads: Vec<ProfileSection>,
     /// Batteries on three-phase buses (OpenDSS `Storage`, external dispatch), idle until a
     /// `storage-droop` controller (or another `SetStoragePower`) dispatches them.
     #[serde(default)]
-    pub storage: Vec<StorageSection>,
+    pub(crate) storage: Vec<StorageSection>,
 }
 
 /// `[[sites]]`: one datacenter of a multi-site scenario.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SiteSection {
-    pub name: String,
+pub(crate) struct SiteSection {
+    pub(crate) name: String,
     /// GPUs of this site (default `[datacenter].total_gpu_capacity`).
-    pub total_gpu_capacity: Option<u64>,
+    pub(crate) total_gpu_capacity: Option<u64>,
     /// Base load per phase (kW; default `[datacenter].base_kw_per_phase`).
-    pub base_kw_per_phase: Option<f64>,
+    pub(crate) base_kw_per_phase: Option<f64>,
     /// Model label → replicas here (default: the model's `replicas`, or its capacity share of
     /// this site's GPUs, with its ramps); a model given 0 is served elsewhere only.
     #[serde(default)]
-    pub replicas: BTreeMap<String, u64>,
+    pub(crate) replicas: BTreeMap<String, u64>,
 }
 
 /// `[[grid.storage]]`: the peer's `BatteryStorage` (its defaults).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StorageSection {
-    pub name: String,
-    pub bus: String,
+pub(crate) struct StorageSection {
+    pub(crate) name: String,
+    pub(crate) bus: String,
     /// Largest charge or discharge power (kW).
-    pub rated_power_kw: f64,
+    rated_power_kw: f64,
     /// Energy capacity (kWh).
-    pub capacity_kwh: f64,
+    capacity_kwh: f64,
     /// Apparent-power rating (kVA; default the kW rating).
-    pub apparent_power_kva: Option<f64>,
+    apparent_power_kva: Option<f64>,
     #[serde(default = "half")]
-    pub initial_soc: f64,
+    pub(crate) initial_soc: f64,
     #[serde(default)]
-    pub reserve_soc: f64,
+    pub(crate) reserve_soc: f64,
     #[serde(default = "one_f64")]
-    pub charge_efficiency: f64,
+    pub(crate) charge_efficiency: f64,
     #[serde(default = "one_f64")]
-    pub discharge_efficiency: f64,
+    pub(crate) discharge_efficiency: f64,
     /// OpenDSS `%IdlingkW`: losses while connected, % of the kW rating.
     #[serde(default)]
-    pub idle_loss_percent: f64,
+    idle_loss_percent: f64,
 }
 
 fn half() -> f64 {
@@ -170,22 +170,22 @@ fn half() -> f64 {
 /// `kind = "storage-droop"`: the peer's `StorageDroopConfig` (its defaults).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StorageDroopSection {
-    pub dt_s: Period,
+pub(crate) struct StorageDroopSection {
+    pub(crate) dt_s: Period,
     /// Batteries it drives (default: every `[[grid.storage]]`).
-    pub storage: Option<Vec<String>>,
+    pub(crate) storage: Option<Vec<String>>,
     /// "qv" (kvar) or "pv" (kW).
     #[serde(default = "default_droop_mode")]
-    pub mode: String,
-    pub v_ref: Option<f64>,
-    pub deadband_pu: Option<f64>,
-    pub full_output_voltage_error_pu: Option<f64>,
-    pub droop_gain_per_pu: Option<f64>,
-    pub max_abs_output: Option<f64>,
-    pub allow_negative_output: Option<bool>,
+    pub(crate) mode: String,
+    pub(crate) v_ref: Option<f64>,
+    pub(crate) deadband_pu: Option<f64>,
+    pub(crate) full_output_voltage_error_pu: Option<f64>,
+    pub(crate) droop_gain_per_pu: Option<f64>,
+    pub(crate) max_abs_output: Option<f64>,
+    pub(crate) allow_negative_output: Option<bool>,
     /// "minimum", "mean" or "latest" of the bus voltage over the states since the last step.
     #[serde(default = "default_voltage_statistic")]
-    pub voltage_statistic: String,
+    pub(crate) voltage_statistic: String,
 }
 
 fn default_droop_mode() -> String {
@@ -200,13 +200,13 @@ fn default_voltage_statistic() -> String {
 /// header row; relative to the scenario file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProfileSection {
-    pub bus: String,
+pub(crate) struct ProfileSection {
+    pub(crate) bus: String,
     /// Power factor (default 1.0 for generators, 0.96 for loads, as the peer).
-    pub pf: Option<f64>,
-    pub kw: Option<f64>,
-    pub profile: Option<Vec<(f64, f64)>>,
-    pub csv: Option<PathBuf>,
+    pub(crate) pf: Option<f64>,
+    pub(crate) kw: Option<f64>,
+    pub(crate) profile: Option<Vec<(f64, f64)>>,
+    pub(crate) csv: Option<PathBuf>,
 }
 
 fn default_pf() -> f64 {
@@ -225,62 +225,62 @@ fn default_grid_tolerance() -> f64 {
 /// `kind = "ofo"`: the OFO controller's settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OfoSection {
-    pub dt_s: Period,
+pub(crate) struct OfoSection {
+    pub(crate) dt_s: Period,
     /// The datacenter it steers (default: the scenario's).
-    pub datacenter: Option<String>,
+    pub(crate) datacenter: Option<String>,
     /// Model label → mean-ITL deadline (s).
-    pub itl_deadline_s: BTreeMap<String, f64>,
+    pub(crate) itl_deadline_s: BTreeMap<String, f64>,
     /// Model label → per-replica logistic fits of power (W), mean ITL (s) and throughput.
-    pub fits: BTreeMap<String, OfoFitsSection>,
-    pub primal_step_size: Option<f64>,
-    pub w_throughput: Option<f64>,
-    pub w_switch: Option<f64>,
-    pub voltage_gradient_scale: Option<f64>,
-    pub v_min: Option<f64>,
-    pub v_max: Option<f64>,
-    pub voltage_dual_step_size: Option<f64>,
-    pub latency_dual_step_size: Option<f64>,
-    pub sensitivity_update_interval: Option<u64>,
-    pub sensitivity_perturbation_kw: Option<f64>,
+    pub(crate) fits: BTreeMap<String, OfoFitsSection>,
+    pub(crate) primal_step_size: Option<f64>,
+    pub(crate) w_throughput: Option<f64>,
+    pub(crate) w_switch: Option<f64>,
+    pub(crate) voltage_gradient_scale: Option<f64>,
+    pub(crate) v_min: Option<f64>,
+    pub(crate) v_max: Option<f64>,
+    pub(crate) voltage_dual_step_size: Option<f64>,
+    pub(crate) latency_dual_step_size: Option<f64>,
+    pub(crate) sensitivity_update_interval: Option<u64>,
+    pub(crate) sensitivity_perturbation_kw: Option<f64>,
 }
 
 /// `kind = "rule-based"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuleBasedSection {
-    pub dt_s: Period,
+pub(crate) struct RuleBasedSection {
+    pub(crate) dt_s: Period,
     /// The datacenter it steers (default: the scenario's).
-    pub datacenter: Option<String>,
+    pub(crate) datacenter: Option<String>,
     /// Model label → mean-ITL deadline (s) of the latency guard (a model not named has none).
     #[serde(default)]
-    pub itl_deadline_s: BTreeMap<String, f64>,
-    pub step_size: Option<f64>,
-    pub v_min: Option<f64>,
-    pub v_max: Option<f64>,
-    pub deadband: Option<f64>,
-    pub latency_guard: Option<bool>,
+    pub(crate) itl_deadline_s: BTreeMap<String, f64>,
+    pub(crate) step_size: Option<f64>,
+    pub(crate) v_min: Option<f64>,
+    pub(crate) v_max: Option<f64>,
+    pub(crate) deadband: Option<f64>,
+    pub(crate) latency_guard: Option<bool>,
     /// Buses not looked at (default: the grid's exclude_buses).
-    pub exclude_buses: Option<Vec<String>>,
+    pub(crate) exclude_buses: Option<Vec<String>>,
     /// Only these buses (default: all).
-    pub zone_buses: Option<Vec<String>>,
+    zone_buses: Option<Vec<String>>,
 }
 
 /// One tap-schedule entry: regulator (or a/b/c) → tap (pu) at `at_s`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TapChangeSection {
-    pub at_s: f64,
-    pub taps: BTreeMap<String, f64>,
+pub(crate) struct TapChangeSection {
+    pub(crate) at_s: f64,
+    pub(crate) taps: BTreeMap<String, f64>,
 }
 
 /// A model's logistic fits for the OFO controller (the peer's `logistic_fit.json` shape).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OfoFitsSection {
-    pub power: LogisticFit,
-    pub latency: LogisticFit,
-    pub throughput: LogisticFit,
+pub(crate) struct OfoFitsSection {
+    pub(crate) power: LogisticFit,
+    pub(crate) latency: LogisticFit,
+    pub(crate) throughput: LogisticFit,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -288,26 +288,26 @@ pub struct OfoFitsSection {
 pub struct DatacenterSection {
     #[serde(default = "default_dc_name")]
     pub name: String,
-    pub dt_s: Period,
+    pub(crate) dt_s: Period,
     #[serde(default = "default_gpus_per_server")]
-    pub gpus_per_server: u32,
-    pub total_gpu_capacity: u64,
+    pub(crate) gpus_per_server: u32,
+    pub(crate) total_gpu_capacity: u64,
     #[serde(default)]
-    pub base_kw_per_phase: f64,
+    pub(crate) base_kw_per_phase: f64,
     #[serde(default = "unit_range")]
-    pub amplitude_scale_range: (f64, f64),
+    pub(crate) amplitude_scale_range: (f64, f64),
     #[serde(default)]
-    pub noise_fraction: f64,
+    pub(crate) noise_fraction: f64,
     #[serde(default)]
-    pub non_gpu_w_per_server: f64,
+    pub(crate) non_gpu_w_per_server: f64,
     #[serde(default)]
-    pub idle_w_per_gpu: f64,
+    pub(crate) idle_w_per_gpu: f64,
     #[serde(default = "one_f64")]
-    pub pue: f64,
+    pub(crate) pue: f64,
     #[serde(default)]
-    pub servers_per_rack: u32,
+    pub(crate) servers_per_rack: u32,
     #[serde(default)]
-    pub racks_per_row: u32,
+    pub(crate) racks_per_row: u32,
 }
 
 fn default_dc_name() -> String {
@@ -327,31 +327,31 @@ fn one_f64() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub label: String,
-    pub gpus_per_replica: u32,
-    pub initial_batch_size: u32,
+    pub(crate) gpus_per_replica: u32,
+    pub(crate) initial_batch_size: u32,
     /// Initial replicas; or `capacity_share`.
-    pub replicas: Option<u64>,
+    pub(crate) replicas: Option<u64>,
     /// Share of the datacenter's GPU capacity, rounded down to whole servers of whole replicas
     /// (a multiple of lcm(gpus_per_server, gpus_per_replica) GPUs, as the peer's bench does).
-    pub capacity_share: Option<f64>,
+    capacity_share: Option<f64>,
     #[serde(default)]
-    pub ramps: Vec<RampSection>,
-    pub power: PowerSource,
-    pub itl: Option<ItlSource>,
+    pub(crate) ramps: Vec<RampSection>,
+    pub(crate) power: PowerSource,
+    pub(crate) itl: Option<ItlSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RampSection {
-    pub target: u64,
-    pub t_start_s: f64,
-    pub t_end_s: f64,
+pub(crate) struct RampSection {
+    pub(crate) target: u64,
+    pub(crate) t_start_s: f64,
+    pub(crate) t_end_s: f64,
 }
 
 /// Where a model's per-GPU power templates come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum PowerSource {
+pub(crate) enum PowerSource {
     /// A parametric trace per batch size (the peer bench's synthetic data): per-GPU level
     /// linear in log2(batch) from `level_w[0]` at the smallest to `level_w[1]` at the largest
     /// batch, plus sine ripples (amplitude W, period s), Gaussian noise, clipped; `trace_s` long
@@ -410,7 +410,7 @@ pub enum PowerSource {
 /// Where a model's ITL fits come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum ItlSource {
+pub(crate) enum ItlSource {
     /// Two log-normals with scale_steady = scale_s · (1 + per_log2_batch · log2 b) and
     /// scale_stall = stall_factor · scale_steady (the peer bench's synthetic fits).
     Parametric {
@@ -428,14 +428,14 @@ pub enum ItlSource {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrainingSection {
-    pub n_gpus: u64,
-    pub t_start_s: f64,
-    pub t_end_s: f64,
+pub(crate) struct TrainingSection {
+    pub(crate) n_gpus: u64,
+    pub(crate) t_start_s: f64,
+    pub(crate) t_end_s: f64,
     #[serde(default = "default_peak")]
-    pub target_peak_w_per_gpu: f64,
+    pub(crate) target_peak_w_per_gpu: f64,
     #[serde(default)]
-    pub trace: TrainingTraceParams,
+    pub(crate) trace: TrainingTraceParams,
 }
 
 fn default_peak() -> f64 {
@@ -444,7 +444,7 @@ fn default_peak() -> f64 {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum ControllerSection {
+pub(crate) enum ControllerSection {
     Noop {
         dt_s: Period,
     },
@@ -483,27 +483,27 @@ fn default_gpus_per_shift() -> u32 {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChangeSection {
-    pub model: String,
-    pub at_s: f64,
-    pub batch_size: u32,
+pub(crate) struct ChangeSection {
+    pub(crate) model: String,
+    pub(crate) at_s: f64,
+    pub(crate) batch_size: u32,
     #[serde(default)]
-    pub ramp_up_rate: f64,
+    pub(crate) ramp_up_rate: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TemplateSection {
+pub(crate) struct TemplateSection {
     /// Template length (s); default: the simulated duration (the peer's 600 s default makes
     /// templates wrap with a seam every 600 s of a longer run).
-    pub duration_s: Option<f64>,
+    pub(crate) duration_s: Option<f64>,
     #[serde(default)]
-    pub steady_skip_s: f64,
+    pub(crate) steady_skip_s: f64,
     /// Keep one period of each template when the trace span is a whole number of steps (same
     /// values, far less memory; no seam where a full-length template would wrap). Default true;
     /// false gives the peer's full-length templates.
     #[serde(default = "yes")]
-    pub periodic: bool,
+    pub(crate) periodic: bool,
 }
 
 fn yes() -> bool {

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 /// Shard `index` of `count` (0 ≤ index < count). `Shard::WHOLE` (0 of 1) is an unsplit run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shard {
-    pub index: u32,
-    pub count: u32,
+    pub(crate) index: u32,
+    pub(crate) count: u32,
 }
 
 impl Default for Shard {
@@ -45,20 +45,20 @@ impl Shard {
     /// The units this shard owns out of `units`: the contiguous range
     /// [⌊I·units/N⌋, ⌊(I+1)·units/N⌋). The ranges of shards 0 … N − 1 tile 0 … units exactly;
     /// a shard may own none when N > units.
-    pub fn range(&self, units: usize) -> Range<usize> {
+    pub(crate) fn range(&self, units: usize) -> Range<usize> {
         let at = |i: u32| (i as u128 * units as u128 / self.count as u128) as usize;
         at(self.index)..at(self.index + 1)
     }
 
     /// The hive partition folder name, `shard=I`.
-    pub fn partition(&self) -> String {
+    pub(crate) fn partition(&self) -> String {
         format!("shard={}", self.index)
     }
 
     /// Where table `name` goes under `dir`: one folder per table, so that every folder holds
     /// one schema: `dir/name/part-0.parquet`, or in this shard's hive partition
     /// `dir/name/shard=I/part-0.parquet`.
-    pub fn table_path(&self, dir: &Path, name: &str) -> PathBuf {
+    pub(crate) fn table_path(&self, dir: &Path, name: &str) -> PathBuf {
         let mut p = dir.join(name);
         if !self.is_whole() {
             p = p.join(self.partition());

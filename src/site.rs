@@ -30,7 +30,7 @@ pub struct SiteLayout {
 }
 
 impl SiteLayout {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         for (name, v) in [
             ("servers", self.servers),
             ("replicas_per_server", self.replicas_per_server),
@@ -53,7 +53,7 @@ impl SiteLayout {
         Ok(())
     }
 
-    pub fn racks(&self) -> usize {
+    pub(crate) fn racks(&self) -> usize {
         self.servers.div_ceil(self.servers_per_rack)
     }
 }
@@ -61,8 +61,8 @@ impl SiteLayout {
 /// Site power on a regular grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SitePower {
-    pub t0_s: f64,
-    pub dt_s: f64,
+    pub(crate) t0_s: f64,
+    pub(crate) dt_s: f64,
     /// IT power per rack (W).
     pub racks_w: Vec<Vec<f64>>,
     /// IT power per row (W).
@@ -149,21 +149,21 @@ pub fn synthesize_site(
 /// Facility metrics of a power series at one resolution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FacilityMetrics {
-    pub dt_s: f64,
+    pub(crate) dt_s: f64,
     pub peak_w: f64,
     pub average_w: f64,
-    pub peak_to_average: f64,
+    peak_to_average: f64,
     /// average / peak.
-    pub load_factor: f64,
+    load_factor: f64,
     /// Largest rise and fall between consecutive samples (W per sample step).
-    pub max_ramp_up_w: f64,
-    pub max_ramp_down_w: f64,
+    max_ramp_up_w: f64,
+    max_ramp_down_w: f64,
     /// Load-duration curve: the power exceeded this share of the time, at 1, 5, 10, 50, 90 %.
-    pub load_duration_w: Vec<(f64, f64)>,
+    load_duration_w: Vec<(f64, f64)>,
 }
 
 /// Facility metrics of `power_w` sampled every `dt_s`.
-pub fn facility_metrics(power_w: &[f64], dt_s: f64) -> FacilityMetrics {
+pub(crate) fn facility_metrics(power_w: &[f64], dt_s: f64) -> FacilityMetrics {
     let n = power_w.len().max(1) as f64;
     let peak = power_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let avg = power_w.iter().sum::<f64>() / n;

@@ -26,33 +26,33 @@ use crate::error::{Error, Result};
 #[serde(deny_unknown_fields)]
 pub struct InferenceModelSpec {
     /// Unique label within a workload (not part of the cache hash).
-    pub model_label: String,
+    pub(crate) model_label: String,
     /// Hugging Face model id, `org/name`.
-    pub model_id: String,
+    pub(crate) model_id: String,
     /// GPU model as the benchmark spells it, e.g. `H100` (case-sensitive).
-    pub gpu_model: String,
+    pub(crate) gpu_model: String,
     /// Benchmark task, e.g. `lm-arena-chat`.
     pub task: String,
     #[serde(default = "default_precision")]
-    pub precision: String,
+    pub(crate) precision: String,
     /// GPUs per replica = the run's `num_gpus`.
     #[serde(default = "one")]
-    pub gpus_per_replica: u32,
+    pub(crate) gpus_per_replica: u32,
     #[serde(default = "one")]
     pub tensor_parallel: u32,
     #[serde(default = "one")]
-    pub expert_parallel: u32,
+    expert_parallel: u32,
     /// ITL deadline used by controllers (s, > 0; not part of the cache hash).
     #[serde(default = "default_deadline")]
-    pub itl_deadline_s: f64,
+    pub(crate) itl_deadline_s: f64,
     /// Batch sizes (`max_num_seqs`) whose runs are loaded.
-    pub batch_sizes: Vec<u32>,
+    pub(crate) batch_sizes: Vec<u32>,
     /// Batch sizes a controller may choose; defaults to `batch_sizes`.
     #[serde(default)]
-    pub feasible_batch_sizes: Vec<u32>,
+    pub(crate) feasible_batch_sizes: Vec<u32>,
     /// Batch sizes left out of the logistic fits (still loaded for traces and ITL).
     #[serde(default)]
-    pub fit_exclude_batch_sizes: Vec<u32>,
+    pub(crate) fit_exclude_batch_sizes: Vec<u32>,
 }
 
 fn default_precision() -> String {
@@ -77,15 +77,11 @@ impl SpecBuilder {
         self.0.feasible_batch_sizes = b;
         self
     }
-    pub fn fit_exclude_batch_sizes(mut self, b: Vec<u32>) -> Self {
-        self.0.fit_exclude_batch_sizes = b;
-        self
-    }
     pub fn gpus_per_replica(mut self, g: u32) -> Self {
         self.0.gpus_per_replica = g;
         self
     }
-    pub fn tensor_parallel(mut self, tp: u32) -> Self {
+    pub(crate) fn tensor_parallel(mut self, tp: u32) -> Self {
         self.0.tensor_parallel = tp;
         self
     }
@@ -121,7 +117,7 @@ impl InferenceModelSpec {
     }
 
     /// Checks every field; fills `feasible_batch_sizes` from `batch_sizes` when empty.
-    pub fn validate(&mut self) -> Result<()> {
+    pub(crate) fn validate(&mut self) -> Result<()> {
         let who = |f: &str| format!("{} of model {:?}", f, self.model_label);
         if self.model_label.trim().is_empty() {
             return Err(Error::config("model_label", "must not be empty"));
@@ -231,7 +227,7 @@ pub(crate) fn python_json_str(s: &str) -> String {
 }
 
 /// Checks that a workload's model labels are unique.
-pub fn check_unique_labels(specs: &[InferenceModelSpec]) -> Result<()> {
+pub(crate) fn check_unique_labels(specs: &[InferenceModelSpec]) -> Result<()> {
     let mut seen = BTreeSet::new();
     for s in specs {
         if !seen.insert(s.model_label.as_str()) {

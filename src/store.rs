@@ -20,10 +20,11 @@ use crate::spec::InferenceModelSpec;
 use crate::table::{write_parquet, Column, ParquetTable, Table};
 use crate::traces::{InferenceTrace, TemplateOptions};
 
-pub use crate::io::{write_atomic, write_json};
+pub(crate) use crate::io::write_atomic;
+pub use crate::io::write_json;
 
 /// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
@@ -31,7 +32,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// SHA-256 of bytes, hex.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
+pub(crate) fn sha256_bytes(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
@@ -40,7 +41,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// ISO-8601 UTC time, seconds precision.
-pub fn now_utc() -> String {
+pub(crate) fn now_utc() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -51,46 +52,46 @@ pub fn now_utc() -> String {
 
 /// The three logistic curves of one spec (`logistic_fit.json`, schema `logistic_v1`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LogisticFits {
+pub(crate) struct LogisticFits {
     /// Replica power (W, total over its GPUs).
-    pub power: LogisticFit,
+    pub(crate) power: LogisticFit,
     /// Median (or mean) ITL (s).
-    pub latency: LogisticFit,
+    pub(crate) latency: LogisticFit,
     /// Output tokens/s of the replica.
-    pub throughput: LogisticFit,
+    pub(crate) throughput: LogisticFit,
 }
 
 /// Everything stored for one spec.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct SpecArtifacts {
-    pub logistic: Option<LogisticFits>,
+pub(crate) struct SpecArtifacts {
+    pub(crate) logistic: Option<LogisticFits>,
     /// ITL mixture per batch size.
-    pub itl: BTreeMap<u32, ItlMixture>,
+    pub(crate) itl: BTreeMap<u32, ItlMixture>,
     /// Replica power trace per batch size.
-    pub traces: BTreeMap<u32, InferenceTrace>,
+    pub(crate) traces: BTreeMap<u32, InferenceTrace>,
     /// Fit quality figures as the pipeline reports them (`fit_report.json`).
-    pub report: Option<Value>,
+    pub(crate) report: Option<Value>,
 }
 
 /// The per-spec cache under one root folder.
 #[derive(Debug, Clone)]
-pub struct SpecStore {
-    pub root: PathBuf,
+pub(crate) struct SpecStore {
+    pub(crate) root: PathBuf,
 }
 
 const MANIFEST: &str = "_manifest.json";
 
 impl SpecStore {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
         SpecStore { root: root.into() }
     }
 
-    pub fn dir(&self, spec: &InferenceModelSpec) -> PathBuf {
+    pub(crate) fn dir(&self, spec: &InferenceModelSpec) -> PathBuf {
         self.root.join(spec.cache_hash())
     }
 
     /// True when the spec's folder is complete and was built from `inputs_sha256`.
-    pub fn is_current(&self, spec: &InferenceModelSpec, inputs_sha256: &str) -> bool {
+    fn is_current(&self, spec: &InferenceModelSpec, inputs_sha256: &str) -> bool {
         let p = self.dir(spec).join(MANIFEST);
         std::fs::read_to_string(p)
             .ok()
@@ -104,7 +105,7 @@ impl SpecStore {
     }
 
     /// Writes the artifacts, then the manifest (the completion marker).
-    pub fn save(
+    pub(crate) fn save(
         &self,
         spec: &InferenceModelSpec,
         a: &SpecArtifacts,
@@ -165,7 +166,7 @@ impl SpecStore {
     }
 
     /// Loads what the spec's folder holds; a missing folder or manifest is an error naming it.
-    pub fn load(&self, spec: &InferenceModelSpec) -> Result<SpecArtifacts> {
+    pub(crate) fn load(&self, spec: &InferenceModelSpec) -> Result<SpecArtifacts> {
         let dir = self.dir(spec);
         let manifest = dir.join(MANIFEST);
         if !manifest.is_file() {
@@ -208,7 +209,7 @@ impl SpecStore {
 
     /// "Ensure" semantics: load the spec's artifacts if they are current for `inputs_sha256`,
     /// else `build` them and save. Returns the artifacts and whether they were built.
-    pub fn ensure(
+    pub(crate) fn ensure(
         &self,
         spec: &InferenceModelSpec,
         inputs_sha256: &str,
@@ -230,12 +231,12 @@ impl SpecStore {
 /// duration_s, mean_power_w) and one parquet file per trace in `series/` (model_label,
 /// batch_size, t_s, power_w: one schema for the folder), paths relative to the manifest's
 /// folder (stores written before `series/` existed load too).
-pub struct TraceStore;
+pub(crate) struct TraceStore;
 
 impl TraceStore {
-    pub const MANIFEST: &'static str = "manifest.parquet";
+    const MANIFEST: &'static str = "manifest.parquet";
 
-    pub fn save(dir: &Path, entries: &[(String, u32, &InferenceTrace)]) -> Result<()> {
+    pub(crate) fn save(dir: &Path, entries: &[(String, u32, &InferenceTrace)]) -> Result<()> {
         let mut files = Vec::new();
         for (label, batch, trace) in entries {
             let file = format!("series/{}_batch_{batch}.parquet", sanitize(label));
@@ -277,7 +278,7 @@ impl TraceStore {
         )
     }
 
-    pub fn load(manifest: &Path) -> Result<Vec<(String, u32, InferenceTrace)>> {
+    pub(crate) fn load(manifest: &Path) -> Result<Vec<(String, u32, InferenceTrace)>> {
         let base = manifest.parent().unwrap_or(Path::new("."));
         let t = ParquetTable::read(manifest)?;
         let labels = t.strings("model_label")?;
@@ -309,15 +310,15 @@ impl TraceStore {
 
 /// Per-GPU templates of a set of traces for one simulation grid.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TemplateStore {
-    pub options: TemplateOptions,
+pub(crate) struct TemplateStore {
+    pub(crate) options: TemplateOptions,
     /// (model_label, batch_size) → per-GPU power (W) at i·dt.
-    pub templates: BTreeMap<(String, u32), Vec<f64>>,
+    pub(crate) templates: BTreeMap<(String, u32), Vec<f64>>,
 }
 
 impl TemplateStore {
     /// Builds every template.
-    pub fn build(
+    pub(crate) fn build(
         traces: &[(String, u32, InferenceTrace)],
         options: TemplateOptions,
     ) -> Result<Self> {
@@ -334,7 +335,7 @@ impl TemplateStore {
     /// Reads the templates of a `templates.parquet` into `self` (rows of a template in step
     /// order; a template already present is replaced, as a later trace replaces it in
     /// [`TemplateStore::build`]).
-    pub fn extend_from_file(&mut self, path: &Path) -> Result<()> {
+    pub(crate) fn extend_from_file(&mut self, path: &Path) -> Result<()> {
         let t = ParquetTable::read(path)?;
         let labels = t.strings("model_label")?;
         let batches = t.integers("batch_size")?;
@@ -361,7 +362,7 @@ impl TemplateStore {
     }
 
     /// `templates.parquet`: model_label, batch_size, step, t_s, power_w_per_gpu.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
         let (mut label, mut batch, mut step, mut t, mut p) =
             (vec![], vec![], vec![], vec![], vec![]);
         for ((l, b), values) in &self.templates {
@@ -386,7 +387,7 @@ impl TemplateStore {
 }
 
 /// A label as a file-name part: letters, digits, `-`, `_`, `.`; anything else becomes `_`.
-pub fn sanitize(label: &str) -> String {
+pub(crate) fn sanitize(label: &str) -> String {
     label
         .chars()
         .map(|c| {

@@ -130,7 +130,7 @@ pub fn write_parquet(path: &Path, table: &Table) -> Result<()> {
 /// A parquet file written in row groups as a run goes (bounded memory), made visible under
 /// its name only by [`ParquetStream::finish`]: until then it is a temporary file beside it,
 /// removed if the stream is dropped (a crashed or failed run leaves nothing).
-pub struct ParquetStream {
+pub(crate) struct ParquetStream {
     path: std::path::PathBuf,
     tmp: tempfile::NamedTempFile,
     writer: ArrowWriter<File>,
@@ -142,7 +142,7 @@ pub struct ParquetStream {
 impl ParquetStream {
     /// Creates the stream; `columns` are (name, kind) with kind one of the [`Column`] variants
     /// (an empty column of that variant).
-    pub fn create(path: &Path, columns: &[(String, Column)]) -> Result<Self> {
+    pub(crate) fn create(path: &Path, columns: &[(String, Column)]) -> Result<Self> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
@@ -180,7 +180,7 @@ impl ParquetStream {
     }
 
     /// Appends rows: `table` must have the stream's columns, in order.
-    pub fn write(&mut self, table: &Table) -> Result<()> {
+    pub(crate) fn write(&mut self, table: &Table) -> Result<()> {
         if table.columns.len() != self.schema.fields().len() {
             return Err(Error::parquet(
                 &self.path,
@@ -200,7 +200,7 @@ impl ParquetStream {
     }
 
     /// Closes the file and renames it into place.
-    pub fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         let path = self.path;
         self.writer.close().map_err(|e| Error::parquet(&path, e))?;
         self.tmp
@@ -249,7 +249,7 @@ impl ParquetTable {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
 
-    pub fn has_column(&self, name: &str) -> bool {
+    pub(crate) fn has_column(&self, name: &str) -> bool {
         self.schema.index_of(name).is_ok()
     }
 
@@ -395,7 +395,7 @@ impl ParquetTable {
     }
 
     /// A boolean column; nulls become `default`.
-    pub fn bools(&self, name: &str, default: bool) -> Result<Vec<bool>> {
+    pub(crate) fn bools(&self, name: &str, default: bool) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(self.num_rows());
         for a in self.arrays(name)? {
             match a.as_any().downcast_ref::<BooleanArray>() {

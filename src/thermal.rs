@@ -21,18 +21,18 @@ use serde::{Deserialize, Serialize};
 /// The thermal model of one replica (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Thermal {
-    pub tau_fast_s: f64,
-    pub tau_slow_s: f64,
+    tau_fast_s: f64,
+    tau_slow_s: f64,
     /// °C of rise per W of the fast and slow averages.
-    pub rise_fast_c_per_w: f64,
-    pub rise_slow_c_per_w: f64,
+    pub(crate) rise_fast_c_per_w: f64,
+    pub(crate) rise_slow_c_per_w: f64,
     /// Cold idle power the averages start from (W).
-    pub cold_w: f64,
+    pub(crate) cold_w: f64,
     /// Leakage of active readings: W per °C of rise.
-    pub active_w_per_c: f64,
+    pub(crate) active_w_per_c: f64,
     /// Leakage of idle readings: W per °C of the slow (heatsink) rise.
     #[serde(default)]
-    pub idle_w_per_c: f64,
+    idle_w_per_c: f64,
 }
 
 impl Default for Thermal {
@@ -51,14 +51,14 @@ impl Default for Thermal {
 
 /// The two moving averages of the power, stepped bin by bin.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ThermalState {
+pub(crate) struct ThermalState {
     fast_w: f64,
     slow_w: f64,
 }
 
 impl Thermal {
     /// A cold GPU.
-    pub fn cold(&self) -> ThermalState {
+    pub(crate) fn cold(&self) -> ThermalState {
         ThermalState {
             fast_w: self.cold_w,
             slow_w: self.cold_w,
@@ -67,14 +67,14 @@ impl Thermal {
 
     /// The rise over a cold GPU (°C) in state `s`.
     #[inline]
-    pub fn rise_c(&self, s: &ThermalState) -> f64 {
+    fn rise_c(&self, s: &ThermalState) -> f64 {
         self.rise_fast_c_per_w * (s.fast_w - self.cold_w)
             + self.rise_slow_c_per_w * (s.slow_w - self.cold_w)
     }
 
     /// The state after a bin of `power_w` lasting `dt_s`.
     #[inline]
-    pub fn step(&self, s: ThermalState, power_w: f64, dt_s: f64) -> ThermalState {
+    pub(crate) fn step(&self, s: ThermalState, power_w: f64, dt_s: f64) -> ThermalState {
         let a = (-dt_s / self.tau_fast_s.max(1e-9)).exp();
         let b = (-dt_s / self.tau_slow_s.max(1e-9)).exp();
         ThermalState {
@@ -85,12 +85,12 @@ impl Thermal {
 
     /// The slow (heatsink) part of the rise (°C) in state `s`.
     #[inline]
-    pub fn slow_rise_c(&self, s: &ThermalState) -> f64 {
+    fn slow_rise_c(&self, s: &ThermalState) -> f64 {
         self.rise_slow_c_per_w * (s.slow_w - self.cold_w)
     }
 
     /// The state before each bin of a power series, from a GPU at its first bin's power.
-    pub fn states(&self, power_w: &[f64], dt_s: f64) -> Vec<ThermalState> {
+    pub(crate) fn states(&self, power_w: &[f64], dt_s: f64) -> Vec<ThermalState> {
         let start = power_w.first().copied().unwrap_or(self.cold_w);
         let mut s = ThermalState {
             fast_w: start,
@@ -109,7 +109,7 @@ impl Thermal {
     /// The leakage offset of a reading (W) in thermal state `s`: active readings by the whole
     /// rise, idle ones by the slow (heatsink) rise.
     #[inline]
-    pub fn offset_w(&self, idle: bool, s: &ThermalState) -> f64 {
+    pub(crate) fn offset_w(&self, idle: bool, s: &ThermalState) -> f64 {
         if idle {
             self.idle_w_per_c * self.slow_rise_c(s)
         } else {
@@ -126,7 +126,7 @@ impl Thermal {
     /// on the modelled rise within states, clamped to [0, 5] W/°C; the idle one on the
     /// measured temperature ([`idle_leakage`]).
     /// Runs without temperatures do not count; none with them: the flat default.
-    pub fn fit(
+    pub(crate) fn fit(
         runs: &[(&[f64], &[f64])],
         groups: &[Option<usize>],
         idle_group: impl Fn(usize) -> bool,

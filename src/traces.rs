@@ -12,8 +12,8 @@ pub struct InferenceTrace {
     /// Strictly increasing times (s).
     pub t_s: Vec<f64>,
     /// Total over `measured_gpus` GPUs (W).
-    pub power_w: Vec<f64>,
-    pub measured_gpus: u32,
+    pub(crate) power_w: Vec<f64>,
+    pub(crate) measured_gpus: u32,
 }
 
 impl InferenceTrace {
@@ -60,17 +60,17 @@ impl InferenceTrace {
         })
     }
 
-    pub fn duration_s(&self) -> f64 {
+    pub(crate) fn duration_s(&self) -> f64 {
         self.t_s[self.t_s.len() - 1] - self.t_s[0]
     }
 
-    pub fn mean_power_w(&self) -> f64 {
+    pub(crate) fn mean_power_w(&self) -> f64 {
         self.power_w.iter().sum::<f64>() / self.power_w.len() as f64
     }
 }
 
 /// Linear interpolation of (t, v) at `x`, clamped to the end values outside [t₀, tₙ].
-pub fn interp(t: &[f64], v: &[f64], x: f64) -> f64 {
+pub(crate) fn interp(t: &[f64], v: &[f64], x: f64) -> f64 {
     let n = t.len();
     if x <= t[0] {
         return v[0];
@@ -136,10 +136,10 @@ pub struct TemplateOptions {
 }
 
 /// The most samples one template may hold (8 bytes each).
-pub const MAX_TEMPLATE_SAMPLES: usize = 50_000_000;
+pub(crate) const MAX_TEMPLATE_SAMPLES: usize = 50_000_000;
 
 impl TemplateOptions {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(self.dt_s > 0.0 && self.dt_s.is_finite()) {
             return Err(Error::config(
                 "templates.dt_s",
@@ -175,11 +175,8 @@ impl TemplateOptions {
         Ok(())
     }
     /// Samples per template.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         (self.duration_s / self.dt_s).ceil() as usize + 1
-    }
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 

@@ -46,10 +46,10 @@ use crate::sources::measured::{MeasuredRun, RunManifest};
 pub const DEFAULT_TASK: &str = "lm-arena-chat";
 /// Prompt tokens per request assumed for the leaderboard's runs when their decode context is
 /// estimated (it publishes output lengths only): chat prompts of a few hundred tokens.
-pub const ASSUMED_PROMPT_TOKENS: f64 = 300.0;
+const ASSUMED_PROMPT_TOKENS: f64 = 300.0;
 /// Leaderboard batch sizes up to this calibrate the transferred decode timing: the range
 /// where a step's time is linear in its batch, as the measured references are.
-pub const TIMING_MAX_BATCH: f64 = 128.0;
+const TIMING_MAX_BATCH: f64 = 128.0;
 
 /// What kind of model a configuration serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,7 +103,7 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    pub fn configuration(&self) -> String {
+    pub(crate) fn configuration(&self) -> String {
         format!("{} × {} × TP{}", self.model, self.hardware, self.tp)
     }
 }
@@ -189,22 +189,22 @@ fn same_gpu(a: &str, b: &str) -> bool {
 
 /// The leaderboard's power, median ITL and throughput of one group versus batch size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupCurves {
+struct GroupCurves {
     /// `<task>/<model>/<gpu>x<count>`.
-    pub label: String,
-    pub num_gpus: u32,
+    pub(crate) label: String,
+    pub(crate) num_gpus: u32,
     /// Replica power (W, summed over the group's GPUs).
-    pub power_w: BatchCurve,
-    pub itl_s: BatchCurve,
-    pub throughput_tps: BatchCurve,
+    pub(crate) power_w: BatchCurve,
+    pub(crate) itl_s: BatchCurve,
+    throughput_tps: BatchCurve,
     /// Mean output tokens per request over the group (NaN when not published).
-    pub avg_output_len: f64,
+    pub(crate) avg_output_len: f64,
 }
 
 impl GroupCurves {
     /// The curves of a leaderboard group. Repeated runs at one `max_num_seqs` are averaged
     /// (batch held, power, ITL, throughput) into one point.
-    pub fn of(g: &LeaderboardGroup) -> Option<Self> {
+    pub(crate) fn of(g: &LeaderboardGroup) -> Option<Self> {
         let mut by_cap: BTreeMap<u32, Vec<&LeaderboardConfig>> = BTreeMap::new();
         for c in &g.configs {
             by_cap.entry(c.max_num_seqs).or_default().push(c);
@@ -309,41 +309,41 @@ impl TransferOptions {
 
 /// One leaderboard batch size of a transfer, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchCheck {
-    pub batch: f64,
+pub(crate) struct BatchCheck {
+    pub(crate) batch: f64,
     /// The target's steady power there (W; NaN when composed: the levels are ratios).
-    pub power_w: f64,
+    pub(crate) power_w: f64,
     /// The leaderboard's median ITL of the timing basis (s; composed: the stand-in model's on
     /// the shared GPU times the reference's transferred step ratio).
-    pub itl_s: f64,
+    pub(crate) itl_s: f64,
     /// The transferred decode step at this batch (s).
-    pub step_s: f64,
+    pub(crate) step_s: f64,
     /// The leaderboard's output throughput (NaN when composed) and batch / step (tokens/s).
-    pub throughput_tps: f64,
-    pub decode_throughput_tps: f64,
+    throughput_tps: f64,
+    decode_throughput_tps: f64,
 }
 
 /// What a transfer did, printed by the commands and written beside their outputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferReport {
-    pub target: String,
+    pub(crate) target: String,
     pub reference: ReferenceChoice,
     /// `direct` (the target's own leaderboard levels) or `composed` (ratios on another GPU).
     pub mode: String,
     /// The leaderboard groups used.
-    pub basis: Vec<String>,
+    basis: Vec<String>,
     /// The leaderboard model standing in for the target's, when one was named.
     pub stand_in: Option<String>,
-    pub same_model: bool,
-    pub same_gpu: bool,
+    same_model: bool,
+    same_gpu: bool,
     /// Multipliers of the reference's step timing: fixed cost, per sequence (and context),
     /// per prompt token.
-    pub decode_base_ratio: f64,
-    pub decode_per_seq_ratio: f64,
-    pub prefill_ratio: f64,
-    pub kv_capacity_ratio: f64,
-    pub level_map: LevelMap,
-    pub checks: Vec<BatchCheck>,
+    decode_base_ratio: f64,
+    decode_per_seq_ratio: f64,
+    prefill_ratio: f64,
+    kv_capacity_ratio: f64,
+    pub(crate) level_map: LevelMap,
+    pub(crate) checks: Vec<BatchCheck>,
     pub assumptions: Vec<String>,
 }
 
@@ -892,7 +892,7 @@ fn timing_points(itl: &BatchCurve) -> Vec<(f64, f64)> {
 /// step at each (batch, ITL) point to the ITL: weighted least squares on relative error of
 /// ITL ≈ α·base + β·b·(per_seq + context·per_ktoken); one common ratio when the two-parameter
 /// fit is not positive.
-pub fn fit_decode_ratios(timing: &StepTiming, points: &[(f64, f64)], context: f64) -> (f64, f64) {
+fn fit_decode_ratios(timing: &StepTiming, points: &[(f64, f64)], context: f64) -> (f64, f64) {
     let per_seq = timing.per_decode_seq_s + context * 1e-3 * timing.per_context_ktoken_s;
     let (mut s11, mut s12, mut s22, mut r1, mut r2) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for &(b, y) in points {
@@ -1098,13 +1098,13 @@ pub struct TransferErrors {
 /// One measured run synthesized by transfer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferCase {
-    pub run_id: String,
-    pub target: String,
-    pub reference: String,
+    pub(crate) run_id: String,
+    pub(crate) target: String,
+    pub(crate) reference: String,
     /// [`TransferReport::kind`].
-    pub kind: String,
-    pub energy_error_pct: f64,
-    pub ks: f64,
+    pub(crate) kind: String,
+    pub(crate) energy_error_pct: f64,
+    pub(crate) ks: f64,
 }
 
 /// Schema tag of [`TransferErrors`].

@@ -15,7 +15,7 @@ use crate::synth::{baselines, power_from_engine};
 use crate::transfer::{model_for, TransferCase, TransferOptions, TransferReport};
 
 /// Names of the series compared with the measurement, in report order.
-pub const METHODS: [&str; 4] = ["powersynth", "tdp", "mean", "two_level"];
+pub(crate) const METHODS: [&str; 4] = ["powersynth", "tdp", "mean", "two_level"];
 
 /// Which power draws a validation compares: `realizations` synthesized series with seeds
 /// `seed`, `seed + 1`, …; the synthesized metrics are their medians (one realization is a
@@ -41,36 +41,36 @@ impl Draws {
 #[derive(Debug, Clone)]
 pub struct RunValidation {
     pub run_id: String,
-    pub configuration: String,
+    pub(crate) configuration: String,
     /// Grid start (unix s) and step.
     pub t0_s: f64,
-    pub dt_s: f64,
-    pub measured_w: Vec<f64>,
+    pub(crate) dt_s: f64,
+    pub(crate) measured_w: Vec<f64>,
     /// Series per method, in [`METHODS`] order.
-    pub series_w: Vec<Vec<f64>>,
+    pub(crate) series_w: Vec<Vec<f64>>,
     /// Metrics per method, in [`METHODS`] order (powersynth: median over the realizations).
     pub metrics: Vec<Metrics>,
     /// Realizations of the synthesized series, and the standard deviation of its metrics
     /// across them (zeros for one).
-    pub realizations: usize,
+    pub(crate) realizations: usize,
     pub powersynth_sd: Metrics,
     /// The measured series' own sampling noise ([`resampling_noise`] within the two-level
     /// classes idle / prefill / decode of the measured counters, seeded with the draws' seed):
     /// errors below it on ΔE, KS, P95 and P99 cannot be told apart on this run.
-    pub measured_noise: Metrics,
+    pub(crate) measured_noise: Metrics,
     /// Simulated engine on the target's request log, and the target's measured counters.
     pub simulated: EngineTrace,
     /// The simulated running gauge read at the target's counter timestamps and put on the
     /// grid as the measured one is ([`running_as_counted`]): what `running_corr` compares.
-    pub simulated_running: Vec<f64>,
-    pub measured_engine: EngineTrace,
+    pub(crate) simulated_running: Vec<f64>,
+    pub(crate) measured_engine: EngineTrace,
     pub running_corr: f64,
     pub running_mae: f64,
     /// Prompt tokens the simulated prefix cache served to requests admitted on the grid, and
     /// the increase of the target's `prefix_cache_hits_total` counter over it (`None` where
     /// the run did not log it).
     pub cache_hits: CacheHits,
-    pub model: LearnedModel,
+    pub(crate) model: LearnedModel,
     /// How the model was transferred, when the target's configuration had no training run.
     pub transfer: Option<TransferReport>,
 }
@@ -79,7 +79,7 @@ pub struct RunValidation {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CacheHits {
     pub simulated_tokens: f64,
-    pub measured_tokens: Option<f64>,
+    pub(crate) measured_tokens: Option<f64>,
 }
 
 impl CacheHits {

@@ -21,15 +21,15 @@ pub struct Request {
     /// When the client sent it (unix seconds, or seconds from any origin the caller keeps).
     pub arrival_s: f64,
     /// Prompt tokens (prefill work).
-    pub input_tokens: u32,
+    pub(crate) input_tokens: u32,
     /// Generated tokens (1 from the prefill step, the rest one per decode step).
-    pub output_tokens: u32,
+    pub(crate) output_tokens: u32,
     /// The agent or chat session the request belongs to (an index into
     /// [`Workload::session_names`]), if the log says.
-    pub session: Option<u32>,
+    pub(crate) session: Option<u32>,
     /// Leading prompt tokens the load generator declares as repeated context (0 = not
     /// declared; a later turn of a session then reuses the session's previous prompt).
-    pub prefix_tokens: u32,
+    pub(crate) prefix_tokens: u32,
     /// Closed loop: the index (in the workload) of the request this one follows. It is then
     /// sent `think_s` after that one finishes, whatever its `arrival_s` (a client that waits
     /// for the answer, then thinks, then sends its next turn).
@@ -70,7 +70,7 @@ impl Workload {
 
     /// The workload of a request log: arrivals, token counts, sessions and declared prefixes.
     /// Nothing measured about the run (TTFTs, ITLs, cache hits, power) enters synthesis.
-    pub fn from_log(log: &RequestLog) -> Result<Self> {
+    pub(crate) fn from_log(log: &RequestLog) -> Result<Self> {
         let path = &log.path;
         let to_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
         let mut w = Self::from_columns(
@@ -99,7 +99,7 @@ impl Workload {
     }
 
     /// Builds a workload from the three request-log columns, checking them.
-    pub fn from_columns(
+    fn from_columns(
         path: &Path,
         arrival_s: &[f64],
         input_tokens: &[i64],
@@ -155,7 +155,7 @@ impl Workload {
 
     /// Arrivals of a Gamma-renewal process from `t0_s` to `t0_s + duration_s`: inter-arrival
     /// times Gamma(shape = burstiness, mean = 1 / rate). Burstiness 1 is Poisson.
-    pub fn gamma_renewal(
+    pub(crate) fn gamma_renewal(
         rate_per_s: f64,
         burstiness: f64,
         t0_s: f64,
@@ -203,21 +203,6 @@ impl Workload {
     ) -> Result<Self> {
         Self::gamma_renewal(rate_per_s, 1.0, t0_s, duration_s, tokens, rng)
     }
-
-    /// The same requests, arrivals moved by `shift_s`.
-    pub fn shifted(&self, shift_s: f64) -> Self {
-        Self {
-            requests: self
-                .requests
-                .iter()
-                .map(|r| Request {
-                    arrival_s: r.arrival_s + shift_s,
-                    ..*r
-                })
-                .collect(),
-            session_names: self.session_names.clone(),
-        }
-    }
 }
 
 /// One turn of a recorded session.
@@ -225,10 +210,10 @@ impl Workload {
 pub struct Turn {
     /// The whole prompt: the session's context so far plus the new tokens (their growth over
     /// the turns is the context growth).
-    pub input_tokens: u32,
-    pub output_tokens: u32,
+    pub(crate) input_tokens: u32,
+    pub(crate) output_tokens: u32,
     /// Declared reusable prefix (0 = the previous turn's prompt, as the prefix cache reads it).
-    pub prefix_tokens: u32,
+    pub(crate) prefix_tokens: u32,
     /// The client's pause after this turn's answer before its next turn (s).
     pub think_s: f64,
 }
@@ -393,7 +378,7 @@ impl EmpiricalTokens {
     }
 
     /// One (input, output) pair.
-    pub fn sample(&self, rng: &mut impl Rng) -> (u32, u32) {
+    pub(crate) fn sample(&self, rng: &mut impl Rng) -> (u32, u32) {
         self.pairs[rng.gen_range(0..self.pairs.len())]
     }
 }
@@ -489,17 +474,17 @@ mod tests {
 /// The traffic a model was learned on, to say when synthesis goes beyond it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrafficEnvelope {
-    pub max_prompt_tokens: u32,
-    pub max_output_tokens: u32,
+    max_prompt_tokens: u32,
+    max_output_tokens: u32,
     /// Requests per second over a run's span (first to last arrival), the highest run's.
-    pub max_rate_per_s: f64,
+    max_rate_per_s: f64,
     /// Most arrivals within any one second.
-    pub max_arrivals_per_s: u32,
+    max_arrivals_per_s: u32,
 }
 
 impl TrafficEnvelope {
     /// The envelope of several workloads (None without requests).
-    pub fn of(workloads: &[&Workload]) -> Option<Self> {
+    pub(crate) fn of(workloads: &[&Workload]) -> Option<Self> {
         let reqs = workloads.iter().flat_map(|w| &w.requests);
         let max_prompt_tokens = reqs.clone().map(|r| r.input_tokens).max()?;
         Some(Self {
@@ -515,7 +500,7 @@ impl TrafficEnvelope {
     }
 
     /// What of `w` lies outside the envelope, one sentence each, with the numbers.
-    pub fn warnings(&self, w: &Workload) -> Vec<String> {
+    pub(crate) fn warnings(&self, w: &Workload) -> Vec<String> {
         let mut out = Vec::new();
         let Some(target) = Self::of(&[w]) else {
             return out;
@@ -590,7 +575,7 @@ fn peak_arrivals_per_s(w: &Workload) -> u32 {
 }
 
 /// Why a synthesis window [t0, t0 + duration) would come out idle or cut traffic, if it would.
-pub fn window_warnings(w: &Workload, t0_s: f64, duration_s: f64) -> Vec<String> {
+pub(crate) fn window_warnings(w: &Workload, t0_s: f64, duration_s: f64) -> Vec<String> {
     let t = arrival_times(w);
     let (Some(&lo), Some(&hi)) = (t.first(), t.last()) else {
         return vec!["the request log holds no request: the trace is idle".into()];

@@ -155,10 +155,14 @@ fn every_module_imports_only_its_layer_and_below() {
     source_files(&src, &src, &mut files);
     let v = violations(&files, &layers);
     assert!(v.is_empty(), "layer violations:\n{}", v.join("\n"));
-    // Every module declared in lib.rs has a layer.
+    // Every module declared in lib.rs (public or crate-private) has a layer.
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
     for line in lib.lines() {
-        if let Some(name) = line.trim().strip_prefix("pub mod ") {
+        let line = line.trim();
+        let declared = ["pub mod ", "pub(crate) mod ", "mod "]
+            .iter()
+            .find_map(|prefix| line.strip_prefix(prefix));
+        if let Some(name) = declared {
             let name = name.trim_end_matches(';');
             assert!(
                 layers.contains_key(name),

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub type Seconds = Ratio<u64>;
 
 /// Parses a period: `"1/10"`, `"0.1"`, `"3600"` (decimal text is read exactly: "0.1" is 1/10).
-pub fn parse_seconds(field: &str, text: &str) -> Result<Seconds> {
+pub(crate) fn parse_seconds(field: &str, text: &str) -> Result<Seconds> {
     let bad = |why: &str| Error::config(field, format!("{text:?} ({why})"));
     let t = text.trim();
     let value = if let Some((n, d)) = t.split_once('/') {
@@ -50,7 +50,7 @@ pub fn parse_seconds(field: &str, text: &str) -> Result<Seconds> {
 
 /// Exact rational form of a float period given in a configuration file (its shortest decimal
 /// text, so 0.1 → 1/10).
-pub fn seconds_from_f64(field: &str, value: f64) -> Result<Seconds> {
+pub(crate) fn seconds_from_f64(field: &str, value: f64) -> Result<Seconds> {
     if !(value > 0.0 && value.is_finite()) {
         return Err(Error::config(field, format!("{value} (must be > 0)")));
     }
@@ -59,7 +59,7 @@ pub fn seconds_from_f64(field: &str, value: f64) -> Result<Seconds> {
 
 /// Greatest common divisor of two positive fractions: gcd(a/b, c/d) = gcd(ad, cb) / bd.
 /// An error when the products overflow (periods whose ratio is no simple fraction).
-pub fn gcd(a: Seconds, b: Seconds) -> Result<Seconds> {
+pub(crate) fn gcd(a: Seconds, b: Seconds) -> Result<Seconds> {
     let (an, ad) = (*a.numer(), *a.denom());
     let (bn, bd) = (*b.numer(), *b.denom());
     let products = an
@@ -97,11 +97,8 @@ impl SimulationClock {
         }
         Ok(SimulationClock { tick_s, tick: 0 })
     }
-    pub fn tick_s(&self) -> Seconds {
-        self.tick_s
-    }
     /// Ticks since the start.
-    pub fn tick(&self) -> u64 {
+    pub(crate) fn tick(&self) -> u64 {
         self.tick
     }
     /// Exact time since the start.
@@ -109,12 +106,12 @@ impl SimulationClock {
         self.tick_s * Ratio::from_integer(self.tick)
     }
     /// Time since the start (s), from integers: no accumulated rounding.
-    pub fn time_s(&self) -> f64 {
+    pub(crate) fn time_s(&self) -> f64 {
         let (n, d) = (*self.tick_s.numer() as u128, *self.tick_s.denom() as u128);
         (self.tick as u128 * n) as f64 / d as f64
     }
     /// How many ticks make `period`; an error unless it is a whole number.
-    pub fn ticks_per(&self, field: &str, period: Seconds) -> Result<u64> {
+    pub(crate) fn ticks_per(&self, field: &str, period: Seconds) -> Result<u64> {
         let q = period / self.tick_s;
         if !q.is_integer() || *q.numer() == 0 {
             return Err(Error::config(
@@ -128,13 +125,13 @@ impl SimulationClock {
         Ok(q.to_integer())
     }
     /// True when a component stepping every `every` ticks is due now (everything is due at 0).
-    pub fn is_due(&self, every: u64) -> bool {
+    pub(crate) fn is_due(&self, every: u64) -> bool {
         self.tick.is_multiple_of(every)
     }
     pub fn advance(&mut self) {
         self.tick += 1;
     }
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.tick = 0;
     }
 }

@@ -101,8 +101,8 @@ impl BatchSizeSchedule {
 /// fired; the last wins) as one `SetBatchSize` to its datacenter.
 #[derive(Debug, Clone)]
 pub struct BatchSizeScheduleController {
-    pub dt_s: Seconds,
-    pub datacenter: String,
+    pub(crate) dt_s: Seconds,
+    pub(crate) datacenter: String,
     schedules: BTreeMap<String, BatchSizeSchedule>,
     next: BTreeMap<String, usize>,
 }

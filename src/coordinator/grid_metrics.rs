@@ -11,28 +11,28 @@ use super::GridState;
 #[derive(Debug, Clone, PartialEq)]
 pub struct GridOutputSpec {
     /// Monitored (bus, phase 1..3).
-    pub monitored: Vec<(String, usize)>,
-    pub v_min: f64,
-    pub v_max: f64,
+    pub(crate) monitored: Vec<(String, usize)>,
+    pub(crate) v_min: f64,
+    pub(crate) v_max: f64,
     /// The grid's step (s).
-    pub dt_s: f64,
+    pub(crate) dt_s: f64,
 }
 
 /// The run's grid figures (written to `grid_metrics.json` and the summary line).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GridMetrics {
-    pub grid_steps: u64,
-    pub v_min: f64,
-    pub v_max: f64,
-    pub monitored_bus_phases: usize,
-    pub violation_integral_pu_s: f64,
-    pub time_in_violation_s: f64,
-    pub min_voltage_pu: f64,
-    pub min_voltage_node: String,
-    pub max_voltage_pu: f64,
-    pub max_voltage_node: String,
+    pub(crate) grid_steps: u64,
+    pub(crate) v_min: f64,
+    pub(crate) v_max: f64,
+    monitored_bus_phases: usize,
+    violation_integral_pu_s: f64,
+    time_in_violation_s: f64,
+    min_voltage_pu: f64,
+    min_voltage_node: String,
+    max_voltage_pu: f64,
+    max_voltage_node: String,
     /// Regulator steps moved over the run (|Δtap| / 0.00625, summed).
-    pub tap_operations: u64,
+    tap_operations: u64,
 }
 
 /// Accumulates [`GridMetrics`] over grid snapshots.
@@ -46,7 +46,7 @@ pub struct GridMetricsAccumulator {
 }
 
 impl GridMetricsAccumulator {
-    pub fn new(spec: GridOutputSpec) -> Self {
+    pub(crate) fn new(spec: GridOutputSpec) -> Self {
         let m = GridMetrics {
             grid_steps: 0,
             v_min: spec.v_min,
@@ -68,12 +68,12 @@ impl GridMetricsAccumulator {
         }
     }
 
-    pub fn spec(&self) -> &GridOutputSpec {
+    pub(crate) fn spec(&self) -> &GridOutputSpec {
         &self.spec
     }
 
     /// The monitored voltages of a snapshot, in [`GridOutputSpec::monitored`] order.
-    pub fn monitored_voltages(&mut self, state: &GridState) -> Vec<f64> {
+    pub(crate) fn monitored_voltages(&mut self, state: &GridState) -> Vec<f64> {
         if self.index.len() != self.spec.monitored.len() {
             self.index = self
                 .spec
@@ -94,7 +94,7 @@ impl GridMetricsAccumulator {
             .collect()
     }
 
-    pub fn add(&mut self, state: &GridState) {
+    pub(crate) fn add(&mut self, state: &GridState) {
         let v = self.monitored_voltages(state);
         let (lo, hi) = (self.spec.v_min, self.spec.v_max);
         let mut violation = 0.0;

@@ -29,22 +29,22 @@ use super::{
 
 /// A site the controller may shift between: its datacenter name, bus and models.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ShiftSite {
-    pub datacenter: String,
-    pub bus: String,
-    pub models: Vec<String>,
+pub(crate) struct ShiftSite {
+    pub(crate) datacenter: String,
+    pub(crate) bus: String,
+    pub(crate) models: Vec<String>,
 }
 
 /// A model's GPUs per replica and feasible batch sizes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ShiftModel {
-    pub gpus_per_replica: u32,
-    pub feasible_batch_sizes: Vec<u32>,
+pub(crate) struct ShiftModel {
+    pub(crate) gpus_per_replica: u32,
+    pub(crate) feasible_batch_sizes: Vec<u32>,
 }
 
 /// The load-shift controller.
 #[derive(Debug, Clone)]
-pub struct LoadShiftController {
+pub(crate) struct LoadShiftController {
     dt_s: Seconds,
     sites: Vec<ShiftSite>,
     models: BTreeMap<String, ShiftModel>,
@@ -57,7 +57,7 @@ pub struct LoadShiftController {
 type Extremes = Option<(f64, f64)>;
 
 impl LoadShiftController {
-    pub fn new(
+    pub(crate) fn new(
         dt_s: Seconds,
         sites: Vec<ShiftSite>,
         models: BTreeMap<String, ShiftModel>,

@@ -30,7 +30,7 @@ pub struct MergeSummary {
 }
 
 /// Reads `dir/shards/shard=*.json` and checks that they are shards 0 … N − 1 of one run.
-pub fn read_shard_records(dir: &Path) -> Result<Vec<ShardRecord>> {
+fn read_shard_records(dir: &Path) -> Result<Vec<ShardRecord>> {
     let folder = dir.join("shards");
     let entries = std::fs::read_dir(&folder).map_err(|e| {
         Error::io(

@@ -16,12 +16,12 @@
 pub mod clock;
 pub mod controllers;
 pub mod grid_metrics;
-pub mod load_shift;
+pub(crate) mod load_shift;
 pub mod merge;
-pub mod ofo;
+pub(crate) mod ofo;
 pub mod sink;
-pub mod storage_droop;
-pub mod voltage_control;
+pub(crate) mod storage_droop;
+pub(crate) mod voltage_control;
 
 use serde::Serialize;
 
@@ -112,7 +112,7 @@ pub enum Command {
 /// Who emitted an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EventSource {
+pub(crate) enum EventSource {
     Datacenter,
     Grid,
     Controller,
@@ -121,11 +121,11 @@ pub enum EventSource {
 /// Something that fired (peer: `SimEvent`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimEvent {
-    pub tick: u64,
-    pub t_s: f64,
-    pub source: EventSource,
+    pub(crate) tick: u64,
+    pub(crate) t_s: f64,
+    pub(crate) source: EventSource,
     pub topic: String,
-    pub data: serde_json::Value,
+    pub(crate) data: serde_json::Value,
 }
 
 /// The event stream of one tick.
@@ -137,7 +137,7 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn emit(&mut self, source: EventSource, topic: &str, data: serde_json::Value) {
+    pub(crate) fn emit(&mut self, source: EventSource, topic: &str, data: serde_json::Value) {
         self.buf.push(SimEvent {
             tick: self.tick,
             t_s: self.t_s,
@@ -146,7 +146,7 @@ impl Events {
             data,
         });
     }
-    pub fn as_slice(&self) -> &[SimEvent] {
+    pub(crate) fn as_slice(&self) -> &[SimEvent] {
         &self.buf
     }
 }
@@ -192,11 +192,11 @@ pub trait Datacenter: Component {
 /// Voltages of a grid snapshot: (bus, per-phase pu, NaN for absent phases), and taps.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GridState {
-    pub time_s: f64,
+    pub(crate) time_s: f64,
     /// Bus names are shared with the grid (no copy per step).
-    pub voltages_pu: Vec<(std::sync::Arc<str>, [f64; 3])>,
+    pub(crate) voltages_pu: Vec<(std::sync::Arc<str>, [f64; 3])>,
     /// Regulator (RegControl name) → tap (per unit).
-    pub tap_positions: Vec<(String, f64)>,
+    pub(crate) tap_positions: Vec<(String, f64)>,
     /// Every battery after the step, in the grid's storage order.
     pub storage: Vec<StorageReading>,
 }
@@ -204,9 +204,9 @@ pub struct GridState {
 /// A battery after a grid step (the peer's `StorageState`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StorageReading {
-    pub name: String,
+    pub(crate) name: String,
     /// Stored energy after the step's integration (kWh) and as a fraction of the rating.
-    pub stored_kwh: f64,
+    pub(crate) stored_kwh: f64,
     pub soc: f64,
     /// Terminal power during the step: kW injected (+ discharging, − charging or idling
     /// losses) and kvar injected.
@@ -232,9 +232,9 @@ impl GridState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VoltageSensitivity {
     /// (bus, phase 1..3) of each row.
-    pub rows: Vec<(String, usize)>,
+    pub(crate) rows: Vec<(String, usize)>,
     /// One row per monitored bus-phase, one column per datacenter phase.
-    pub h: Vec<[f64; 3]>,
+    pub(crate) h: Vec<[f64; 3]>,
 }
 
 /// A grid backend (see `crate::grid::component` for the feeder power flow).
@@ -269,13 +269,13 @@ pub trait Grid: Component {
 
 /// What controllers see: every datacenter, the grid and its last state.
 pub struct SimView<'a> {
-    pub datacenters: &'a [Box<dyn Datacenter>],
-    pub grid_state: Option<&'a GridState>,
-    pub grid: Option<&'a dyn Grid>,
+    pub(crate) datacenters: &'a [Box<dyn Datacenter>],
+    pub(crate) grid_state: Option<&'a GridState>,
+    pub(crate) grid: Option<&'a dyn Grid>,
 }
 
 impl SimView<'_> {
-    pub fn datacenter(&self, name: &str) -> Option<&dyn Datacenter> {
+    pub(crate) fn datacenter(&self, name: &str) -> Option<&dyn Datacenter> {
         self.datacenters
             .iter()
             .find(|d| d.name() == name)
@@ -303,15 +303,15 @@ pub trait Controller: Component {
 
 /// One tick, as seen by a driver or a sink.
 pub struct TickOutput<'a> {
-    pub tick: u64,
-    pub t_s: f64,
+    pub(crate) tick: u64,
+    pub(crate) t_s: f64,
     /// Which datacenters stepped at this tick (their new state is in `datacenters`).
-    pub dc_stepped: &'a [bool],
+    pub(crate) dc_stepped: &'a [bool],
     pub datacenters: &'a [Box<dyn Datacenter>],
     /// The grid state, when the grid stepped at this tick.
-    pub grid_state: Option<&'a GridState>,
-    pub commands: &'a [Command],
-    pub events: &'a [SimEvent],
+    pub(crate) grid_state: Option<&'a GridState>,
+    pub(crate) commands: &'a [Command],
+    pub(crate) events: &'a [SimEvent],
 }
 
 /// Receives a run tick by tick (see [`sink`]).
@@ -326,8 +326,8 @@ pub trait RunSink {
 pub struct RunCounts {
     pub ticks: u64,
     pub dc_steps: u64,
-    pub grid_steps: u64,
-    pub controller_steps: u64,
+    pub(crate) grid_steps: u64,
+    controller_steps: u64,
     pub commands: u64,
     pub events: u64,
 }
@@ -452,20 +452,8 @@ impl Coordinator {
         })
     }
 
-    pub fn tick_s(&self) -> Seconds {
-        self.clock.tick_s()
-    }
     pub fn total_ticks(&self) -> u64 {
         self.total_ticks
-    }
-    pub fn clock(&self) -> &SimulationClock {
-        &self.clock
-    }
-    pub fn datacenters(&self) -> &[Box<dyn Datacenter>] {
-        &self.datacenters
-    }
-    pub fn counts(&self) -> RunCounts {
-        self.counts
     }
 
     /// Clock to 0, every component reset.

@@ -20,19 +20,19 @@ use super::{
 
 /// The peer's `OFOConfig` (defaults as GRID.md gives them).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OfoConfig {
-    pub primal_step_size: f64,
-    pub w_throughput: f64,
-    pub w_switch: f64,
-    pub voltage_gradient_scale: f64,
-    pub v_min: f64,
-    pub v_max: f64,
-    pub voltage_dual_step_size: f64,
-    pub latency_dual_step_size: f64,
+pub(crate) struct OfoConfig {
+    pub(crate) primal_step_size: f64,
+    pub(crate) w_throughput: f64,
+    pub(crate) w_switch: f64,
+    pub(crate) voltage_gradient_scale: f64,
+    pub(crate) v_min: f64,
+    pub(crate) v_max: f64,
+    pub(crate) voltage_dual_step_size: f64,
+    pub(crate) latency_dual_step_size: f64,
     /// Re-estimate H every this many steps (0: once, at the first step).
-    pub sensitivity_update_interval: u64,
+    pub(crate) sensitivity_update_interval: u64,
     /// The step H is the slope over (kW per phase).
-    pub sensitivity_perturbation_kw: f64,
+    pub(crate) sensitivity_perturbation_kw: f64,
 }
 
 impl Default for OfoConfig {
@@ -54,19 +54,19 @@ impl Default for OfoConfig {
 
 /// One model the controller steers: its per-replica logistic fits versus log2(batch).
 #[derive(Debug, Clone, PartialEq)]
-pub struct OfoModel {
-    pub label: String,
-    pub power_w: LogisticFit,
-    pub latency_s: LogisticFit,
-    pub throughput: LogisticFit,
-    pub itl_deadline_s: f64,
-    pub feasible_batch_sizes: Vec<u32>,
-    pub initial_batch_size: u32,
+pub(crate) struct OfoModel {
+    pub(crate) label: String,
+    pub(crate) power_w: LogisticFit,
+    pub(crate) latency_s: LogisticFit,
+    pub(crate) throughput: LogisticFit,
+    pub(crate) itl_deadline_s: f64,
+    pub(crate) feasible_batch_sizes: Vec<u32>,
+    pub(crate) initial_batch_size: u32,
 }
 
 /// The OFO batch-size controller of one datacenter.
 #[derive(Debug, Clone)]
-pub struct OfoController {
+pub(crate) struct OfoController {
     dt_s: Seconds,
     datacenter: String,
     cfg: OfoConfig,
@@ -83,7 +83,7 @@ pub struct OfoController {
 }
 
 impl OfoController {
-    pub fn new(
+    pub(crate) fn new(
         dt_s: Seconds,
         datacenter: &str,
         models: Vec<OfoModel>,
@@ -146,7 +146,7 @@ impl OfoController {
     }
 
     /// The feasible batch size nearest 2^x (ties to the smaller).
-    pub fn snap(&self, x: f64) -> u32 {
+    pub(crate) fn snap(&self, x: f64) -> u32 {
         let b = 2f64.powf(x);
         let i = self.feasible.partition_point(|&f| (f as f64) < b);
         let mut best = None::<u32>;

@@ -24,8 +24,8 @@ use crate::table::{write_parquet, Column, ParquetStream, Table};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordedCommand {
     pub tick: u64,
-    pub t_s: f64,
-    pub command: Command,
+    pub(crate) t_s: f64,
+    pub(crate) command: Command,
 }
 
 /// Appends a tick's commands (stamped with its tick and time) and events.
@@ -84,7 +84,7 @@ pub const RUN_TABLES: [&str; 7] = [
 ];
 
 /// Where shard I's record goes: `dir/shards/shard=I.json`.
-pub fn shard_record_path(dir: &Path, shard: Shard) -> PathBuf {
+pub(crate) fn shard_record_path(dir: &Path, shard: Shard) -> PathBuf {
     dir.join("shards")
         .join(format!("{}.json", shard.partition()))
 }
@@ -288,22 +288,22 @@ struct DcRun {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DcFacilitySummary {
     pub datacenter: String,
-    pub steps: usize,
+    pub(crate) steps: usize,
     pub mean_facility_power_w: f64,
-    pub metrics: Vec<FacilityMetrics>,
+    pub(crate) metrics: Vec<FacilityMetrics>,
 }
 
 /// One datacenter's facility power series (one value per datacenter step).
-pub struct FacilitySeries<'a> {
-    pub datacenter: &'a str,
-    pub dt_s: f64,
-    pub power_w: &'a [f64],
+pub(crate) struct FacilitySeries<'a> {
+    pub(crate) datacenter: &'a str,
+    pub(crate) dt_s: f64,
+    pub(crate) power_w: &'a [f64],
 }
 
 /// Writes `facility/part-0.parquet` (facility power at 1 s, 1 min and 15 min: the
 /// resolutions that are whole multiples of the step and fit the run) and
 /// `facility_metrics.json`; returns the summaries.
-pub fn write_facility_outputs(
+pub(crate) fn write_facility_outputs(
     dir: &Path,
     series: &[FacilitySeries<'_>],
 ) -> Result<Vec<DcFacilitySummary>> {
@@ -356,27 +356,27 @@ fn stamped(stamps: impl Iterator<Item = (u64, f64)>) -> Table {
 
 /// What a shard of a run records for the merge (`shards/shard=I.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct ShardRecord {
-    pub schema: String,
-    pub shard_index: u32,
-    pub shard_count: u32,
+pub(crate) struct ShardRecord {
+    pub(crate) schema: String,
+    pub(crate) shard_index: u32,
+    pub(crate) shard_count: u32,
     /// What the run was (scenario digest and overrides): shards of different runs do not merge.
-    pub run_key: String,
-    pub datacenters: Vec<ShardDatacenter>,
+    pub(crate) run_key: String,
+    pub(crate) datacenters: Vec<ShardDatacenter>,
 }
 
 /// A datacenter as a shard saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct ShardDatacenter {
-    pub name: String,
-    pub dt_s: f64,
-    pub models: Vec<String>,
-    pub racks: usize,
-    pub racks_per_row: usize,
-    pub steps: usize,
+pub(crate) struct ShardDatacenter {
+    pub(crate) name: String,
+    pub(crate) dt_s: f64,
+    pub(crate) models: Vec<String>,
+    pub(crate) racks: usize,
+    pub(crate) racks_per_row: usize,
+    pub(crate) steps: usize,
 }
 
-pub const SHARD_RECORD_SCHEMA: &str = "powersynth.shard.v1";
+pub(crate) const SHARD_RECORD_SCHEMA: &str = "powersynth.shard.v1";
 
 /// Streams a run to a folder, one folder per table (docs/outputs.md); a shard's tables go to
 /// its hive partition and the facility outputs are left to the merge.
@@ -435,11 +435,6 @@ impl ParquetRunWriter {
     pub fn with_grid(mut self, spec: GridOutputSpec) -> Self {
         self.grid_spec = Some(spec);
         self
-    }
-
-    /// Facility summaries, after [`RunSink::finish`] (none for a shard).
-    pub fn summaries(&self) -> &[DcFacilitySummary] {
-        &self.summaries
     }
 
     fn dc_run(&self, d: &dyn Datacenter) -> DcRun {
@@ -878,8 +873,8 @@ pub struct StatsSink<'a> {
     inner: Option<&'a mut dyn RunSink>,
     every: u64,
     on_tick: Box<dyn FnMut(u64) + 'a>,
-    pub dc_steps: u64,
-    pub facility_sum_w: f64,
+    pub(crate) dc_steps: u64,
+    facility_sum_w: f64,
     pub facility_min_w: f64,
     pub facility_max_w: f64,
     /// Facility and per-phase power per second of simulated time, over all datacenters.
@@ -908,7 +903,7 @@ impl PerSecond {
     }
 
     /// Adds one datacenter step at `time_s` (facility and per-phase power, W).
-    pub fn add_values(&mut self, time_s: f64, facility_w: f64, phase_w: [f64; 3]) {
+    pub(crate) fn add_values(&mut self, time_s: f64, facility_w: f64, phase_w: [f64; 3]) {
         let k = time_s.max(0.0).floor() as usize;
         if k >= self.counts.len() {
             self.counts.resize(k + 1, 0);
@@ -926,7 +921,7 @@ impl PerSecond {
 
     /// The means (sums ÷ steps), gaps filled with the second before. Once: the step counts
     /// are spent.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         let counts = std::mem::take(&mut self.counts);
         for v in std::iter::once(&mut self.facility_w).chain(self.phase_w.iter_mut()) {
             let mut last = 0.0;

@@ -15,7 +15,7 @@ use super::{
 
 /// What the droop output sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DroopMode {
+pub(crate) enum DroopMode {
     /// Reactive power (kvar, + injecting).
     Qv,
     /// Real power (kW, + discharging).
@@ -24,7 +24,7 @@ pub enum DroopMode {
 
 /// How the window of grid states since the last step is reduced to one voltage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VoltageStatistic {
+pub(crate) enum VoltageStatistic {
     Minimum,
     Mean,
     Latest,
@@ -32,17 +32,17 @@ pub enum VoltageStatistic {
 
 /// The peer's `StorageDroopConfig` (its defaults in [`Default`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DroopConfig {
-    pub mode: DroopMode,
-    pub v_ref: f64,
-    pub deadband_pu: f64,
-    pub full_output_voltage_error_pu: f64,
+pub(crate) struct DroopConfig {
+    pub(crate) mode: DroopMode,
+    pub(crate) v_ref: f64,
+    pub(crate) deadband_pu: f64,
+    pub(crate) full_output_voltage_error_pu: f64,
     /// Output per pu of error beyond the deadband (kW or kvar per pu); default from the limit.
-    pub droop_gain_per_pu: Option<f64>,
+    pub(crate) droop_gain_per_pu: Option<f64>,
     /// Output limit (kW or kvar), at most the rating.
-    pub max_abs_output: Option<f64>,
-    pub allow_negative_output: bool,
-    pub voltage_statistic: VoltageStatistic,
+    pub(crate) max_abs_output: Option<f64>,
+    pub(crate) allow_negative_output: bool,
+    pub(crate) voltage_statistic: VoltageStatistic,
 }
 
 impl Default for DroopConfig {
@@ -62,11 +62,11 @@ impl Default for DroopConfig {
 
 /// A battery the droop drives: its name, bus and ratings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DroopStorage {
-    pub name: String,
-    pub bus: String,
-    pub kw_rated: f64,
-    pub kva_rated: f64,
+pub(crate) struct DroopStorage {
+    pub(crate) name: String,
+    pub(crate) bus: String,
+    pub(crate) kw_rated: f64,
+    pub(crate) kva_rated: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ struct Driven {
 
 /// The storage droop controller.
 #[derive(Debug, Clone)]
-pub struct StorageDroopController {
+pub(crate) struct StorageDroopController {
     dt_s: Seconds,
     cfg: DroopConfig,
     driven: Vec<Driven>,
@@ -92,7 +92,7 @@ pub struct StorageDroopController {
 }
 
 impl StorageDroopController {
-    pub fn new(dt_s: Seconds, storage: Vec<DroopStorage>, cfg: DroopConfig) -> Result<Self> {
+    pub(crate) fn new(dt_s: Seconds, storage: Vec<DroopStorage>, cfg: DroopConfig) -> Result<Self> {
         check_config(&cfg)?;
         if storage.is_empty() {
             return Err(Error::config(
@@ -134,7 +134,7 @@ impl StorageDroopController {
     }
 
     /// The droop output (kW or kvar) for a local voltage `v_pu`, clamped to `limit`.
-    pub fn output(&self, v_pu: f64, gain: f64, limit: f64) -> f64 {
+    pub(crate) fn output(&self, v_pu: f64, gain: f64, limit: f64) -> f64 {
         let error = self.cfg.v_ref - v_pu;
         let out = if error.abs() <= self.cfg.deadband_pu {
             0.0

@@ -18,15 +18,15 @@ use super::{
 
 /// The peer's `RuleBasedConfig`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RuleBasedConfig {
+pub(crate) struct RuleBasedConfig {
     /// log2(batch) change per pu of violation.
-    pub step_size: f64,
-    pub v_min: f64,
-    pub v_max: f64,
+    pub(crate) step_size: f64,
+    pub(crate) v_min: f64,
+    pub(crate) v_max: f64,
     /// Violations at or below this (pu) are ignored.
-    pub deadband: f64,
+    pub(crate) deadband: f64,
     /// No batch increase while the model's ITL exceeds its deadline.
-    pub latency_guard: bool,
+    pub(crate) latency_guard: bool,
 }
 
 impl Default for RuleBasedConfig {
@@ -43,16 +43,16 @@ impl Default for RuleBasedConfig {
 
 /// A model the rule-based controller steers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RuleBasedModel {
-    pub label: String,
-    pub feasible_batch_sizes: Vec<u32>,
-    pub itl_deadline_s: f64,
-    pub initial_batch_size: u32,
+pub(crate) struct RuleBasedModel {
+    pub(crate) label: String,
+    pub(crate) feasible_batch_sizes: Vec<u32>,
+    pub(crate) itl_deadline_s: f64,
+    pub(crate) initial_batch_size: u32,
 }
 
 /// The rule-based batch-size controller of one datacenter.
 #[derive(Debug, Clone)]
-pub struct RuleBasedController {
+pub(crate) struct RuleBasedController {
     dt_s: Seconds,
     datacenter: String,
     cfg: RuleBasedConfig,
@@ -65,7 +65,7 @@ pub struct RuleBasedController {
 }
 
 impl RuleBasedController {
-    pub fn new(
+    pub(crate) fn new(
         dt_s: Seconds,
         datacenter: &str,
         mut models: Vec<RuleBasedModel>,
@@ -105,7 +105,7 @@ impl RuleBasedController {
 
     /// The signed pressure of a snapshot: worst under-voltage if above the deadband, else
     /// minus the worst over-voltage if above it, else 0.
-    pub fn pressure(&self, voltages_pu: &[(std::sync::Arc<str>, [f64; 3])]) -> f64 {
+    pub(crate) fn pressure(&self, voltages_pu: &[(std::sync::Arc<str>, [f64; 3])]) -> f64 {
         let (mut under, mut over) = (0.0f64, 0.0f64);
         for (bus, abc) in voltages_pu {
             let named = |list: &[String]| list.iter().any(|b| **b == **bus);
@@ -131,7 +131,7 @@ impl RuleBasedController {
 }
 
 /// The feasible size nearest 2^x (ties to the smaller), `sizes` sorted.
-pub fn nearest_feasible(sizes: &[u32], x: f64) -> u32 {
+fn nearest_feasible(sizes: &[u32], x: f64) -> u32 {
     let target = 2f64.powf(x);
     let mut best = sizes[0];
     for &b in sizes {
@@ -247,14 +247,14 @@ impl Controller for RuleBasedController {
 
 /// One tap-schedule entry: at `at_s`, these regulators (or a/b/c) to these taps (pu).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TapChange {
-    pub at_s: f64,
-    pub taps: Vec<(String, f64)>,
+pub(crate) struct TapChange {
+    pub(crate) at_s: f64,
+    pub(crate) taps: Vec<(String, f64)>,
 }
 
 /// Fires scheduled tap changes.
 #[derive(Debug, Clone)]
-pub struct TapScheduleController {
+pub(crate) struct TapScheduleController {
     dt_s: Seconds,
     entries: Vec<TapChange>,
     next: usize,
@@ -262,7 +262,7 @@ pub struct TapScheduleController {
 
 impl TapScheduleController {
     /// Entries are sorted by time (stable: same-time entries keep their order, later wins).
-    pub fn new(dt_s: Seconds, mut entries: Vec<TapChange>) -> Result<Self> {
+    pub(crate) fn new(dt_s: Seconds, mut entries: Vec<TapChange>) -> Result<Self> {
         for e in &entries {
             if !e.at_s.is_finite() || e.at_s < 0.0 {
                 return Err(Error::config(

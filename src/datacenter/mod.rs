@@ -25,9 +25,9 @@
 //! power per unallocated GPU, PUE, and a rack/row layout with rack and row power per step
 //! (servers fill racks in index order, racks fill rows).
 
-pub mod pool;
-pub mod schedule;
-pub mod training;
+pub(crate) mod pool;
+pub(crate) mod schedule;
+pub(crate) mod training;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,9 +44,10 @@ use crate::coordinator::{
 use crate::error::{Error, Result};
 use crate::fits::itl_mixture::ItlMixture;
 use crate::shard::Shard;
-pub use pool::ServerPool;
+pub(crate) use pool::ServerPool;
 pub use schedule::ReplicaSchedule;
-pub use training::{TrainingRun, TrainingSchedule, TrainingTrace, TrainingTraceParams};
+pub(crate) use training::TrainingTraceParams;
+pub use training::{TrainingRun, TrainingSchedule, TrainingTrace};
 
 /// Datacenter-wide settings (peer `DatacenterConfig` + `PowerAugmentationConfig` + facility).
 #[derive(Debug, Clone, PartialEq)]
@@ -372,14 +373,6 @@ impl OfflineDatacenter {
 
     pub fn pool(&self) -> &ServerPool {
         &self.pool
-    }
-
-    /// GPUs the models use now (replica schedules at their current level plus shifts).
-    pub fn current_gpu_usage(&self) -> u64 {
-        self.models
-            .iter()
-            .map(|m| m.replicas * m.d.gpus_per_replica as u64)
-            .sum()
     }
 
     fn reallocate(&mut self, demand: &[u64]) -> Result<()> {

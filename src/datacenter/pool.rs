@@ -15,30 +15,30 @@ use rand_pcg::Pcg64;
 use crate::error::{Error, Result};
 
 /// The most servers one pool may hold.
-pub const MAX_SERVERS: u64 = 20_000_000;
+const MAX_SERVERS: u64 = 20_000_000;
 
 /// Layout of the pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerPool {
-    pub gpus_per_server: u32,
+    pub(crate) gpus_per_server: u32,
     /// Phase (0, 1, 2) of each server.
-    pub phase: Vec<u8>,
+    pub(crate) phase: Vec<u8>,
     /// Template offset of each server (steps).
     pub stagger: Vec<u64>,
     /// Amplitude scale of each server.
-    pub amplitude: Vec<f64>,
+    pub(crate) amplitude: Vec<f64>,
     /// Per model (in model order), its servers in priority order, split per phase.
     queues: Vec<[Vec<u32>; 3]>,
 }
 
 /// Servers given to one model: (server, GPUs used on it).
-pub type Allocation = Vec<(u32, u32)>;
+type Allocation = Vec<(u32, u32)>;
 
 impl ServerPool {
     /// Draws the layout: S = ceil(capacity / G) servers, phase counts ⌊S/3⌋ + [φ < S mod 3]
     /// shuffled, stagger ~ U{0, …, l_max − 1}, amplitude ~ U[lo, hi), then one priority
     /// permutation per model (the peer's order of draws).
-    pub fn build(
+    pub(crate) fn build(
         capacity_gpus: u64,
         gpus_per_server: u32,
         models: usize,
@@ -98,7 +98,7 @@ impl ServerPool {
         })
     }
 
-    pub fn servers(&self) -> usize {
+    pub(crate) fn servers(&self) -> usize {
         self.phase.len()
     }
 
@@ -107,7 +107,7 @@ impl ServerPool {
     /// (start at phase A; take the next unclaimed server of the first phase, from p, that has
     /// one; continue from the phase after it); the remainder first-fit into a part-used server,
     /// else a new one. Errors name the model and the demand when the pool runs out.
-    pub fn allocate(
+    pub(crate) fn allocate(
         &self,
         demand_gpus: &[u64],
         order: &[usize],

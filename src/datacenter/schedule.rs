@@ -6,16 +6,16 @@ use crate::error::{Error, Result};
 
 /// One ramp from the level before it to `target` over [t_start_s, t_end_s].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaRamp {
-    pub target: u64,
-    pub t_start_s: f64,
-    pub t_end_s: f64,
+struct ReplicaRamp {
+    pub(crate) target: u64,
+    pub(crate) t_start_s: f64,
+    pub(crate) t_end_s: f64,
 }
 
 /// Replicas of one model over time.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ReplicaSchedule {
-    pub initial: u64,
+    pub(crate) initial: u64,
     ramps: Vec<ReplicaRamp>,
 }
 
@@ -66,12 +66,8 @@ impl ReplicaSchedule {
         Ok(self)
     }
 
-    pub fn ramps(&self) -> &[ReplicaRamp] {
-        &self.ramps
-    }
-
     /// Continuous replica level at `t_s`.
-    pub fn count_at(&self, t_s: f64) -> f64 {
+    fn count_at(&self, t_s: f64) -> f64 {
         let mut level = self.initial as f64;
         for r in &self.ramps {
             if t_s < r.t_start_s {
@@ -90,12 +86,12 @@ impl ReplicaSchedule {
     }
 
     /// Whole replicas at `t_s`: the level rounded half to even (as Python's `round`).
-    pub fn replicas_at(&self, t_s: f64) -> u64 {
+    pub(crate) fn replicas_at(&self, t_s: f64) -> u64 {
         self.count_at(t_s).round_ties_even().max(0.0) as u64
     }
 
     /// Every ramp start and end (where the capacity is checked).
-    pub fn boundaries(&self) -> impl Iterator<Item = f64> + '_ {
+    pub(crate) fn boundaries(&self) -> impl Iterator<Item = f64> + '_ {
         self.ramps.iter().flat_map(|r| [r.t_start_s, r.t_end_s])
     }
 

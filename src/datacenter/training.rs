@@ -12,22 +12,22 @@ use crate::traces::interp;
 /// Parameters of the synthetic training trace (the peer's defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TrainingTraceParams {
-    pub duration_s: f64,
-    pub dt_s: f64,
-    pub seed: u64,
-    pub p_hi_w: f64,
-    pub p_lo_w: f64,
-    pub sigma_hi_w: f64,
-    pub sigma_lo_w: f64,
-    pub seg_lo_range_s: (f64, f64),
-    pub seg_hi_range_s: (f64, f64),
-    pub dip_prob_per_s: f64,
-    pub dip_depth_range_w: (f64, f64),
-    pub dip_dur_range_s: (f64, f64),
-    pub smooth_window_s: f64,
-    pub ramp_s: f64,
-    pub ramp_from_w: f64,
+pub(crate) struct TrainingTraceParams {
+    pub(crate) duration_s: f64,
+    pub(crate) dt_s: f64,
+    pub(crate) seed: u64,
+    p_hi_w: f64,
+    p_lo_w: f64,
+    sigma_hi_w: f64,
+    sigma_lo_w: f64,
+    seg_lo_range_s: (f64, f64),
+    seg_hi_range_s: (f64, f64),
+    dip_prob_per_s: f64,
+    dip_depth_range_w: (f64, f64),
+    dip_dur_range_s: (f64, f64),
+    smooth_window_s: f64,
+    ramp_s: f64,
+    ramp_from_w: f64,
 }
 
 impl Default for TrainingTraceParams {
@@ -60,13 +60,13 @@ pub struct TrainingTrace {
 }
 
 /// The most power one GPU may be given (W): above any board's limit (B200: 1,000 W).
-pub const MAX_W_PER_GPU: f64 = 5_000.0;
+pub(crate) const MAX_W_PER_GPU: f64 = 5_000.0;
 
 impl TrainingTrace {
     /// The peer's generator (same steps and order of draws; our PCG64 stream, so equal in
     /// distribution, not bit for bit): alternating high/low segments starting high, Gaussian
     /// noise, a zero-padded moving average, Poisson dips, a warm-up ramp.
-    pub fn generate(p: &TrainingTraceParams) -> Result<Self> {
+    pub(crate) fn generate(p: &TrainingTraceParams) -> Result<Self> {
         if !(p.dt_s > 0.0 && p.duration_s > p.dt_s) {
             return Err(Error::config(
                 "training.trace",
@@ -203,7 +203,7 @@ fn cap_by_ramp(p: &TrainingTraceParams, power: &mut [f64]) {
 /// A training job of `n_gpus` GPUs replaying a trace, peak rescaled to `target_peak_w_per_gpu`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingRun {
-    pub n_gpus: u64,
+    pub(crate) n_gpus: u64,
     t_s: Vec<f64>,
     per_gpu_w: Vec<f64>,
     period_s: f64,
@@ -259,7 +259,7 @@ impl TrainingRun {
     }
 
     /// Power of the whole run at `t_s` for a window [t0, t1] (0 outside, inclusive ends).
-    pub fn power_w(&self, t_s: f64, t0_s: f64, t1_s: f64) -> f64 {
+    pub(crate) fn power_w(&self, t_s: f64, t0_s: f64, t1_s: f64) -> f64 {
         if t_s < t0_s || t_s > t1_s {
             return 0.0;
         }
@@ -286,11 +286,11 @@ impl TrainingSchedule {
         self.entries.sort_by(|a, b| a.1.total_cmp(&b.1));
         Ok(self)
     }
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
     /// Total training power at `t_s` (W).
-    pub fn power_w(&self, t_s: f64) -> f64 {
+    pub(crate) fn power_w(&self, t_s: f64) -> f64 {
         self.entries
             .iter()
             .map(|(r, a, b)| r.power_w(t_s, *a, *b))

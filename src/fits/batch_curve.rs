@@ -12,17 +12,17 @@ use super::logistic::LogisticFit;
 /// less than at batch 8), else holds flat; above the largest it moves along the logistic fit
 /// of all points (saturating; flat when fewer than four points).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchCurve {
-    pub batch: Vec<f64>,
-    pub values: Vec<f64>,
+pub(crate) struct BatchCurve {
+    pub(crate) batch: Vec<f64>,
+    pub(crate) values: Vec<f64>,
     #[serde(default)]
-    pub logistic: Option<LogisticFit>,
+    pub(crate) logistic: Option<LogisticFit>,
 }
 
 impl BatchCurve {
     /// A curve through (batch, value) points (non-finite and batch < 1 dropped, equal batch
     /// sizes averaged); `None` without a point.
-    pub fn from_points(mut points: Vec<(f64, f64)>) -> Option<Self> {
+    pub(crate) fn from_points(mut points: Vec<(f64, f64)>) -> Option<Self> {
         points.retain(|(b, v)| b.is_finite() && *b >= 1.0 && v.is_finite());
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut batch: Vec<f64> = Vec::new();
@@ -57,7 +57,7 @@ impl BatchCurve {
     }
 
     /// The value at running batch `batch` (≥ 1).
-    pub fn eval(&self, batch: f64) -> f64 {
+    pub(crate) fn eval(&self, batch: f64) -> f64 {
         let x = batch.max(1.0).log2();
         let n = self.batch.len();
         let xs = |i: usize| self.batch[i].log2();

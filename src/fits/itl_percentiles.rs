@@ -14,7 +14,7 @@ use super::itl_mixture::ItlMixture;
 pub struct PercentileFit {
     pub mixture: ItlMixture,
     /// Root-mean-square error of ln(quantile), fitted versus given (dimensionless; 0.01 ≈ 1 %).
-    pub log_quantile_rmse: f64,
+    pub(crate) log_quantile_rmse: f64,
 }
 
 fn mixture_of(p: &[f64]) -> ItlMixture {

@@ -28,21 +28,21 @@ pub struct LogisticFit {
 pub struct LogisticFitReport {
     pub fit: LogisticFit,
     /// The peer's grid-search optimum on the same points (what `fit` started from).
-    pub grid: LogisticFit,
-    pub n_points: usize,
+    pub(crate) grid: LogisticFit,
+    pub(crate) n_points: usize,
     /// Root-mean-square residual of `fit` (units of y).
-    pub rmse: f64,
+    pub(crate) rmse: f64,
     /// Sum of squared residuals of `fit` and of `grid`.
     pub sse: f64,
     pub grid_sse: f64,
     /// Coefficient of determination (NaN when y is constant).
-    pub r2: f64,
+    pub(crate) r2: f64,
     /// Reasons to distrust the fit (low R², midpoint outside the data, …); empty when none.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Numerically stable logistic function.
-pub fn sigmoid(z: f64) -> f64 {
+pub(crate) fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {
         1.0 / (1.0 + (-z).exp())
     } else {
@@ -53,7 +53,7 @@ pub fn sigmoid(z: f64) -> f64 {
 
 impl LogisticFit {
     /// The flat curve y = b0.
-    pub fn constant(x0: f64, b0: f64) -> Self {
+    pub(crate) fn constant(x0: f64, b0: f64) -> Self {
         LogisticFit {
             l: 0.0,
             x0,
@@ -285,7 +285,7 @@ fn fit_warnings(x: &[f64], best: &LogisticFit, r2: f64) -> Vec<String> {
 
 /// Median y per batch size, then x = log2(batch): the points a curve is fitted on. Batch sizes
 /// in `exclude` are dropped. Input pairs are (batch, y) over runs; output is sorted by batch.
-pub fn points_per_batch(samples: &[(u32, f64)], exclude: &[u32]) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn points_per_batch(samples: &[(u32, f64)], exclude: &[u32]) -> (Vec<f64>, Vec<f64>) {
     let mut by_batch: std::collections::BTreeMap<u32, Vec<f64>> = Default::default();
     for &(b, v) in samples {
         if !exclude.contains(&b) && v.is_finite() {

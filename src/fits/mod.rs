@@ -6,7 +6,7 @@
 //!   (peer-compatible and robust modes), with analytic moments and fleet-average sampling.
 //! - [`itl_percentiles`]: the same model fitted to a few known percentiles.
 
-pub mod batch_curve;
+pub(crate) mod batch_curve;
 pub mod itl_mixture;
 pub mod itl_percentiles;
 pub mod logistic;
@@ -79,7 +79,7 @@ pub(crate) fn nelder_mead_tol(
 
 /// The quantile and median the fits use, defined in [`crate::stats`] and kept here under
 /// their old paths.
-pub use crate::stats::{median, quantile_sorted};
+pub(crate) use crate::stats::{median, quantile_sorted};
 
 #[cfg(test)]
 mod tests {
@@ -100,7 +100,7 @@ mod tests {
 /// Ordinary least squares: the β minimising Σ (y − Xβ)², rows of `x` as features, solved by
 /// the normal equations with a tiny ridge (1e-9 × trace) so collinear columns stay finite.
 /// `None` when there are fewer rows than columns or the system is singular.
-pub fn least_squares(x: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
+pub(crate) fn least_squares(x: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
     let p = x.first()?.len();
     if x.len() < p || p == 0 {
         return None;

@@ -50,7 +50,7 @@ pub struct FeederGridConfig {
 
 /// What a profile attachment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProfileKind {
+pub(crate) enum ProfileKind {
     /// Injects power (a negative load on each phase).
     Generator,
     /// Draws power.
@@ -60,16 +60,16 @@ pub enum ProfileKind {
 /// A generator or external load: each phase gets the profile's full kW (the peer's rule).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusProfile {
-    pub kind: ProfileKind,
-    pub bus: String,
-    pub pf: f64,
+    pub(crate) kind: ProfileKind,
+    pub(crate) bus: String,
+    pub(crate) pf: f64,
     /// (t_s, kW) points, increasing in time; linear between, held beyond the ends.
-    pub points: Vec<(f64, f64)>,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 impl BusProfile {
     /// kW at `t_s` (numpy's `interp`).
-    pub fn kw_at(&self, t_s: f64) -> f64 {
+    fn kw_at(&self, t_s: f64) -> f64 {
         let p = &self.points;
         let i = p.partition_point(|(t, _)| *t <= t_s);
         match i {
@@ -184,11 +184,6 @@ impl FeederGrid {
             }),
             None => Ok(lower),
         }
-    }
-
-    /// The prepared feeder (power flow, attachments).
-    pub fn prepared(&self) -> &PreparedGrid {
-        &self.grid
     }
 
     fn state(&self, time_s: f64) -> GridState {

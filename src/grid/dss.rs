@@ -13,10 +13,10 @@ use super::GridError;
 
 /// Where a command or parameter was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub file: PathBuf,
+pub(crate) struct Location {
+    pub(crate) file: PathBuf,
     /// 1-based line number.
-    pub line: usize,
+    pub(crate) line: usize,
 }
 
 impl std::fmt::Display for Location {
@@ -27,17 +27,17 @@ impl std::fmt::Display for Location {
 
 /// One `key=value` (or positional `value`) parameter of a command.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Param {
+pub(crate) struct Param {
     /// Lowercase key; `None` for a positional value.
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// The value with its quotes or brackets removed.
-    pub value: String,
-    pub location: Location,
+    pub(crate) value: String,
+    pub(crate) location: Location,
 }
 
 /// What a command does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verb {
+pub(crate) enum Verb {
     Clear,
     /// `Set option=value …`.
     Set,
@@ -59,10 +59,10 @@ pub enum Verb {
 
 /// A command with its parameters (continuation lines folded in).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Command {
-    pub verb: Verb,
-    pub params: Vec<Param>,
-    pub location: Location,
+pub(crate) struct Command {
+    pub(crate) verb: Verb,
+    pub(crate) params: Vec<Param>,
+    pub(crate) location: Location,
 }
 
 /// How deep `Redirect` may nest before the reader assumes a loop.
@@ -70,7 +70,7 @@ const MAX_REDIRECT_DEPTH: usize = 16;
 
 /// Reads a feeder script and every file it redirects to (paths relative to the file that
 /// names them), in order.
-pub fn read_script(path: &Path) -> Result<Vec<Command>, GridError> {
+pub(crate) fn read_script(path: &Path) -> Result<Vec<Command>, GridError> {
     let mut commands = Vec::new();
     read_into(path, 0, &mut commands)?;
     Ok(commands)

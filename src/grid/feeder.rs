@@ -13,11 +13,11 @@ use super::GridError;
 
 /// A bus terminal as written: `650.1.2.3` → bus `650`, nodes `[1, 2, 3]` (empty: defaults).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BusSpec {
+pub(crate) struct BusSpec {
     /// Lowercase bus name.
-    pub bus: String,
+    pub(crate) bus: String,
     /// Nodes written after the name (0 is ground).
-    pub nodes: Vec<usize>,
+    pub(crate) nodes: Vec<usize>,
 }
 
 impl BusSpec {
@@ -50,7 +50,7 @@ impl BusSpec {
 
     /// The nodes of `n_conductors` conductors: those written, then `defaults` for the rest
     /// when nothing was written, else ground (OpenDSS connects unnamed conductors to node 0).
-    pub fn conductor_nodes(&self, defaults: &[usize]) -> Vec<usize> {
+    pub(crate) fn conductor_nodes(&self, defaults: &[usize]) -> Vec<usize> {
         if self.nodes.is_empty() {
             return defaults.to_vec();
         }
@@ -62,39 +62,39 @@ impl BusSpec {
 
 /// How a three-phase (or single-phase) element's windings or branches are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Connection {
+pub(crate) enum Connection {
     Wye,
     Delta,
 }
 
 /// The voltage source behind `New Circuit.…` (a Thevenin equivalent at `bus1`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Vsource {
-    pub bus1: BusSpec,
-    pub base_kv: f64,
-    pub pu: f64,
-    pub angle_deg: f64,
+pub(crate) struct Vsource {
+    pub(crate) bus1: BusSpec,
+    pub(crate) base_kv: f64,
+    pub(crate) pu: f64,
+    pub(crate) angle_deg: f64,
     /// Positive- and zero-sequence impedances (ohms).
-    pub z1_ohm: (f64, f64),
-    pub z0_ohm: (f64, f64),
+    pub(crate) z1_ohm: (f64, f64),
+    pub(crate) z0_ohm: (f64, f64),
 }
 
 /// Per-unit-length series impedance and shunt capacitance of a line, phase-frame matrices.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LineImpedance {
-    pub phases: usize,
+pub(crate) struct LineImpedance {
+    pub(crate) phases: usize,
     /// Row-major `phases × phases`, ohms per unit length.
-    pub r: Vec<f64>,
-    pub x: Vec<f64>,
+    pub(crate) r: Vec<f64>,
+    pub(crate) x: Vec<f64>,
     /// nF per unit length.
-    pub c_nf: Vec<f64>,
+    pub(crate) c_nf: Vec<f64>,
     /// The length unit the values are per (`None`: the line's own length unit).
-    pub units: Option<LengthUnit>,
+    pub(crate) units: Option<LengthUnit>,
 }
 
 /// Length units of OpenDSS.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LengthUnit {
+pub(crate) enum LengthUnit {
     Mile,
     Kft,
     Km,
@@ -125,7 +125,7 @@ impl LengthUnit {
         }))
     }
     /// Metres in one unit.
-    pub fn metres(self) -> f64 {
+    fn metres(self) -> f64 {
         match self {
             LengthUnit::Mile => 1609.344,
             LengthUnit::Kft => 304.8,
@@ -140,19 +140,19 @@ impl LengthUnit {
 
 /// A line (or a switch written as a short line).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Line {
-    pub name: String,
-    pub bus1: BusSpec,
-    pub bus2: BusSpec,
-    pub impedance: LineImpedance,
+pub(crate) struct Line {
+    pub(crate) name: String,
+    pub(crate) bus1: BusSpec,
+    pub(crate) bus2: BusSpec,
+    pub(crate) impedance: LineImpedance,
     /// Length in `length_units` (or in the impedance's units when those are `None`).
-    pub length: f64,
-    pub length_units: Option<LengthUnit>,
+    pub(crate) length: f64,
+    length_units: Option<LengthUnit>,
 }
 
 impl Line {
     /// Factor from the impedance's per-unit-length values to the line's totals.
-    pub fn length_factor(&self) -> f64 {
+    pub(crate) fn length_factor(&self) -> f64 {
         match (self.impedance.units, self.length_units) {
             (Some(per), Some(len)) => self.length * len.metres() / per.metres(),
             _ => self.length,
@@ -162,62 +162,62 @@ impl Line {
 
 /// One winding of a two-winding transformer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Winding {
-    pub bus: BusSpec,
-    pub connection: Connection,
+pub(crate) struct Winding {
+    pub(crate) bus: BusSpec,
+    pub(crate) connection: Connection,
     /// Rated kV: line-to-line for 2- and 3-phase, the winding's own voltage for 1-phase.
-    pub kv: f64,
-    pub kva: f64,
+    pub(crate) kv: f64,
+    pub(crate) kva: f64,
     /// Winding resistance, percent on the winding's kVA.
-    pub pct_r: f64,
+    pub(crate) pct_r: f64,
     /// Per-unit tap.
-    pub tap: f64,
+    pub(crate) tap: f64,
 }
 
 /// A two-winding transformer (1- or 3-phase); regulators are transformers with taps.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Transformer {
-    pub name: String,
-    pub phases: usize,
-    pub windings: [Winding; 2],
+pub(crate) struct Transformer {
+    pub(crate) name: String,
+    pub(crate) phases: usize,
+    pub(crate) windings: [Winding; 2],
     /// Leakage reactance, percent on winding 1's kVA.
-    pub xhl_pct: f64,
-    pub pct_noload_loss: f64,
-    pub pct_imag: f64,
+    pub(crate) xhl_pct: f64,
+    pub(crate) pct_noload_loss: f64,
+    pub(crate) pct_imag: f64,
     /// Anti-floating admittance, parts per million of the diagonal.
-    pub ppm_antifloat: f64,
+    pub(crate) ppm_antifloat: f64,
 }
 
 /// A regulator's control (read for its transformer and settings; the power flow moves taps
 /// only when told).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RegControl {
-    pub name: String,
-    pub transformer: String,
-    pub winding: usize,
-    pub vreg: f64,
-    pub band: f64,
-    pub pt_ratio: f64,
-    pub ct_primary_a: f64,
-    pub r_ldc: f64,
-    pub x_ldc: f64,
+pub(crate) struct RegControl {
+    pub(crate) name: String,
+    pub(crate) transformer: String,
+    pub(crate) winding: usize,
+    pub(crate) vreg: f64,
+    pub(crate) band: f64,
+    pub(crate) pt_ratio: f64,
+    pub(crate) ct_primary_a: f64,
+    pub(crate) r_ldc: f64,
+    pub(crate) x_ldc: f64,
 }
 
 /// A shunt capacitor bank.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Capacitor {
-    pub name: String,
-    pub bus1: BusSpec,
-    pub phases: usize,
-    pub connection: Connection,
-    pub kvar: f64,
+pub(crate) struct Capacitor {
+    pub(crate) name: String,
+    pub(crate) bus1: BusSpec,
+    pub(crate) phases: usize,
+    pub(crate) connection: Connection,
+    pub(crate) kvar: f64,
     /// Line-to-line for 2- and 3-phase banks, the can's rating for 1-phase.
-    pub kv: f64,
+    pub(crate) kv: f64,
 }
 
 /// OpenDSS load models this reader supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadModel {
+pub(crate) enum LoadModel {
     /// 1: constant P and Q inside [vminpu, vmaxpu].
     ConstantPq,
     /// 2: constant impedance.
@@ -230,40 +230,40 @@ pub enum LoadModel {
 
 /// A load.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Load {
-    pub name: String,
-    pub bus1: BusSpec,
-    pub phases: usize,
-    pub connection: Connection,
-    pub model: LoadModel,
+pub(crate) struct Load {
+    pub(crate) name: String,
+    pub(crate) bus1: BusSpec,
+    pub(crate) phases: usize,
+    pub(crate) connection: Connection,
+    pub(crate) model: LoadModel,
     /// Line-to-line for 2- and 3-phase loads, the element's own voltage for 1-phase.
-    pub kv: f64,
-    pub kw: f64,
-    pub kvar: f64,
-    pub vminpu: f64,
-    pub vmaxpu: f64,
-    pub vlowpu: f64,
-    pub cvr_watts: f64,
-    pub cvr_vars: f64,
+    pub(crate) kv: f64,
+    pub(crate) kw: f64,
+    pub(crate) kvar: f64,
+    pub(crate) vminpu: f64,
+    pub(crate) vmaxpu: f64,
+    pub(crate) vlowpu: f64,
+    pub(crate) cvr_watts: f64,
+    pub(crate) cvr_vars: f64,
 }
 
 /// A whole feeder as its script defines it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Feeder {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     pub name: String,
-    pub base_frequency_hz: f64,
-    pub source: Vsource,
-    pub lines: Vec<Line>,
-    pub transformers: Vec<Transformer>,
-    pub regulators: Vec<RegControl>,
-    pub capacitors: Vec<Capacitor>,
-    pub loads: Vec<Load>,
+    pub(crate) base_frequency_hz: f64,
+    pub(crate) source: Vsource,
+    pub(crate) lines: Vec<Line>,
+    pub(crate) transformers: Vec<Transformer>,
+    pub(crate) regulators: Vec<RegControl>,
+    pub(crate) capacitors: Vec<Capacitor>,
+    pub(crate) loads: Vec<Load>,
     /// `Set VoltageBases` (kV line-to-line), used to give every bus its base.
-    pub voltage_bases_kv: Vec<f64>,
+    pub(crate) voltage_bases_kv: Vec<f64>,
     /// Whether the script runs `Solve` (its regulators then take the taps OpenDSS's static
     /// control chooses, see [`super::regulators`]).
-    pub solves: bool,
+    pub(crate) solves: bool,
 }
 
 impl Feeder {
@@ -274,7 +274,7 @@ impl Feeder {
     }
 
     /// The transformer a regulator control acts on.
-    pub fn regulator_transformer(&self, regulator: &str) -> Result<usize, GridError> {
+    pub(crate) fn regulator_transformer(&self, regulator: &str) -> Result<usize, GridError> {
         let name = regulator.to_ascii_lowercase();
         let known = || {
             self.regulators

@@ -8,11 +8,11 @@
 //! matrices, loads) → [`powerflow::PowerFlow`] (factorised Y, solutions).
 
 pub mod component;
-pub mod dss;
+pub(crate) mod dss;
 pub mod feeder;
 pub mod network;
 pub mod powerflow;
-pub mod regulators;
+pub(crate) mod regulators;
 pub mod sensitivity;
 pub mod setup;
 pub mod storage;

@@ -19,8 +19,8 @@ use super::GridError;
 /// A node of the network: `bus.phase`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    pub bus: String,
-    pub phase: usize,
+    pub(crate) bus: String,
+    pub(crate) phase: usize,
 }
 
 impl std::fmt::Display for Node {
@@ -33,33 +33,33 @@ impl std::fmt::Display for Node {
 #[derive(Debug, Clone)]
 pub struct Primitive {
     pub name: String,
-    pub nodes: Vec<Option<usize>>,
+    pub(crate) nodes: Vec<Option<usize>>,
     /// Row-major `n × n`, siemens.
-    pub y: Vec<c64>,
+    pub(crate) y: Vec<c64>,
 }
 
 /// How a load branch draws current; `v_base` is the branch's rated voltage (V).
 #[derive(Debug, Clone)]
-pub struct LoadBranch {
+pub(crate) struct LoadBranch {
     /// Terminals of the branch (`None`: ground).
-    pub from: Option<usize>,
-    pub to: Option<usize>,
+    pub(crate) from: Option<usize>,
+    pub(crate) to: Option<usize>,
     /// Nominal power of this branch (W, var).
-    pub p_w: f64,
-    pub q_var: f64,
-    pub v_base_v: f64,
-    pub model: LoadModel,
-    pub vminpu: f64,
-    pub vmaxpu: f64,
-    pub vlowpu: f64,
-    pub cvr_watts: f64,
-    pub cvr_vars: f64,
+    pub(crate) p_w: f64,
+    pub(crate) q_var: f64,
+    pub(crate) v_base_v: f64,
+    pub(crate) model: LoadModel,
+    pub(crate) vminpu: f64,
+    pub(crate) vmaxpu: f64,
+    pub(crate) vlowpu: f64,
+    pub(crate) cvr_watts: f64,
+    pub(crate) cvr_vars: f64,
 }
 
 impl LoadBranch {
     /// The constant admittance OpenDSS puts in the system matrix for this branch:
     /// Yeq = (P − jQ)/Vbase².
-    pub fn y_eq(&self) -> c64 {
+    pub(crate) fn y_eq(&self) -> c64 {
         c64::new(self.p_w, -self.q_var) / (self.v_base_v * self.v_base_v)
     }
 }
@@ -69,7 +69,7 @@ impl LoadBranch {
 pub struct LoadEntry {
     pub name: String,
     pub bus: String,
-    pub branches: std::ops::Range<usize>,
+    pub(crate) branches: std::ops::Range<usize>,
 }
 
 /// The network: nodes, primitives, loads, the source.
@@ -78,23 +78,23 @@ pub struct Network {
     pub nodes: Vec<Node>,
     node_index: HashMap<(String, usize), usize>,
     /// Line-to-neutral base voltage of each bus (V), from the feeder's voltage bases.
-    pub bus_base_v: HashMap<String, f64>,
+    pub(crate) bus_base_v: HashMap<String, f64>,
     /// Series and shunt elements (lines, transformers, capacitors, the source's impedance).
-    pub primitives: Vec<Primitive>,
-    pub loads: Vec<LoadEntry>,
-    pub load_branches: Vec<LoadBranch>,
+    pub(crate) primitives: Vec<Primitive>,
+    pub(crate) loads: Vec<LoadEntry>,
+    pub(crate) load_branches: Vec<LoadBranch>,
     /// The source's Norton current into its nodes (A).
-    pub source_current: Vec<(usize, c64)>,
+    pub(crate) source_current: Vec<(usize, c64)>,
     /// Transformer primitives' positions, for tap changes.
-    pub transformer_primitive: HashMap<String, usize>,
+    pub(crate) transformer_primitive: HashMap<String, usize>,
     pub(crate) transformers: Vec<Transformer>,
-    pub frequency_hz: f64,
+    frequency_hz: f64,
 }
 
 impl Network {
     /// Builds the network of a feeder; bus voltage bases come from a zero-load solve, as
     /// OpenDSS's `CalcVoltageBases` does (see [`super::powerflow::assign_voltage_bases`]).
-    pub fn new(feeder: &Feeder) -> Result<Network, GridError> {
+    pub(crate) fn new(feeder: &Feeder) -> Result<Network, GridError> {
         let mut net = Network {
             nodes: Vec::new(),
             node_index: HashMap::new(),
@@ -134,12 +134,12 @@ impl Network {
     }
 
     /// Whether the network has a bus of that name.
-    pub fn has_bus(&self, bus: &str) -> bool {
+    pub(crate) fn has_bus(&self, bus: &str) -> bool {
         self.bus_base_v.contains_key(&bus.to_ascii_lowercase())
     }
 
     /// Bus names, in the order their first node appeared.
-    pub fn bus_names(&self) -> Vec<String> {
+    pub(crate) fn bus_names(&self) -> Vec<String> {
         let mut seen = std::collections::HashSet::new();
         self.nodes
             .iter()
@@ -305,7 +305,7 @@ impl Network {
     }
 
     /// Adds a load; its branches draw current per its model (see [`LoadBranch`]).
-    pub fn add_load(&mut self, load: &Load) -> Result<(), GridError> {
+    pub(crate) fn add_load(&mut self, load: &Load) -> Result<(), GridError> {
         let n = load.phases;
         let (defaults, v_base_v): (Vec<usize>, f64) = match (load.connection, n) {
             (Connection::Wye, 1) => (vec![1, 0], load.kv * 1000.0),
@@ -349,7 +349,7 @@ impl Network {
     }
 
     /// Sets a transformer's winding-2 tap and rebuilds its primitive.
-    pub fn set_tap(&mut self, transformer: &str, tap_pu: f64) -> Result<(), GridError> {
+    pub(crate) fn set_tap(&mut self, transformer: &str, tap_pu: f64) -> Result<(), GridError> {
         let Some(&p) = self.transformer_primitive.get(transformer) else {
             return Err(GridError::UnknownRegulator {
                 name: transformer.into(),

@@ -51,7 +51,7 @@ const ZERO: c64 = c64::new(0.0, 0.0);
 pub struct SolveOptions {
     /// Largest change of any node voltage between iterations (pu) at which the solve stops.
     pub tolerance_pu: f64,
-    pub max_iterations: usize,
+    max_iterations: usize,
 }
 
 impl Default for SolveOptions {
@@ -70,7 +70,7 @@ pub struct SolveReport {
     /// Fixed-point iterations (the predicted start is not one).
     pub iterations: usize,
     /// The last iteration's largest voltage change (pu).
-    pub last_change_pu: f64,
+    last_change_pu: f64,
 }
 
 /// A network with its factorised admittance matrix and the present solution.
@@ -94,7 +94,7 @@ pub struct PowerFlow {
 impl PowerFlow {
     /// Assigns bus voltage bases (zero-load solve, nearest of the feeder's bases), factorises
     /// Y and starts from the zero-load voltages.
-    pub fn new(mut net: Network, voltage_bases_kv: &[f64]) -> Result<PowerFlow, GridError> {
+    pub(crate) fn new(mut net: Network, voltage_bases_kv: &[f64]) -> Result<PowerFlow, GridError> {
         let zero_load = zero_load_voltages(&net)?;
         assign_voltage_bases(&mut net, &zero_load, voltage_bases_kv);
         let node_base_v: Vec<f64> = net.nodes.iter().map(|n| net.bus_base_v[&n.bus]).collect();
@@ -137,13 +137,13 @@ impl PowerFlow {
     }
 
     /// Line-to-neutral base voltage (V) of each node.
-    pub fn node_base_v(&self) -> &[f64] {
+    pub(crate) fn node_base_v(&self) -> &[f64] {
         &self.node_base_v
     }
 
     /// Sets a load's power (kW, kvar per branch share as the load defines it); Y is not
     /// rebuilt: the change enters through the load's injection.
-    pub fn set_load_power(&mut self, load: usize, kw: f64, kvar: f64) {
+    pub(crate) fn set_load_power(&mut self, load: usize, kw: f64, kvar: f64) {
         let entry = &self.net.loads[load];
         let share = entry.branches.len() as f64;
         for b in entry.branches.clone() {
@@ -156,7 +156,7 @@ impl PowerFlow {
 
     /// A load's power at the present voltages (kW, kvar drawn, summed over its branches):
     /// its nominal power inside its band, what its model draws outside.
-    pub fn load_power_kw(&self, load: usize) -> (f64, f64) {
+    pub(crate) fn load_power_kw(&self, load: usize) -> (f64, f64) {
         let v = self.voltages();
         let at = |n: Option<usize>| n.map_or(c64::new(0.0, 0.0), |n| v[n]);
         let mut s = c64::new(0.0, 0.0);
@@ -168,14 +168,8 @@ impl PowerFlow {
         (s.re / 1000.0, s.im / 1000.0)
     }
 
-    /// Index of a load by name.
-    pub fn load_index(&self, name: &str) -> Option<usize> {
-        let name = name.to_ascii_lowercase();
-        self.net.loads.iter().position(|l| l.name == name)
-    }
-
     /// Adds a load and re-factorises.
-    pub fn add_load(&mut self, load: &super::feeder::Load) -> Result<usize, GridError> {
+    pub(crate) fn add_load(&mut self, load: &super::feeder::Load) -> Result<usize, GridError> {
         self.net.add_load(load)?;
         for b in self.branch_y_fixed.len()..self.net.load_branches.len() {
             self.branch_y_fixed.push(self.net.load_branches[b].y_eq());
@@ -186,7 +180,7 @@ impl PowerFlow {
     }
 
     /// Sets regulator transformers' winding-2 taps and re-factorises once.
-    pub fn set_taps(&mut self, taps: &[(String, f64)]) -> Result<(), GridError> {
+    pub(crate) fn set_taps(&mut self, taps: &[(String, f64)]) -> Result<(), GridError> {
         for (t, tap) in taps {
             self.net.set_tap(t, *tap)?;
         }
@@ -196,12 +190,12 @@ impl PowerFlow {
     }
 
     /// Each load branch's admittance as it is inside the factorised Y.
-    pub fn branch_y_fixed(&self) -> &[c64] {
+    pub(crate) fn branch_y_fixed(&self) -> &[c64] {
         &self.branch_y_fixed
     }
 
     /// Solves Y·x = rhs in place with the factorised Y (no load currents), column by column.
-    pub fn solve_linear(&self, rhs: &mut Mat<c64>) {
+    pub(crate) fn solve_linear(&self, rhs: &mut Mat<c64>) {
         let n = self.net.nodes.len();
         let (mut x, mut scratch) = (vec![ZERO; n], vec![ZERO; n]);
         for j in 0..rhs.ncols() {
@@ -832,7 +826,7 @@ fn amd_order(y: &SparseColMat<usize, c64>) -> Result<(Vec<usize>, Vec<usize>), G
 /// the impedance value at vlowpu, pure impedance below vlowpu, impedance Yeq/vmaxpu² above
 /// vmaxpu; constant I likewise with Yeq/vminpu and Yeq/vmaxpu; constant Z always; exponential
 /// P ∝ V^cvrwatts, Q ∝ V^cvrvars inside the band (as model 1 outside it).
-pub fn load_current(b: &LoadBranch, v: c64) -> c64 {
+pub(crate) fn load_current(b: &LoadBranch, v: c64) -> c64 {
     let y_eq = b.y_eq();
     let vmag = magnitude(v);
     let v_low = b.vlowpu * b.v_base_v;
@@ -898,7 +892,7 @@ fn directional_derivative(b: &LoadBranch, v: c64, dv: c64) -> c64 {
 
 /// |z| without `hypot` (voltages and currents are far from overflow).
 #[inline]
-pub fn magnitude(z: c64) -> f64 {
+pub(crate) fn magnitude(z: c64) -> f64 {
     (z.re * z.re + z.im * z.im).sqrt()
 }
 
@@ -956,7 +950,7 @@ fn zero_load_voltages(net: &Network) -> Result<Vec<c64>, GridError> {
 
 /// Gives every bus the feeder voltage base (kV line-to-line) nearest its zero-load voltage,
 /// as OpenDSS's `CalcVoltageBases` does; the stored base is line-to-neutral volts.
-pub fn assign_voltage_bases(net: &mut Network, zero_load: &[c64], bases_kv: &[f64]) {
+pub(crate) fn assign_voltage_bases(net: &mut Network, zero_load: &[c64], bases_kv: &[f64]) {
     let mut bus_kv: HashMap<String, f64> = HashMap::new();
     for (node, v) in net.nodes.iter().zip(zero_load) {
         bus_kv

@@ -18,7 +18,7 @@ const TAP_MIN: f64 = 0.9;
 const TAP_MAX: f64 = 1.1;
 
 /// Runs the static control loop; returns (transformer, winding-2 tap) of every regulator.
-pub fn static_control(
+pub(crate) fn static_control(
     flow: &mut PowerFlow,
     feeder: &Feeder,
 ) -> Result<Vec<(String, f64)>, GridError> {

@@ -9,7 +9,7 @@ use super::powerflow::PowerFlow;
 use super::GridError;
 
 /// One regulator step (per unit tap).
-pub const TAP_STEP_PU: f64 = 0.00625;
+pub(crate) const TAP_STEP_PU: f64 = 0.00625;
 
 /// What a study puts on a feeder.
 #[derive(Debug, Clone, Default)]
@@ -26,7 +26,7 @@ pub struct GridSetup {
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub bus: String,
-    pub loads: [usize; 3],
+    pub(crate) loads: [usize; 3],
 }
 
 /// A prepared feeder: the power flow and the datacenter loads on it.
@@ -89,7 +89,7 @@ impl PreparedGrid {
 
     /// Attaches one more three-phase set of single-phase wye loads (a generator or an
     /// external load) at `bus`; returns its attachment index.
-    pub fn attach_extra(&mut self, bus: &str, name: &str) -> Result<usize, GridError> {
+    pub(crate) fn attach_extra(&mut self, bus: &str, name: &str) -> Result<usize, GridError> {
         let a = attach_named(&mut self.flow, bus, &|suffix| format!("{name}_{suffix}"))?;
         self.attachments.push(a);
         Ok(self.attachments.len() - 1)
@@ -99,7 +99,7 @@ impl PreparedGrid {
     /// power flow (kV = the bus's line-to-neutral base × √3, constant power inside
     /// [0.9, 1.1] pu, the impedance continuous with it outside); returns its load index, whose
     /// power is the negative of the battery's injection ([`super::storage`]).
-    pub fn attach_storage(&mut self, bus: &str, name: &str) -> Result<usize, GridError> {
+    pub(crate) fn attach_storage(&mut self, bus: &str, name: &str) -> Result<usize, GridError> {
         let bus = bus.to_ascii_lowercase();
         let context = format!("storage {name} bus");
         check_three_phase(&self.flow, &bus, &context, "a storage element")?;
@@ -136,7 +136,7 @@ impl PreparedGrid {
 }
 
 /// tan(acos(pf)) with pf clamped to [1e-6, 0.999999] as the peer does.
-pub fn tan_phi(pf: f64) -> f64 {
+pub(crate) fn tan_phi(pf: f64) -> f64 {
     let pf = pf.clamp(1e-6, 0.999_999);
     (1.0 - pf * pf).sqrt() / pf
 }
@@ -217,7 +217,7 @@ fn check_three_phase(
 }
 
 /// An unknown-bus error listing (some of) the feeder's buses.
-pub fn unknown_bus(flow: &PowerFlow, bus: &str, context: &str) -> GridError {
+pub(crate) fn unknown_bus(flow: &PowerFlow, bus: &str, context: &str) -> GridError {
     let names = flow.network().bus_names();
     let shown: Vec<&str> = names.iter().take(40).map(String::as_str).collect();
     let more = names.len().saturating_sub(shown.len());

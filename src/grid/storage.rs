@@ -46,7 +46,7 @@ pub struct StorageSpec {
 
 impl StorageSpec {
     /// Checks every rating: positive, finite, fractions within [0, 1], reserve ≤ initial SOC.
-    pub fn check(&self) -> Result<(), GridError> {
+    pub(crate) fn check(&self) -> Result<(), GridError> {
         let what = format!("storage {}", self.name);
         let fail = |msg: String| Err(GridError::invalid(what.clone(), msg));
         if self.name.is_empty() {
@@ -100,14 +100,14 @@ impl StorageSpec {
 
 /// What a battery is doing in a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageMode {
+pub(crate) enum StorageMode {
     Idling,
     Charging,
     Discharging,
 }
 
 impl StorageMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StorageMode::Idling => "idling",
             StorageMode::Charging => "charging",
@@ -118,18 +118,18 @@ impl StorageMode {
 
 /// A battery during a run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StorageUnit {
-    pub spec: StorageSpec,
-    pub stored_kwh: f64,
+pub(crate) struct StorageUnit {
+    pub(crate) spec: StorageSpec,
+    pub(crate) stored_kwh: f64,
     /// The dispatch last set (kW, + discharging; kvar, + injecting).
-    pub dispatch_kw: f64,
-    pub dispatch_kvar: f64,
+    dispatch_kw: f64,
+    dispatch_kvar: f64,
     /// The mode of the coming (or last) solve.
-    pub mode: StorageMode,
+    pub(crate) mode: StorageMode,
 }
 
 impl StorageUnit {
-    pub fn new(spec: StorageSpec) -> Result<StorageUnit, GridError> {
+    pub(crate) fn new(spec: StorageSpec) -> Result<StorageUnit, GridError> {
         spec.check()?;
         let stored_kwh = spec.initial_soc * spec.kwh_rated;
         Ok(StorageUnit {
@@ -142,7 +142,7 @@ impl StorageUnit {
     }
 
     /// Sets the dispatch kept until the next command; refuses one beyond the ratings.
-    pub fn set_dispatch(&mut self, kw: f64, kvar: f64) -> Result<(), GridError> {
+    pub(crate) fn set_dispatch(&mut self, kw: f64, kvar: f64) -> Result<(), GridError> {
         let what = || format!("storage {} dispatch", self.spec.name);
         if !(kw.is_finite() && kvar.is_finite()) {
             return Err(GridError::invalid(
@@ -168,7 +168,7 @@ impl StorageUnit {
         Ok(())
     }
 
-    pub fn soc(&self) -> f64 {
+    pub(crate) fn soc(&self) -> f64 {
         self.stored_kwh / self.spec.kwh_rated
     }
 
@@ -179,7 +179,7 @@ impl StorageUnit {
     /// The mode and terminal power (kW injected, kvar injected) for the coming solve: the
     /// dispatch, unless the battery is empty (at its reserve) for a discharge or full for a
     /// charge, when it idles.
-    pub fn prepare_solve(&mut self) -> (f64, f64) {
+    pub(crate) fn prepare_solve(&mut self) -> (f64, f64) {
         let kw = self.dispatch_kw;
         self.mode = if kw.abs() <= IDLE_KW {
             StorageMode::Idling
@@ -204,7 +204,7 @@ impl StorageUnit {
     /// Integrates the stored energy over a step of `dt_s` in the mode of the last solve, at
     /// the terminal power that solve gave (`injected_kw`, + discharging); a battery that
     /// reaches its reserve or its rating stops there and idles.
-    pub fn advance(&mut self, dt_s: f64, injected_kw: f64) {
+    pub(crate) fn advance(&mut self, dt_s: f64, injected_kw: f64) {
         let h = dt_s / 3600.0;
         let idling = self.spec.idling_kw();
         match self.mode {

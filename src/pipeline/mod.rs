@@ -95,9 +95,9 @@ pub enum SourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct ItlConfig {
     #[serde(default)]
-    pub mode: ItlFitMode,
+    pub(crate) mode: ItlFitMode,
     #[serde(default = "default_cap")]
-    pub max_samples: Option<usize>,
+    pub(crate) max_samples: Option<usize>,
 }
 
 fn default_cap() -> Option<usize> {
@@ -117,7 +117,7 @@ impl Default for ItlConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeasuredConfig {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl PipelineConfig {
@@ -131,7 +131,7 @@ impl PipelineConfig {
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(self.trace_dt_s > 0.0) {
             return Err(Error::config(
                 "trace_dt_s",
@@ -176,13 +176,13 @@ pub struct RunOptions<'a> {
 pub struct CurveResult {
     #[serde(flatten)]
     pub fit: logistic::LogisticFit,
-    pub n_points: usize,
-    pub rmse: f64,
-    pub r2: Option<f64>,
-    pub sse: f64,
-    pub grid_sse: f64,
+    pub(crate) n_points: usize,
+    pub(crate) rmse: f64,
+    pub(crate) r2: Option<f64>,
+    pub(crate) sse: f64,
+    pub(crate) grid_sse: f64,
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// One batch size's ITL mixture with how it was fitted.
@@ -191,21 +191,21 @@ pub struct ItlResult {
     #[serde(flatten)]
     pub mixture: ItlMixture,
     /// `percentiles` (§4.3) or `samples` (EM, §4.2).
-    pub fitted_on: String,
-    pub n_samples: usize,
+    fitted_on: String,
+    pub(crate) n_samples: usize,
     /// Log-quantile RMSE of the fit against what it was fitted on.
-    pub log_quantile_rmse: f64,
+    pub(crate) log_quantile_rmse: f64,
 }
 
 /// Everything fitted for one (task, model, GPU model, GPU count).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupResult {
-    pub task: String,
+    pub(crate) task: String,
     pub model_id: String,
-    pub gpu_model: String,
-    pub num_gpus: u32,
+    pub(crate) gpu_model: String,
+    pub(crate) num_gpus: u32,
     pub model_label: String,
-    pub cache_hash: String,
+    pub(crate) cache_hash: String,
     pub batch_sizes: Vec<u32>,
     /// metric (`power`, `latency`, `throughput`) → curve.
     pub logistic: BTreeMap<String, CurveResult>,
@@ -217,7 +217,7 @@ pub struct GroupResult {
 /// `data/default/fits.json` is what the default pipeline runs on).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompactFits {
-    pub schema: String,
+    pub(crate) schema: String,
     pub derived_from: Value,
     pub groups: Vec<GroupResult>,
 }
@@ -240,7 +240,7 @@ impl CompactFits {
     /// The fits as leaderboard configurations: one per group and batch size with power,
     /// median ITL and throughput read off the logistic curves (every ITL percentile = the
     /// median; no architecture facts or output lengths: NaN / empty).
-    pub fn as_leaderboard_configs(&self) -> Vec<LeaderboardConfig> {
+    fn as_leaderboard_configs(&self) -> Vec<LeaderboardConfig> {
         let mut out = Vec::new();
         for g in &self.groups {
             let (Some(p), Some(l), Some(t)) = (

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub struct LeaderboardConfig {
     pub task: String,
     pub model_id: String,
-    pub nickname: String,
+    pub(crate) nickname: String,
     pub gpu_model: String,
     pub num_gpus: u32,
     pub max_num_seqs: u32,
@@ -24,15 +24,15 @@ pub struct LeaderboardConfig {
     pub p95_itl_s: f64,
     pub p99_itl_s: f64,
     pub output_throughput_tps: f64,
-    pub energy_per_token_j: f64,
-    pub avg_batch_size: f64,
+    pub(crate) energy_per_token_j: f64,
+    pub(crate) avg_batch_size: f64,
     /// `architecture` as the leaderboard writes it (`Dense Transformer`, `MoE`, …; empty when
     /// absent).
     pub architecture: String,
     /// Parameters used per token, billions (NaN when absent).
     pub active_params_b: f64,
     /// Mean output tokens per request (NaN when absent).
-    pub avg_output_len: f64,
+    pub(crate) avg_output_len: f64,
 }
 
 impl LeaderboardConfig {
@@ -46,7 +46,7 @@ impl LeaderboardConfig {
     }
 
     /// Whether the leaderboard calls the model a mixture of experts.
-    pub fn is_moe(&self) -> bool {
+    pub(crate) fn is_moe(&self) -> bool {
         self.architecture.to_ascii_lowercase().contains("moe")
             || self.architecture.to_ascii_lowercase().contains("mixture")
     }
@@ -110,7 +110,7 @@ pub fn load_dir(
 }
 
 /// Reads one task file, validating every configuration.
-pub fn load_task_file(path: &Path) -> Result<Vec<LeaderboardConfig>> {
+fn load_task_file(path: &Path) -> Result<Vec<LeaderboardConfig>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     if text.trim().is_empty() {
         return Err(Error::content(path, "file is empty"));
@@ -311,7 +311,7 @@ impl LeaderboardGroup {
         )
     }
     /// Distinct batch sizes, ascending.
-    pub fn batch_sizes(&self) -> Vec<u32> {
+    pub(crate) fn batch_sizes(&self) -> Vec<u32> {
         let mut b: Vec<u32> = self.configs.iter().map(|c| c.max_num_seqs).collect();
         b.dedup();
         b

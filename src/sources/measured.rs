@@ -26,49 +26,49 @@ pub struct RunManifest {
     /// Tensor-parallel degree = GPUs of the replica.
     pub tp: u32,
     #[serde(default)]
-    pub gpus_per_node: Option<u32>,
-    pub server: ServerSettings,
-    pub clock: ClockInfo,
+    gpus_per_node: Option<u32>,
+    pub(crate) server: ServerSettings,
+    pub(crate) clock: ClockInfo,
     /// Model facts the run's manifest records (absent in older manifests).
     #[serde(default)]
-    pub arch: Option<ModelArch>,
+    pub(crate) arch: Option<ModelArch>,
 }
 
 /// The `arch` block of a manifest: what kind of model was served.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ModelArch {
+pub(crate) struct ModelArch {
     /// e.g. `dense-8b`, `moe-8b`.
     #[serde(default)]
-    pub family: String,
+    pub(crate) family: String,
     /// Parameters used per token.
     #[serde(default)]
-    pub n_active: f64,
+    pub(crate) n_active: f64,
     #[serde(default)]
-    pub n_experts: f64,
+    pub(crate) n_experts: f64,
 }
 
 /// vLLM serving settings of a run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ServerSettings {
-    pub max_num_seqs: u32,
-    pub max_num_batched_tokens: u32,
+pub(crate) struct ServerSettings {
+    pub(crate) max_num_seqs: u32,
+    pub(crate) max_num_batched_tokens: u32,
     #[serde(default)]
-    pub enable_chunked_prefill: bool,
+    pub(crate) enable_chunked_prefill: bool,
     #[serde(default)]
-    pub enable_prefix_caching: bool,
+    pub(crate) enable_prefix_caching: bool,
     /// GPUs whose power makes up the run's power; empty = the first `tp` GPUs.
     #[serde(default)]
-    pub active_gpu_uuids: Vec<String>,
+    active_gpu_uuids: Vec<String>,
 }
 
 /// Clock facts needed to align power with requests.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ClockInfo {
+pub(crate) struct ClockInfo {
     /// Local time minus UTC (s), e.g. −25200 for UTC−7.
-    pub local_utc_offset_s: f64,
+    pub(crate) local_utc_offset_s: f64,
     /// The run's reference instant (unix s), used only to check the alignment.
     #[serde(default)]
-    pub reference_epoch_s: Option<f64>,
+    reference_epoch_s: Option<f64>,
 }
 
 /// Replica power over time on the unix clock.
@@ -80,7 +80,7 @@ pub struct PowerSeries {
     pub power_w: Vec<f64>,
     /// Mean `temperature.gpu` over the active GPUs (°C; NaN where the column is absent or
     /// not a number).
-    pub temperature_c: Vec<f64>,
+    pub(crate) temperature_c: Vec<f64>,
     /// Number of GPUs summed.
     pub gpus: u32,
 }
@@ -93,22 +93,22 @@ pub struct RequestLog {
     pub input_lens: Vec<u32>,
     pub output_lens: Vec<u32>,
     /// Measured time to first token (s), when logged.
-    pub ttfts: Option<Vec<f64>>,
+    pub(crate) ttfts: Option<Vec<f64>>,
     /// Per-request inter-token latencies (s), only in a full `requests.json`.
     pub itls: Option<Itls>,
     /// Per request, the agent or chat session it belongs to (trace replays).
-    pub session_ids: Option<Vec<String>>,
+    pub(crate) session_ids: Option<Vec<String>>,
     /// Per request, its turn within its session (0 first).
     pub turn_idx: Option<Vec<u32>>,
     /// Per request, leading prompt tokens that repeat the session's earlier context (declared
     /// by the load generator; 0 where the log does not know).
-    pub prefix_tokens: Option<Vec<u32>>,
+    pub(crate) prefix_tokens: Option<Vec<u32>>,
     /// Per request, prompt tokens the server served from its prefix cache (measured; used
     /// only to score a simulation, never to drive one).
     pub cached_prompt_tokens: Option<Vec<u32>>,
     /// Per request, the client's pause after its answer before the session's next turn (s;
     /// agent replays log it as `post_gap_s`).
-    pub post_gap_s: Option<Vec<f64>>,
+    pub(crate) post_gap_s: Option<Vec<f64>>,
     /// The file it was read from.
     pub path: PathBuf,
 }
@@ -117,17 +117,17 @@ pub struct RequestLog {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineCounters {
     pub t_s: Vec<f64>,
-    pub num_requests_running: Vec<f64>,
-    pub num_requests_waiting: Vec<f64>,
+    pub(crate) num_requests_running: Vec<f64>,
+    pub(crate) num_requests_waiting: Vec<f64>,
     /// Cumulative counters (NaN where the column is absent).
-    pub prompt_tokens_total: Vec<f64>,
-    pub generation_tokens_total: Vec<f64>,
-    pub gpu_cache_usage_perc: Vec<f64>,
+    pub(crate) prompt_tokens_total: Vec<f64>,
+    pub(crate) generation_tokens_total: Vec<f64>,
+    pub(crate) gpu_cache_usage_perc: Vec<f64>,
     /// Cumulative engine iterations and tokens scheduled over them (NaN where absent).
-    pub iteration_tokens_total_count: Vec<f64>,
-    pub iteration_tokens_total_sum: Vec<f64>,
+    pub(crate) iteration_tokens_total_count: Vec<f64>,
+    iteration_tokens_total_sum: Vec<f64>,
     /// Cumulative prompt tokens looked up in / served from the prefix cache (NaN where absent).
-    pub prefix_cache_queries_total: Vec<f64>,
+    prefix_cache_queries_total: Vec<f64>,
     pub prefix_cache_hits_total: Vec<f64>,
 }
 
@@ -612,7 +612,7 @@ struct RawRequests {
 }
 
 /// `requests.json` when present (it has per-token ITLs), else `requests_summary.json`.
-pub fn load_requests(dir: &Path) -> Result<RequestLog> {
+fn load_requests(dir: &Path) -> Result<RequestLog> {
     let full = dir.join("requests.json");
     let path = if full.is_file() {
         full

@@ -13,7 +13,7 @@ use crate::spec::InferenceModelSpec;
 use crate::table::ParquetTable;
 
 /// Where the dataset's files come from.
-pub trait RunFiles: Send + Sync {
+trait RunFiles: Send + Sync {
     /// A local path for `rel` (a path relative to the dataset root), downloading if needed.
     fn fetch(&self, rel: &str) -> Result<PathBuf>;
     /// Human description for manifests and errors.
@@ -21,8 +21,8 @@ pub trait RunFiles: Send + Sync {
 }
 
 /// A local folder with the hub's layout.
-pub struct MirrorFiles {
-    pub root: PathBuf,
+struct MirrorFiles {
+    pub(crate) root: PathBuf,
 }
 
 impl RunFiles for MirrorFiles {
@@ -70,7 +70,7 @@ impl HubOptions {
 }
 
 /// Files from the Hub through `hf-hub`, cached in the standard hub cache and reused.
-pub struct HubFiles {
+struct HubFiles {
     opts: HubOptions,
     cache: hf_hub::Cache,
     repo: hf_hub::Repo,
@@ -79,7 +79,7 @@ pub struct HubFiles {
 }
 
 impl HubFiles {
-    pub fn new(opts: HubOptions) -> Result<Self> {
+    pub(crate) fn new(opts: HubOptions) -> Result<Self> {
         let cache = match &opts.cache_dir {
             Some(d) => hf_hub::Cache::new(d.clone()),
             None => hf_hub::Cache::from_env(),
@@ -202,32 +202,32 @@ impl RunFiles for HubFiles {
 /// One row of `runs/llm.parquet`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
-    pub task: String,
-    pub model_id: String,
-    pub nickname: String,
-    pub gpu_model: String,
-    pub num_gpus: u32,
-    pub max_num_seqs: u32,
-    pub energy_per_token_j: f64,
-    pub output_throughput_tps: f64,
+    pub(crate) task: String,
+    pub(crate) model_id: String,
+    pub(crate) nickname: String,
+    pub(crate) gpu_model: String,
+    pub(crate) num_gpus: u32,
+    pub(crate) max_num_seqs: u32,
+    pub(crate) energy_per_token_j: f64,
+    pub(crate) output_throughput_tps: f64,
     /// Mean steady-state power summed over the run's GPUs (W).
-    pub avg_power_w: f64,
-    pub mean_itl_s: f64,
-    pub median_itl_s: f64,
-    pub p90_itl_s: f64,
-    pub p95_itl_s: f64,
-    pub p99_itl_s: f64,
-    pub is_stable: bool,
+    pub(crate) avg_power_w: f64,
+    pub(crate) mean_itl_s: f64,
+    pub(crate) median_itl_s: f64,
+    pub(crate) p90_itl_s: f64,
+    pub(crate) p95_itl_s: f64,
+    pub(crate) p99_itl_s: f64,
+    pub(crate) is_stable: bool,
     /// Paths of the raw files, relative to the dataset root.
-    pub results_path: String,
-    pub prometheus_path: Option<String>,
+    pub(crate) results_path: String,
+    prometheus_path: Option<String>,
 }
 
 /// The runs of the benchmark and where their raw files come from.
 pub struct BenchmarkRuns {
     pub records: Vec<RunRecord>,
     /// The runs table that was read (for provenance).
-    pub runs_table: PathBuf,
+    pub(crate) runs_table: PathBuf,
     files: Box<dyn RunFiles>,
 }
 
@@ -248,7 +248,7 @@ impl BenchmarkRuns {
     }
 
     /// Any file provider; the runs table is read through it.
-    pub fn from_files(files: Box<dyn RunFiles>) -> Result<Self> {
+    fn from_files(files: Box<dyn RunFiles>) -> Result<Self> {
         let runs_table = files.fetch(RUNS_TABLE)?;
         let records = read_runs_table(&runs_table)?;
         Ok(BenchmarkRuns {
@@ -258,7 +258,7 @@ impl BenchmarkRuns {
         })
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.files.describe()
     }
 
@@ -499,7 +499,7 @@ struct RawTimeline {
 /// A parsed `results.json`.
 #[derive(Debug)]
 pub struct RunResults {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     raw: RawResults,
 }
 
@@ -716,7 +716,7 @@ fn sum_on_axis(axis: &[f64], ids: &[DeviceSeries]) -> Vec<f64> {
 /// The chunked-prefill rule: drop entries before the first positive one; then a positive `ℓ`
 /// followed by k exact zeros becomes k+1 samples of ℓ/(k+1); other non-positive entries are
 /// dropped. `[0, 0, .05, 0, 0, .02, .03, -1, 0, .04] → [.05/3 ×3, .02, .03, .04]`.
-pub fn smooth_itl(itl: &[f64], out: &mut Vec<f64>) {
+pub(crate) fn smooth_itl(itl: &[f64], out: &mut Vec<f64>) {
     let Some(first) = itl.iter().position(|&v| v > 0.0) else {
         return;
     };

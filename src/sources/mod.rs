@@ -11,7 +11,7 @@ pub mod mlenergy;
 
 /// Per-GPU board power limit (W) for the GPU models we know; used to reject absurd readings
 /// (> 2× the limit). Unknown models get a generous 1,500 W.
-pub fn board_limit_w(gpu_model: &str) -> f64 {
+pub(crate) fn board_limit_w(gpu_model: &str) -> f64 {
     let g = gpu_model.to_ascii_uppercase();
     if g.contains("A100") {
         400.0
