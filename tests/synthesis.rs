@@ -66,7 +66,8 @@ fn leave_one_out_on_the_a100_sharegpt_runs_beats_the_baselines() {
     // 0.108, ACF R² 0.965, P95 13.5 %, P99 5.6 % (15.4 / 2.1 / 5.6). The power model is
     // meant to be learned on varied traffic (see `leave_one_out_over_the_six_qwen3_8b_a100_runs`);
     // with it these runs land within 0.7 %. Bounds: the first issue's targets, P99 loosened
-    // to 10 %.
+    // to 10 %. The median P99 depends on where the timing calibration starts: 5.6, 9.4, 16.9,
+    // 9.1, 17.0 and 13.3 % from six starts ±0.15 apart in log space (issue 16's notes).
     assert!(med(|m| m.energy_error_pct) < 3.0);
     assert!(med(|m| m.ks) < 0.15);
     assert!(med(|m| m.acf_r2) > 0.9);
@@ -120,7 +121,10 @@ fn leave_one_out_over_the_six_qwen3_8b_a100_runs() {
     // Measured when this was written (medians of 5 draws, seed 1 / seed 100), |ΔE| % / KS /
     // running ρ: ShareGPT 0.13–0.65 / 0.07–0.16 / ≥ 0.997; cache-off replay 0.87 (0.88) /
     // 0.214 / 0.856; BurstGPT 4.10 (3.73) / 0.238 (0.241) / 0.862; agentic 0.42 (0.47) /
-    // 0.184 / 0.889; median |ΔE| 0.53 % (0.50 %).
+    // 0.184 / 0.889; median |ΔE| 0.53 % (0.50 %). These figures depend on where the timing
+    // calibration's simplex starts: moved by ±0.15 in log space (five other starts), running ρ
+    // spans agentic 0.66–0.91, BurstGPT 0.76–0.86, cache-off 0.69–0.95, agentic |ΔE| up to
+    // 4.96 % (issue 16's notes).
     let med = median_of(res.iter().map(|v| v.metrics[0].energy_error_pct));
     assert!(med <= 2.0, "median |ΔE| {med}");
     for v in &res {
