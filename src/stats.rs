@@ -32,15 +32,22 @@ pub fn population_variance(v: &[f64]) -> f64 {
 /// Linear-interpolation quantile of sorted data (numpy's default), `q` in [0, 1]; NaN for no
 /// values.
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    let n = sorted.len();
-    if n == 0 {
+    let Some((lo, hi, frac)) = interpolation_ranks(sorted.len(), q) else {
         return f64::NAN;
+    };
+    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+}
+
+/// The two order statistics (ranks `lo` ≤ `hi` = `lo` or `lo` + 1) that numpy's linear
+/// interpolation reads for quantile `q` of `n` values, and the weight of the upper one; `None`
+/// for no values.
+fn interpolation_ranks(n: usize, q: f64) -> Option<(usize, usize, f64)> {
+    if n == 0 {
+        return None;
     }
     let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
     let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    let frac = pos - lo as f64;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+    Some((lo, pos.ceil() as usize, pos - lo as f64))
 }
 
 /// [`quantile_sorted`] of the values in any order (ordered by `f64::total_cmp`).
@@ -51,14 +58,9 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 /// [`quantile_sorted`] of the values in any order, found by selection in O(n) rather than by
 /// a sort (the same two order statistics, so the same value to the bit); reorders `values`.
 pub fn quantile_select(values: &mut [f64], q: f64) -> f64 {
-    let n = values.len();
-    if n == 0 {
+    let Some((lo, hi, frac)) = interpolation_ranks(values.len(), q) else {
         return f64::NAN;
-    }
-    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    let frac = pos - lo as f64;
+    };
     let (_, at_lo, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
     let at_lo = *at_lo;
     let at_hi = if hi == lo {
