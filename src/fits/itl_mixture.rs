@@ -289,6 +289,10 @@ impl EmRule {
 /// number of threads.
 const EM_BLOCK: usize = 4096;
 
+/// Samples from which the per-sample work of a fit runs on the rayon pool (below, the threads'
+/// start-up costs more than they save).
+const PARALLEL_FROM: usize = 4 * EM_BLOCK;
+
 /// One E-step's sums over a block: per component Σr, Σr·z, Σr·z² (z centred on the samples'
 /// mean), and Σ ln(p1 + p2 + 1e-12).
 #[derive(Debug, Clone, Copy, Default)]
@@ -531,7 +535,7 @@ fn exp_nonpositive(x: f64) -> f64 {
 /// One E-step over all samples: blocks in parallel, summed in block order.
 fn e_step(z: &[f64], comp: &Components, with_ll: bool) -> Moments {
     use rayon::prelude::*;
-    let blocks: Vec<Moments> = if z.len() >= 4 * EM_BLOCK {
+    let blocks: Vec<Moments> = if z.len() >= PARALLEL_FROM {
         z.par_chunks(EM_BLOCK)
             .map(|b| e_step_block(b, comp, with_ll))
             .collect()
@@ -543,25 +547,24 @@ fn e_step(z: &[f64], comp: &Components, with_ll: bool) -> Moments {
     blocks.into_iter().fold(Moments::default(), Moments::add)
 }
 
-/// ln(x − loc) per sample (floored at ln 1e-12), in parallel for large inputs (same values in
-/// the same order).
+/// ln(x − loc) per sample (floored at ln 1e-12).
 fn log_shifted(x: &[f64], loc: f64) -> Vec<f64> {
-    use rayon::prelude::*;
-    let ln = |&v: &f64| (v - loc).max(1e-12).ln();
-    if x.len() >= 4 * EM_BLOCK {
-        x.par_iter().map(ln).collect()
-    } else {
-        x.iter().map(ln).collect()
-    }
+    map_samples(x, |v| (v - loc).max(1e-12).ln())
 }
 
-/// z − m per sample, in parallel for large inputs.
+/// z − m per sample.
 fn centred(z: &[f64], m: f64) -> Vec<f64> {
+    map_samples(z, |v| v - m)
+}
+
+/// `f` of every sample, in order; in parallel from [`PARALLEL_FROM`] samples (the same values
+/// either way).
+fn map_samples(x: &[f64], f: impl Fn(f64) -> f64 + Sync) -> Vec<f64> {
     use rayon::prelude::*;
-    if z.len() >= 4 * EM_BLOCK {
-        z.par_iter().map(|v| v - m).collect()
+    if x.len() >= PARALLEL_FROM {
+        x.par_iter().map(|&v| f(v)).collect()
     } else {
-        z.iter().map(|v| v - m).collect()
+        x.iter().map(|&v| f(v)).collect()
     }
 }
 
