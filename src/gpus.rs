@@ -11,6 +11,8 @@ pub(crate) struct GpuSpec {
     pub(crate) bf16_dense_tflops: f64,
     /// HBM capacity (GB).
     pub(crate) hbm_gb: f64,
+    /// HBM bandwidth (TB/s): what a decode step's reads of the KV cache are bound by.
+    pub(crate) hbm_tb_s: f64,
     /// What nvidia-smi's `power.draw` averages (s): 0 for a point reading (GA100: the A100
     /// samples its sensor for a fraction of each period), 1 for the one-second average NVML
     /// reports from Ampere onward except GA100 (H100, B200).
@@ -24,6 +26,7 @@ pub(crate) const GPUS: [GpuSpec; 3] = [
         board_limit_w: 400.0,
         bf16_dense_tflops: 312.0,
         hbm_gb: 80.0,
+        hbm_tb_s: 2.039,
         meter_window_s: 0.0,
     },
     GpuSpec {
@@ -31,6 +34,7 @@ pub(crate) const GPUS: [GpuSpec; 3] = [
         board_limit_w: 700.0,
         bf16_dense_tflops: 989.0,
         hbm_gb: 80.0,
+        hbm_tb_s: 3.35,
         meter_window_s: 1.0,
     },
     GpuSpec {
@@ -38,6 +42,7 @@ pub(crate) const GPUS: [GpuSpec; 3] = [
         board_limit_w: 1000.0,
         bf16_dense_tflops: 2250.0,
         hbm_gb: 180.0,
+        hbm_tb_s: 8.0,
         meter_window_s: 1.0,
     },
 ];

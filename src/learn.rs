@@ -9,7 +9,11 @@
 //!    (Nelder–Mead over the five coefficients, prefill attention included) so that the engine
 //!    simulation of the training request logs reproduces the measured running-request gauge
 //!    (read at the counters' instants, [`running_as_counted`]), the decode tokens per bin and
-//!    the requests' times to first token (after a fitted client share).
+//!    the requests' times to first token (after a fitted client share). Two coefficients the
+//!    runs alone may not pin down are pulled toward roofline values ([`TimingPrior`]: the KV
+//!    cache read per 1k tokens of context at the GPU's HBM bandwidth, prefill attention's FLOP
+//!    share), and the first step of a run pays a warm-up ([`StepTiming::first_step_s`], the
+//!    best of [`FIRST_STEP_CANDIDATES_S`] between two Nelder–Mead rounds).
 //!    The KV capacity of the prefix cache comes from `gpu_cache_usage_perc`
 //!    ([`kv_capacity_tokens`]).
 //! 3. Power ([`PowerModel`]): a point-reading meter (A100 `power.draw`) reads each bin at an
@@ -18,8 +22,9 @@
 //!    (busy share, running requests, prefill busy share, decode tokens/s, context, recent
 //!    busy share) are time averages over the meter window (1 bin by default). A reading's
 //!    state is idle (cold, or warm within 1 s of work) or its active time's occupancy ×
-//!    context × reading (decode / prefill). Training: bins where the simulated engine and the
-//!    measured counters disagree on idle vs busy are left out; of partly busy bins the
+//!    context × reading (decode / prefill; a prefill reading's power does not depend on the
+//!    context, [`EngineState::context_bucket`]). Training: bins where the simulated engine
+//!    and the measured counters disagree on idle vs busy are left out; of partly busy bins the
 //!    round(Σ busy) highest readings are active, and of active bins with prefill work the
 //!    round(Σ prefill share) highest are prefill readings (`assign_readings`); idle readings
 //!    far above the idle level are left out; every reading rises with the GPU's temperature,
@@ -52,8 +57,9 @@ use crate::workload::Workload;
 use statrs::distribution::{ContinuousCDF, Normal};
 
 /// Schema tag of the learned-model JSON (v3: engine states of the active time, a bin's
-/// activity from the engine's busy share).
-pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v3";
+/// activity from the engine's busy share; v4: prefill readings whatever the context, the
+/// timing's first-step warm-up).
+pub const LEARNED_MODEL_SCHEMA: &str = "powersynth.learned_model.v4";
 
 /// Number of engine features of a bin, each a time average over the bin (so that the meter
 /// window averages them): [1, busy share, running requests, prefill busy share, decode kt/s,
@@ -102,6 +108,7 @@ pub struct AlignedRun {
 }
 
 impl AlignedRun {
+    /// The grid of the measured counters and of `power_w`'s bins.
     pub fn grid(&self) -> BinGrid {
         self.engine.grid
     }
@@ -340,6 +347,12 @@ pub const N_CELLS: usize = RUNNING_BUCKETS * CONTEXT_BUCKETS * PREFILL_LEVELS;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EngineState {
     pub running_bucket: u8,
+    /// The context held ([`CONTEXT_BUCKETS`]); 0 for every prefill reading. A prefill
+    /// iteration is compute-bound whatever the context: keyed by it, a prefill reading with
+    /// short contexts at low occupancy (a burst of short requests) drew only the few such
+    /// readings of ShareGPT runs (~405 W, single short prompts beside decodes) and not the
+    /// long-context ones (445–450 W) of the same kind. Leave-one-run-out over the six A100
+    /// Qwen3-8B runs, the BurstGPT replay's energy: −5.0 % keyed by context, −3.8 % without.
     pub context_bucket: u8,
     /// Share of the active time spent on prompt tokens, bucketed (see [`PREFILL_LEVELS`]).
     pub prefill_level: PrefillLevel,
@@ -417,17 +430,19 @@ impl EngineState {
             r if r < 32.0 => 5,
             _ => 6,
         };
+        let prefill_level = match prefill {
+            p if p < PREFILL_LO => PrefillLevel::Decode,
+            p if p < PREFILL_HI => PrefillLevel::Mixed,
+            _ => PrefillLevel::Prefill,
+        };
         let context_bucket = match context {
+            // See [`EngineState::context_bucket`].
+            _ if prefill_level == PrefillLevel::Prefill => 0,
             c if c < 1.0 => 0,
             c if c < 4.0 => 1,
             c if c < 16.0 => 2,
             c if c < 64.0 => 3,
             _ => 4,
-        };
-        let prefill_level = match prefill {
-            p if p < PREFILL_LO => PrefillLevel::Decode,
-            p if p < PREFILL_HI => PrefillLevel::Mixed,
-            _ => PrefillLevel::Prefill,
         };
         Self {
             running_bucket,
@@ -756,6 +771,7 @@ pub fn regress_timing(runs: &[AlignedRun]) -> StepTiming {
         per_prefill_token_s: b[2].max(1e-7),
         per_context_ktoken_s: 0.0,
         per_prefill_attention_s: 0.0,
+        first_step_s: 0.0,
     }
 }
 
@@ -871,42 +887,146 @@ fn ttft_error(r: &AlignedRun, outcomes: &[crate::engine::RequestOutcome]) -> f64
         / n
 }
 
-/// Step timing: regression, then calibration by simulation (see the module docs).
-pub fn calibrate_timing(runs: &[AlignedRun], iters: u64) -> StepTiming {
+/// Share of the HBM bandwidth a decode step's reads of the KV cache reach (paged-attention
+/// kernels on long contexts; the A100 runs' in-sample fits give 0.70–0.75).
+pub(crate) const KV_READ_EFFICIENCY: f64 = 0.7;
+
+/// How much slower per FLOP prefill attention runs than the dense layers (FlashAttention
+/// against cuBLAS GEMMs; the A100 runs' in-sample fits give 1.2–1.3).
+pub(crate) const ATTENTION_FLOP_COST_RATIO: f64 = 1.25;
+
+/// Nelder–Mead runs of the timing calibration, each from the previous best point with a
+/// simplex half as wide (LOO over the six A100 runs: one run left a fold's prefill coefficient
+/// at 40 % of the others'; two agree with three).
+const TIMING_FIT_ROUNDS: usize = 2;
+
+/// Spread (natural-log units) of the roofline priors of [`TimingPrior`].
+const PRIOR_SIGMA: f64 = 0.25;
+
+/// Weight of each roofline prior against the fit's cost (a run's cost terms are normalised
+/// errors of order 0.1–1): enough to pick between coefficients the runs cannot tell apart,
+/// too little to override what they do tell (leave-one-out over the six A100 runs, 5 draws,
+/// with prefill readings then keyed by context: at 0.1 every run's running ρ ≥ 0.91; at 0.2
+/// BurstGPT's KS is 0.27, at 0.5 its ΔE −5.7 %; 0.05 lets one of six calibration starts
+/// drop the agentic run's ρ to 0.75).
+const PRIOR_WEIGHT: f64 = 0.1;
+
+/// Roofline values two step-timing coefficients are pulled toward during calibration, from
+/// the served model's shape (the manifest's `arch`) and the GPU's datasheet. Runs whose
+/// contexts are all short cannot tell a per-request cost from a per-context one, nor a prompt
+/// token's dense cost from its attention: without these a long-context target depends on
+/// which one the fit happened to choose.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TimingPrior {
+    /// [`StepTiming::per_context_ktoken_s`]: reading 1,000 tokens of KV cache at
+    /// [`KV_READ_EFFICIENCY`] of the replica's HBM bandwidth (s).
+    pub per_context_ktoken_s: Option<f64>,
+    /// [`StepTiming::per_prefill_attention_s`] ÷ [`StepTiming::per_prefill_token_s`]: the
+    /// attention FLOP share per 1,000 tokens of context × [`ATTENTION_FLOP_COST_RATIO`].
+    pub attention_to_prefill: Option<f64>,
+}
+
+impl TimingPrior {
+    /// The priors a run's manifest supports (none for a model with sliding-window or linear
+    /// attention, an unknown GPU, or a manifest without `arch`).
+    pub fn of(run: &MeasuredRun) -> Self {
+        let m = &run.manifest;
+        let Some(arch) = m.arch.as_ref() else {
+            return Self::default();
+        };
+        let bytes_per_element = if m.server.kv_cache_dtype.starts_with("fp8") {
+            1.0
+        } else {
+            2.0
+        };
+        let per_context_ktoken_s = arch
+            .kv_bytes_per_token(bytes_per_element)
+            .zip(crate::gpus::gpu_spec(&m.hardware))
+            .map(|(kv_bytes, gpu)| {
+                1e3 * kv_bytes / (gpu.hbm_tb_s * 1e12 * m.tp.max(1) as f64 * KV_READ_EFFICIENCY)
+            });
+        Self {
+            per_context_ktoken_s,
+            attention_to_prefill: arch
+                .attention_flops_ratio_per_ktoken()
+                .map(|r| r * ATTENTION_FLOP_COST_RATIO),
+        }
+    }
+
+    /// The priors' cost at log-space timing parameters `p` ([`calibrate_timing`]'s order).
+    fn cost(&self, p: &[f64]) -> f64 {
+        let term = |log_value: f64, target: f64| {
+            PRIOR_WEIGHT * ((log_value - target.ln()) / PRIOR_SIGMA).powi(2)
+        };
+        self.per_context_ktoken_s.map_or(0.0, |c| term(p[3], c))
+            + self
+                .attention_to_prefill
+                .map_or(0.0, |r| term(p[4] - p[2], r))
+    }
+}
+
+/// Step timing: regression, then calibration by simulation (see the module docs), with the
+/// [`TimingPrior`]s added to the cost.
+pub fn calibrate_timing(runs: &[AlignedRun], iters: u64, prior: &TimingPrior) -> StepTiming {
     let start = regress_timing(runs);
     if iters == 0 {
         return start;
     }
-    // Search in log space around the regression; the context terms start small.
-    let to_timing = |p: &[f64]| StepTiming {
+    // Search in log space around the regression.
+    let to_timing = |p: &[f64], first_step_s: f64| StepTiming {
         base_s: p[0].exp(),
         per_decode_seq_s: p[1].exp(),
         per_prefill_token_s: p[2].exp(),
         per_context_ktoken_s: p[3].exp(),
         per_prefill_attention_s: p[4].exp(),
+        first_step_s,
     };
+    let per_prefill_token_s = start.per_prefill_token_s.max(1e-7);
     let p0 = [
         start.base_s.ln(),
         start.per_decode_seq_s.max(1e-5).ln(),
-        start.per_prefill_token_s.max(1e-7).ln(),
+        per_prefill_token_s.ln(),
         // Physical starts for the context terms (A100, 8B model: ~0.1 ms per 1k tokens of
-        // KV read per step; prefill attention a few µs per token per 1k tokens before it).
-        (5e-5f64).ln(),
-        (3e-6f64).ln(),
+        // KV read per step; prefill attention ~5 % of a prompt token's cost per 1k tokens
+        // before it).
+        prior.per_context_ktoken_s.unwrap_or(1e-4).ln(),
+        (per_prefill_token_s * prior.attention_to_prefill.unwrap_or(0.05)).ln(),
     ];
-    let cost = |p: &[f64]| {
+    let cost = |p: &[f64], first_step_s: f64| {
         if p.iter().any(|v| !(v.abs() < 40.0)) {
             return f64::INFINITY;
         }
-        timing_cost(runs, &to_timing(p))
+        timing_cost(runs, &to_timing(p, first_step_s)) + prior.cost(p)
     };
-    let (best, best_cost) = nelder_mead(cost, &p0, &[0.3, 1.0, 0.5, 1.0, 1.0], iters);
-    if best_cost < timing_cost(runs, &start) {
-        to_timing(&best)
+    // The step coefficients without a warm-up, then the warm-up that fits best with them,
+    // then the coefficients again from there with a simplex half as wide: the cost of a
+    // discrete simulation is flat in places, where a simplex can collapse on a plateau.
+    let mut step = [0.3, 1.0, 0.5, 1.0, 1.0];
+    let (mut best, mut best_cost) = nelder_mead(|p: &[f64]| cost(p, 0.0), &p0, &step, iters);
+    let mut first_step_s = 0.0;
+    for &w in FIRST_STEP_CANDIDATES_S.iter().skip(1) {
+        let c = cost(&best, w);
+        if c < best_cost {
+            (first_step_s, best_cost) = (w, c);
+        }
+    }
+    for _ in 1..TIMING_FIT_ROUNDS {
+        step.iter_mut().for_each(|s| *s *= 0.5);
+        let (p, c) = nelder_mead(|p: &[f64]| cost(p, first_step_s), &best, &step, iters);
+        if c < best_cost {
+            (best, best_cost) = (p, c);
+        }
+    }
+    let fitted = to_timing(&best, first_step_s);
+    if timing_cost(runs, &fitted) < timing_cost(runs, &start) {
+        fitted
     } else {
         start
     }
 }
+
+/// Warm-ups a calibration tries for [`StepTiming::first_step_s`] (s), the first none.
+const FIRST_STEP_CANDIDATES_S: [f64; 9] = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8];
 
 /// Distance between two busy states for pooling: a prefill level counts 16 (more than any
 /// context and occupancy difference together, so a prefill reading pools every prefill
@@ -924,6 +1044,11 @@ fn state_label(s: &EngineState) -> String {
         "idle (warm)".into()
     } else if s.is_idle() {
         "idle".into()
+    } else if s.prefill_level == PrefillLevel::Prefill {
+        format!(
+            "running {} · prefill {}",
+            s.running_bucket, s.prefill_level as u8
+        )
     } else {
         format!(
             "running {} · context {} · prefill {}",
@@ -1385,8 +1510,8 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         return Err(Error::config("train", "no training runs"));
     }
     // In run-id order: the model does not depend on the order the runs were given in (the
-    // timing calibration's simplex takes another path when its cost terms add up in another
-    // order, and the power cells' ties break by position).
+    // timing calibration's simplex takes other paths when its cost terms add up in another
+    // order).
     let mut runs: Vec<&MeasuredRun> = runs.iter().collect();
     runs.sort_by(|a, b| a.manifest.run_id.cmp(&b.manifest.run_id));
     let aligned: Vec<AlignedRun> = runs
@@ -1395,7 +1520,7 @@ pub fn learn(runs: &[MeasuredRun], opts: &LearnOptions) -> Result<LearnedModel> 
         .collect::<Result<_>>()?;
     check_one_configuration(&runs, &aligned)?;
     let first = &aligned[0].serving;
-    let timing = calibrate_timing(&aligned, opts.timing_iters);
+    let timing = calibrate_timing(&aligned, opts.timing_iters, &TimingPrior::of(runs[0]));
     // The KV capacity from the usage counters (a first simulation, nothing evicted), then one
     // simulation per training run serves both the features and the engine check.
     let unbounded: Vec<EngineTrace> = aligned
@@ -1510,6 +1635,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kv_bytes_and_attention_share_from_the_arch_block() {
+        use crate::sources::measured::ModelArch;
+        let arch: ModelArch = serde_json::from_str(
+            r#"{"n_layers": 36, "n_kv": 8, "head_dim": 128, "d_model": 4096,
+                "transformer_active_params": 6.95e9}"#,
+        )
+        .unwrap();
+        assert_eq!(arch.kv_bytes_per_token(2.0), Some(147_456.0));
+        assert_eq!(arch.kv_bytes_per_token(1.0), Some(73_728.0));
+        // 1,000 context tokens × 4 · 36 · 4096 FLOPs against 2 · 6.95e9 per token.
+        let r = arch.attention_flops_ratio_per_ktoken().unwrap();
+        assert!((r - 1e3 * 4.0 * 36.0 * 4096.0 / 13.9e9).abs() < 1e-12);
+        let swa = ModelArch {
+            swa_window: 4096.0,
+            ..arch.clone()
+        };
+        assert_eq!(swa.kv_bytes_per_token(2.0), None);
+        assert_eq!(swa.attention_flops_ratio_per_ktoken(), None);
+        let bare: ModelArch = serde_json::from_str("{}").unwrap();
+        assert_eq!(bare.kv_bytes_per_token(2.0), None);
+    }
+
+    #[test]
     fn smoothing_is_a_trailing_mean() {
         let raw: Vec<[f64; N_FEATURES]> = (0..6).map(|i| [i as f64; N_FEATURES]).collect();
         let s = smooth_features(&raw, 3);
@@ -1569,10 +1717,23 @@ mod tests {
             EngineState::reading(&x, false).prefill_level,
             PrefillLevel::Decode
         );
-        let s = f(1.0, 5.0, 0.9, 0.5, 3.0);
+        // A prefill reading's context bucket is 0 whatever the context (3k or 30k tokens).
+        for ctx in [3.0, 30.0] {
+            let s = f(1.0, 5.0, 0.9, 0.5, ctx);
+            assert_eq!(
+                (s.running_bucket, s.context_bucket, s.prefill_level),
+                (3, 0, PrefillLevel::Prefill)
+            );
+        }
+        let s = EngineState::reading(&x, true);
         assert_eq!(
-            (s.running_bucket, s.context_bucket, s.prefill_level),
-            (3, 1, PrefillLevel::Prefill)
+            (s.context_bucket, s.prefill_level),
+            (0, PrefillLevel::Prefill)
+        );
+        let s = EngineState::reading(&x, false);
+        assert_eq!(
+            (s.context_bucket, s.prefill_level),
+            (1, PrefillLevel::Decode)
         );
         let s = f(1.0, 40.0, 0.0, 0.5, 100.0);
         assert_eq!(
@@ -1685,6 +1846,7 @@ mod tests {
             per_prefill_token_s: 5e-5,
             per_context_ktoken_s: 1e-4,
             per_prefill_attention_s: 0.0,
+            first_step_s: 0.0,
         };
         let opts = LearnOptions {
             min_cell_bins: 5,

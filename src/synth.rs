@@ -299,6 +299,7 @@ mod tests {
                 per_prefill_token_s: 1e-4,
                 per_context_ktoken_s: 0.0,
                 per_prefill_attention_s: 0.0,
+                first_step_s: 0.0,
             },
             power: PowerModel {
                 meter_window_bins: 1,

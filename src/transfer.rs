@@ -528,6 +528,7 @@ impl Plan {
             per_context_ktoken_s: t.per_context_ktoken_s * self.per_seq_ratio,
             per_prefill_token_s: t.per_prefill_token_s * self.prefill_ratio,
             per_prefill_attention_s: t.per_prefill_attention_s * self.prefill_ratio,
+            first_step_s: t.first_step_s,
         }
     }
 
@@ -1290,6 +1291,7 @@ mod tests {
                 per_prefill_token_s: 1e-4,
                 per_context_ktoken_s: 0.0,
                 per_prefill_attention_s: 0.0,
+                first_step_s: 0.0,
             },
             kv_cache: Default::default(),
             power: PowerModel {
@@ -1449,6 +1451,7 @@ mod tests {
             per_prefill_token_s: 6e-5,
             per_context_ktoken_s: 1e-4,
             per_prefill_attention_s: 0.0,
+            first_step_s: 0.0,
         };
         let ctx = 600.0;
         // A target whose fixed cost is 0.6× and per-sequence cost 1.5× the reference's.

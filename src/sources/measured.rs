@@ -45,6 +45,54 @@ pub(crate) struct ModelArch {
     pub(crate) n_active: f64,
     #[serde(default)]
     pub(crate) n_experts: f64,
+    /// Parameters of the transformer blocks (without embeddings and output head): the dense
+    /// FLOPs of a prefilled token are twice this.
+    #[serde(default)]
+    pub(crate) transformer_active_params: f64,
+    /// Hidden size (= query heads × head size in the models measured here).
+    #[serde(default)]
+    pub(crate) d_model: f64,
+    /// Transformer layers, KV heads and head size: the KV cache's bytes per token.
+    #[serde(default)]
+    pub(crate) n_layers: f64,
+    #[serde(default)]
+    pub(crate) n_kv: f64,
+    #[serde(default)]
+    pub(crate) head_dim: f64,
+    /// Sliding-window size and linear-attention layers (0: every layer attends to the whole
+    /// context).
+    #[serde(default)]
+    pub(crate) swa_window: f64,
+    #[serde(default)]
+    pub(crate) linear_attention: f64,
+}
+
+impl ModelArch {
+    /// Bytes the KV cache holds per token of context (`kv_bytes_per_element`: 2 for BF16,
+    /// 1 for an FP8 cache), when every layer attends to the whole context; `None` for
+    /// sliding-window or linear-attention models (a step's reads then do not grow with the
+    /// context alone) or when the manifest lacks the shape.
+    pub(crate) fn kv_bytes_per_token(&self, kv_bytes_per_element: f64) -> Option<f64> {
+        let shape = [self.n_layers, self.n_kv, self.head_dim];
+        (shape.iter().all(|v| v.is_finite() && *v > 0.0)
+            && self.swa_window == 0.0
+            && self.linear_attention == 0.0)
+            .then_some(2.0 * self.n_layers * self.n_kv * self.head_dim * kv_bytes_per_element)
+    }
+
+    /// Prefill attention FLOPs per 1,000 tokens of context before a token, as a share of the
+    /// token's dense FLOPs: (QKᵀ and PV: 4 · layers · d_model per context token) ÷
+    /// (2 · transformer parameters). `None` for sliding-window or linear-attention models or
+    /// when the manifest lacks the shape.
+    pub(crate) fn attention_flops_ratio_per_ktoken(&self) -> Option<f64> {
+        let shape = [self.n_layers, self.d_model, self.transformer_active_params];
+        (shape.iter().all(|v| v.is_finite() && *v > 0.0)
+            && self.swa_window == 0.0
+            && self.linear_attention == 0.0)
+            .then(|| {
+                1e3 * 4.0 * self.n_layers * self.d_model / (2.0 * self.transformer_active_params)
+            })
+    }
 }
 
 /// vLLM serving settings of a run.
@@ -59,6 +107,9 @@ pub(crate) struct ServerSettings {
     /// GPUs whose power makes up the run's power; empty = the first `tp` GPUs.
     #[serde(default)]
     active_gpu_uuids: Vec<String>,
+    /// vLLM's `kv_cache_dtype` (`auto`: the model's dtype; `fp8…`: one byte per element).
+    #[serde(default)]
+    pub(crate) kv_cache_dtype: String,
 }
 
 /// Clock facts needed to align power with requests.
