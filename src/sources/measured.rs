@@ -68,15 +68,21 @@ pub(crate) struct ModelArch {
 }
 
 impl ModelArch {
+    /// Whether every layer attends to the whole context (no sliding window, no linear
+    /// attention) and the manifest gives each of `shape` (finite and positive): what the
+    /// context-proportional costs below need.
+    fn full_attention_with(&self, shape: &[f64]) -> bool {
+        shape.iter().all(|v| v.is_finite() && *v > 0.0)
+            && self.swa_window == 0.0
+            && self.linear_attention == 0.0
+    }
+
     /// Bytes the KV cache holds per token of context (`kv_bytes_per_element`: 2 for BF16,
     /// 1 for an FP8 cache), when every layer attends to the whole context; `None` for
     /// sliding-window or linear-attention models (a step's reads then do not grow with the
     /// context alone) or when the manifest lacks the shape.
     pub(crate) fn kv_bytes_per_token(&self, kv_bytes_per_element: f64) -> Option<f64> {
-        let shape = [self.n_layers, self.n_kv, self.head_dim];
-        (shape.iter().all(|v| v.is_finite() && *v > 0.0)
-            && self.swa_window == 0.0
-            && self.linear_attention == 0.0)
+        self.full_attention_with(&[self.n_layers, self.n_kv, self.head_dim])
             .then_some(2.0 * self.n_layers * self.n_kv * self.head_dim * kv_bytes_per_element)
     }
 
@@ -86,12 +92,9 @@ impl ModelArch {
     /// when the manifest lacks the shape.
     pub(crate) fn attention_flops_ratio_per_ktoken(&self) -> Option<f64> {
         let shape = [self.n_layers, self.d_model, self.transformer_active_params];
-        (shape.iter().all(|v| v.is_finite() && *v > 0.0)
-            && self.swa_window == 0.0
-            && self.linear_attention == 0.0)
-            .then(|| {
-                1e3 * 4.0 * self.n_layers * self.d_model / (2.0 * self.transformer_active_params)
-            })
+        self.full_attention_with(&shape).then(|| {
+            1e3 * 4.0 * self.n_layers * self.d_model / (2.0 * self.transformer_active_params)
+        })
     }
 }
 
